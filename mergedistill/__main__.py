@@ -1,0 +1,5 @@
+import sys
+
+from mergedistill.cli import main
+
+sys.exit(main())

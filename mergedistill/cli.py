@@ -1,0 +1,59 @@
+"""The `mergedistill` command line: one verb per pipeline stage.
+
+Each verb lives in ``mergedistill/commands/<verb>.py`` with ``HELP``, ``add_arguments(parser)`` and
+``main(args) -> int``. Command modules import heavy libraries (torch, transformers) inside ``main`` so
+that ``--help`` stays fast. A ``UserError`` becomes one line on stderr and exit code 2 (a traceback
+only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mergedistill import __version__
+from mergedistill.errors import UserError
+
+VERBS = ("corpus", "teachers", "select", "vocab", "cache", "train", "eval", "export", "run", "ablate", "bistil")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment config argument shared by most verbs: a YAML path and key=value overrides."""
+    parser.add_argument("config", help="experiment YAML (see experiments/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mergedistill",
+        description="Merge several teacher masked-LMs into one compact multilingual student by distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"mergedistill {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for verb in VERBS:
+        module = importlib.import_module(f"mergedistill.commands.{verb}")
+        verb_parser = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.main(args) or 0)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"mergedistill {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mergedistill {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,13 @@
+"""`mergedistill export`: not implemented yet."""
+
+from mergedistill.errors import UserError
+
+HELP = "(not implemented yet)"
+
+
+def add_arguments(parser):
+    parser.add_argument("rest", nargs="*")
+
+
+def main(args):
+    raise UserError("'export' is not implemented yet; see the open issues")

@@ -1,0 +1,277 @@
+"""Structured experiment configs: one dataclass per pipeline stage, loaded with OmegaConf.
+
+``load_config(path, overrides)`` merges a YAML file and ``key=value`` overrides onto the dataclass
+schema. Unknown keys, wrong types and out-of-range values raise ``UserError`` naming the dotted key.
+A section may define ``problems(self) -> list[(field, message)]`` for value checks; floats must be finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mergedistill.errors import UserError
+
+T = TypeVar("T")
+
+DEMO_LANGUAGES = ["en", "de", "ru", "ja", "fr", "es", "zh"]
+
+
+def _one_of(value: str, allowed: tuple[str, ...], name: str) -> list[tuple[str, str]]:
+    return [] if value in allowed else [(name, f"must be one of {', '.join(allowed)}, got {value!r}")]
+
+
+def _positive(section: Any, *names: str) -> list[tuple[str, str]]:
+    return [(n, f"must be > 0, got {getattr(section, n)}") for n in names if getattr(section, n) <= 0]
+
+
+def _non_negative(section: Any, *names: str) -> list[tuple[str, str]]:
+    return [(n, f"must be >= 0, got {getattr(section, n)}") for n in names if getattr(section, n) < 0]
+
+
+@dataclass
+class CorpusConfig:
+    """Where the text comes from. ``dir: ""`` means the corpus embedded in the repository."""
+
+    dir: str = ""
+    languages: List[str] = field(default_factory=lambda: list(DEMO_LANGUAGES))
+    # Per-language user corpora: {lang: {path: "*.txt"|"*.jsonl", text_field: text}} or {lang: {hub: name, ...}}
+    sources: Dict[str, Any] = field(default_factory=dict)
+    max_train_paragraphs: Optional[int] = None  # per language; None = all
+    max_eval_paragraphs: int = 300  # per language, for evaluation and teacher selection
+
+    def problems(self):
+        out = [] if self.languages else [("languages", "must name at least one language")]
+        if self.max_train_paragraphs is not None and self.max_train_paragraphs <= 0:
+            out.append(("max_train_paragraphs", "must be > 0 or null"))
+        return out + _positive(self, "max_eval_paragraphs")
+
+
+@dataclass
+class TeachersConfig:
+    """Teacher cards (YAML files under teachers/) and where demo teachers are built."""
+
+    cards: List[str] = field(default_factory=list)
+    zoo_dir: str = "runs/zoo"  # where `teachers build` writes demo teachers (one dir per card)
+    device: str = "cpu"
+
+    def problems(self):
+        return [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-mbert.yaml)")]
+
+
+@dataclass
+class SelectConfig:
+    """Which teacher serves which language (or example)."""
+
+    strategy: str = "static"  # static | score | min-ce | weighted
+    assignment: Dict[str, Any] = field(default_factory=dict)  # static: lang -> teacher name (or list)
+    candidates: List[str] = field(default_factory=list)  # teacher names to consider; empty = all
+    top_m: int = 1
+    fertility_penalty: float = 0.0
+    unk_penalty: float = 0.0
+
+    def problems(self):
+        return _one_of(self.strategy, ("static", "score", "min-ce", "weighted"), "strategy") + _positive(self, "top_m")
+
+
+@dataclass
+class VocabConfig:
+    """Merged student vocabulary."""
+
+    max_size: Optional[int] = None  # cap on student pieces (specials included); None = no cap
+    min_freq: float = 1e-6  # keep a piece iff its unigram probability in its teacher's languages >= this
+    unified_tokenizer: bool = True  # also build a single student tokenizer over the merged vocabulary
+
+    def problems(self):
+        out = _non_negative(self, "min_freq")
+        if self.max_size is not None and self.max_size < 8:
+            out.append(("max_size", f"must be >= 8 (room for the special tokens) or null, got {self.max_size}"))
+        return out
+
+
+@dataclass
+class DataConfig:
+    """Tokenization, masking and language sampling for distillation."""
+
+    tokenization: str = "routed"  # routed: each language by its teacher's tokenizer | unified
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    whole_word: bool = False
+    sampling_alpha: float = 0.7  # p_L proportional to n_L ** alpha
+    mask_seed: int = 1234
+
+    def problems(self):
+        out = _one_of(self.tokenization, ("routed", "unified"), "tokenization") + _positive(self, "max_length")
+        if not 0 < self.mlm_probability < 1:
+            out.append(("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}"))
+        return out + _non_negative(self, "sampling_alpha")
+
+
+@dataclass
+class CacheConfig:
+    """Teacher outputs: offline top-k cache, or teachers run online in the training loop."""
+
+    mode: str = "offline"  # offline | online
+    top_k: int = 8
+    batch_size: int = 32
+
+    def problems(self):
+        return _one_of(self.mode, ("offline", "online"), "mode") + _positive(self, "top_k", "batch_size")
+
+
+@dataclass
+class StudentConfig:
+    """BERT-style student over the merged vocabulary."""
+
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    intermediate: int = 1024
+    max_position: int = 512
+    dropout: float = 0.1
+    init: str = "scratch"  # scratch | teacher
+    init_teacher: str = ""  # teacher name when init == teacher
+    layer_stride: int = 2  # copy teacher layers s, 2s, ... when init == teacher
+    new_piece_init: str = "mean"  # mean | random: embeddings of pieces the init teacher does not own
+
+    def problems(self):
+        out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position", "layer_stride")
+        if self.hidden % max(self.heads, 1):
+            out.append(("hidden", f"must be divisible by heads ({self.heads}), got {self.hidden}"))
+        out += _one_of(self.init, ("scratch", "teacher"), "init")
+        out += _one_of(self.new_piece_init, ("mean", "random"), "new_piece_init")
+        if self.init == "teacher" and not self.init_teacher:
+            out.append(("init_teacher", "must name a teacher when init is 'teacher'"))
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """Distillation under DeepSpeed."""
+
+    steps: int = 1000
+    batch_size: int = 32  # micro batch per process
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    t2_scaling: bool = True  # multiply the soft loss by T^2 (Hinton et al.) so its gradient scale is T-independent
+    alpha_kd: float = 1.0
+    alpha_mlm: float = 1.0
+    alpha_hidden: float = 0.0
+    alpha_attn: float = 0.0
+    zero_stage: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    checkpoint_every: int = 200
+    log_every: int = 10
+    deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra keys merged into the DeepSpeed config
+
+    def problems(self):
+        out = _positive(self, "steps", "batch_size", "grad_accum", "lr", "temperature", "checkpoint_every", "log_every")
+        out += _non_negative(self, "warmup_steps", "weight_decay", "grad_clip", "alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attn")
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"))
+        if self.alpha_kd + self.alpha_mlm + self.alpha_hidden + self.alpha_attn <= 0:
+            out.append(("alpha_kd", "at least one loss weight must be > 0"))
+        return out + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision")
+
+
+@dataclass
+class EvalConfig:
+    paragraphs: int = 200  # held-out paragraphs per language
+    speed_batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+
+
+@dataclass
+class ExportConfig:
+    fill_mask_examples: int = 3  # per language, in the report
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole MergeDistill run: corpus -> teachers -> select -> vocab -> cache -> train -> eval -> export."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _problems(obj: Any, prefix: str) -> list[tuple[str, str]]:
+    """Walk a dataclass tree: each section's own ``problems()`` plus a finiteness check on every float."""
+    found: list[tuple[str, str]] = []
+    if not dataclasses.is_dataclass(obj):
+        return found
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append((key, f"must be a finite number, got {value}"))
+        elif dataclasses.is_dataclass(value):
+            found += _problems(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                found += _problems(item, f"{key}[{i}].")
+    if hasattr(obj, "problems"):
+        found += [(f"{prefix}{name}", msg) for name, msg in obj.problems()]
+    return found
+
+
+def from_dict(schema: Type[T], data: Any, source: str = "<config>", overrides: list[str] | None = None) -> T:
+    """Build and validate a ``schema`` instance from plain data and ``key=value`` overrides."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data or {}))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise UserError(f"override {bad[0]!r}: expected key=value (e.g. train.steps=100)")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise UserError(f"{source}: bad config key '{key}': {reason}") from None
+    problems = _problems(obj, "")
+    if problems:
+        key, message = problems[0]
+        raise UserError(f"{source}: config key '{key}' {message}")
+    return obj
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, schema: Type[T] = ExperimentConfig) -> T:
+    """Load a YAML config file onto ``schema``; relative paths inside stay relative to the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass the path of a YAML file (see experiments/)")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # yaml errors come in several types
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of config sections")
+    return from_dict(schema, data, source=str(path), overrides=overrides)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))

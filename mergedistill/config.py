@@ -260,12 +260,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: Ty
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass the path of a YAML file (see experiments/)")
+    import yaml  # a dependency of omegaconf
+
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as err:  # yaml errors come in several types
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is not None and not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of config sections")
+        raise UserError(f"{path}: the top level must be a mapping of config sections, not {type(data).__name__}")
     return from_dict(schema, data, source=str(path), overrides=overrides)
 
 

@@ -1,0 +1,66 @@
+import pytest
+
+from mergedistill import io
+from mergedistill.config import ExperimentConfig, from_dict
+from mergedistill.pipeline import Stage, run_stages
+
+CFG = {"teachers": {"cards": ["a.yaml"]}}
+
+
+def make_stages(calls, fail_in=None):
+    def produce(name, text):
+        def run(ctx):
+            calls.append(name)
+            if fail_in == name:
+                (ctx.work / "progress").write_text("half")
+                raise KeyboardInterrupt
+            upstream = "".join((p / "out.txt").read_text() for p in ctx.inputs.values())
+            (ctx.out / "out.txt").write_text(upstream + text(ctx.cfg))
+            return {"resumed_from": (ctx.work / "progress").read_text() if (ctx.work / "progress").exists() else None}
+
+        return run
+
+    return [
+        Stage("vocab", produce("vocab", lambda c: f"v{c.vocab.min_freq}|"), sections=("vocab",)),
+        Stage("train", produce("train", lambda c: f"t{c.train.steps}|"), sections=("train",), after=("vocab",)),
+        Stage("eval", produce("eval", lambda c: "e|"), sections=("eval",), after=("train",)),
+    ]
+
+
+def test_second_run_skips_everything(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    first = run_stages(cfg, make_stages(calls), tmp_path, log=lambda m: None)
+    assert [r.status for r in first] == ["ran"] * 3
+    assert (tmp_path / "eval" / "out.txt").read_text() == "v1e-06|t1000|e|"
+    calls.clear()
+    second = run_stages(cfg, make_stages(calls), tmp_path, log=lambda m: None)
+    assert calls == [] and [r.status for r in second] == ["skipped"] * 3
+
+
+def test_changed_section_reruns_that_stage_and_everything_after(tmp_path):
+    calls = []
+    run_stages(from_dict(ExperimentConfig, CFG), make_stages(calls), tmp_path, log=lambda m: None)
+    calls.clear()
+    changed = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 5}})
+    run_stages(changed, make_stages(calls), tmp_path, log=lambda m: None)
+    assert calls == ["train", "eval"]
+    assert (tmp_path / "eval" / "out.txt").read_text() == "v1e-06|t5|e|"
+
+
+def test_interrupted_stage_leaves_earlier_outputs_and_resumes(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    run_stages(cfg, make_stages(calls), tmp_path, log=lambda m: None)
+    before = (tmp_path / "train" / "out.txt").read_text()
+    changed = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 9}})
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(changed, make_stages(calls, fail_in="train"), tmp_path, log=lambda m: None)
+    assert (tmp_path / "train" / "out.txt").read_text() == before  # old output intact, not half-written
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    calls.clear()
+    results = run_stages(changed, make_stages(calls), tmp_path, log=lambda m: None)
+    assert calls == ["train", "eval"]
+    assert io.read_manifest(tmp_path / "train")["resumed_from"] == "half"  # work dir survived the kill
+    assert not (tmp_path / "train.work").exists()
+    assert [r.status for r in results] == ["skipped", "ran", "ran"]

@@ -1,0 +1,93 @@
+"""Run every benchmark in this folder and write benchmarks/RESULTS.md.
+
+Each benchmark is a script that prints a final line holding one JSON object. This runner executes them
+one after another (never in parallel: the machine is small and timings must not disturb each other),
+collects those objects and writes a Markdown table with the machine's description.
+
+    python benchmarks/run_all.py [--only NAME ...] [--out benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SKIP = {"run_all.py", "common.py"}
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return info
+
+
+def last_json_line(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help="benchmark file stems to run")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and (not args.only or p.stem in args.only))
+    rows, failed = [], []
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        sys.stdout.write(proc.stdout[-2000:])
+        result = last_json_line(proc.stdout)
+        if proc.returncode != 0 or result is None:
+            failed.append(script.name)
+            sys.stderr.write(proc.stderr[-3000:])
+            result = {"error": f"exit {proc.returncode}"}
+        rows.append((script.stem, result))
+    info = machine_info()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (`python benchmarks/run_all.py`) on {datetime.date.today().isoformat()}.",
+        "Ratios are measured within one run; absolute numbers depend on the machine and its load.",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
+        "",
+        "| benchmark | result (final JSON line) |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows]
+    from mergedistill.io import write_text_atomic
+
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,6 +81,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory beside ``final``; on success replace ``final`` with it, on error delete it."""
     final = ensure_writable_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the final dir the usual permissions
     try:
         yield tmp
         if final.exists():
@@ -94,6 +95,12 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:

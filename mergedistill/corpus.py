@@ -1,0 +1,151 @@
+"""The corpus layer: per-language paragraphs with aligned ids and topic labels, through HF ``datasets``.
+
+The embedded corpus lives in ``data/corpus/<lang>/{train,valid,test}.jsonl.gz`` (records ``id``,
+``module``, ``text``; see ``corpus_build``). Users may instead point a language at their own files
+(plain text: one paragraph per line; JSONL: a ``text_field``) or, with internet, at a hub dataset.
+User files get ids ``<lang>:<line>`` and the same id-hash split rule as the embedded corpus.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+from mergedistill.corpus_build import SPLITS, split_of
+from mergedistill.errors import UserError
+
+EMBEDDED_CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
+COLUMNS = ("id", "module", "text")
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    datasets.disable_progress_bars()  # many small loads; a bar each would drown the output
+
+
+def corpus_dir(path: str | Path | None = None) -> Path:
+    directory = Path(path) if path else EMBEDDED_CORPUS_DIR
+    if not (directory / "manifest.json").is_file():
+        raise UserError(f"{directory}: no corpus here (manifest.json missing); set corpus.dir or rebuild with `mergedistill corpus build`")
+    return directory
+
+
+def languages(path: str | Path | None = None) -> list[str]:
+    return sorted(json.loads((corpus_dir(path) / "manifest.json").read_text(encoding="utf-8"))["splits"])
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _load_embedded(lang: str, split: str, directory: Path):
+    from datasets import load_dataset
+
+    path = directory / lang / f"{split}.jsonl.gz"
+    if not path.is_file():
+        known = ", ".join(languages(directory))
+        raise UserError(f"{path}: language {lang!r} is not in the corpus (has: {known}); add a corpus.sources entry for it")
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def _user_files(lang: str, pattern: str) -> list[str]:
+    files = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not files:
+        raise UserError(f"corpus.sources.{lang}.path: no file matches {pattern!r}")
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                for _ in handle:
+                    pass
+        except UnicodeDecodeError as err:
+            raise UserError(f"{file}: not UTF-8 (byte {err.start}); convert it, e.g. `iconv -t UTF-8`") from None
+    return files
+
+
+def _load_user(lang: str, split: str, source: Mapping[str, Any]):
+    from datasets import Dataset, load_dataset
+
+    text_field = source.get("text_field", "text")
+    if "hub" in source:  # users with internet
+        kwargs = {k: source[k] for k in ("config", "revision") if k in source}
+        name = kwargs.pop("config", None)
+        raw = load_dataset(source["hub"], name, split=source.get("split", "train"), **kwargs)
+    elif "path" in source:
+        files = _user_files(lang, source["path"])
+        if all(f.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")) for f in files):
+            raw = load_dataset("json", data_files=files, split="train")
+        else:
+            rows = []
+            for file in files:
+                with open(file, encoding="utf-8") as handle:
+                    rows += [line.rstrip("\n") for line in handle]
+            raw = Dataset.from_dict({text_field: rows})
+    else:
+        raise UserError(f"corpus.sources.{lang}: give `path: <files>` or `hub: <dataset name>`")
+    if text_field not in raw.column_names:
+        raise UserError(f"corpus.sources.{lang}.text_field: column {text_field!r} not found (has: {', '.join(raw.column_names)})")
+    has_ids = "id" in raw.column_names
+    has_modules = "module" in raw.column_names
+
+    def to_record(row, index):
+        text = " ".join(str(row[text_field]).split())
+        return {"id": str(row["id"]) if has_ids else f"{lang}:{index}", "module": str(row["module"]) if has_modules else "", "text": text}
+
+    records = raw.map(to_record, with_indices=True, remove_columns=raw.column_names)
+    return records.filter(lambda r: bool(r["text"]) and split_of(r["id"]) == split)
+
+
+def load_split(lang: str, split: str, corpus_dir_path: str | Path | None = None, sources: Mapping[str, Any] | None = None):
+    """A ``datasets.Dataset`` with columns id, module, text for one language and split."""
+    _offline()
+    _check_split(split)
+    if sources and lang in sources:
+        dataset = _load_user(lang, split, sources[lang])
+    else:
+        dataset = _load_embedded(lang, split, corpus_dir(corpus_dir_path))
+    if len(dataset) == 0:
+        raise UserError(f"corpus for {lang!r} has no {split} paragraphs; check the files (corpus.sources.{lang})")
+    return dataset
+
+
+def load_texts(lang: str, split: str, cfg=None, limit: int | None = None) -> list[str]:
+    """Paragraph texts for a language, using an experiment's corpus section (``cfg.corpus``) when given."""
+    corpus = getattr(cfg, "corpus", None)
+    dataset = load_split(lang, split, corpus.dir if corpus and corpus.dir else None, corpus.sources if corpus else None)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return list(dataset["text"])
+
+
+def stats(path: str | Path | None = None) -> dict:
+    """Per language and split: paragraphs and characters; per language: module label counts."""
+    out = {}
+    for lang in languages(path):
+        entry = {"splits": {}, "modules": Counter()}
+        for split in SPLITS:
+            dataset = load_split(lang, split, path)
+            texts = dataset["text"]
+            entry["splits"][split] = {"paragraphs": len(texts), "chars": sum(map(len, texts))}
+            entry["modules"].update(dataset["module"])
+        entry["modules"] = dict(sorted(entry["modules"].items()))
+        out[lang] = entry
+    return out
+
+
+def format_stats(corpus_stats: dict) -> str:
+    modules = sorted({m for entry in corpus_stats.values() for m in entry["modules"]})
+    header = ["lang", *(f"{s} par" for s in SPLITS), "train chars", *modules]
+    rows = [header]
+    for lang, entry in corpus_stats.items():
+        rows.append([lang, *(str(entry["splits"][s]["paragraphs"]) for s in SPLITS), str(entry["splits"]["train"]["chars"]),
+                     *(str(entry["modules"].get(m, 0)) for m in modules)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)

@@ -10,3 +10,39 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+# (arch, tokenizer family) of every teacher family the framework supports
+FAMILIES = {
+    "bert": "wordpiece",
+    "roberta": "bytelevel",
+    "xlm-roberta": "unigram",
+    "distilbert": "wordpiece",
+    "electra": "wordpiece",
+    "deberta-v2": "unigram",
+}
+TEST_LANGUAGES = ("en", "de", "ja", "ru")
+
+
+@pytest.fixture(scope="session")
+def corpus_texts():
+    """A few hundred real paragraphs per language (train split) and some held-out ones (valid)."""
+    from mergedistill.corpus import load_texts
+
+    return {lang: {"train": load_texts(lang, "train", limit=400), "valid": load_texts(lang, "valid", limit=40)} for lang in TEST_LANGUAGES}
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tmp_path_factory, corpus_texts):
+    """Saved tiny random teachers of each family with real tokenizers trained on corpus text: arch -> dir."""
+    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+
+    root = tmp_path_factory.mktemp("teachers")
+    texts = [t for lang in TEST_LANGUAGES for t in corpus_texts[lang]["train"]]
+    tokenizers = {family: train_tokenizer(family, texts, vocab_size=1200) for family in set(FAMILIES.values())}
+    dirs = {}
+    for arch, family in FAMILIES.items():
+        model = tiny_mlm(arch, tokenizers[family], seed=1)
+        dirs[arch] = save_pretrained_teacher(model, tokenizers[family], root / arch)
+    return dirs

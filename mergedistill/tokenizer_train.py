@@ -1,0 +1,106 @@
+"""Train real tokenizers of the three families and build small masked-LMs around them.
+
+Used by the demo teacher zoo and by tests: each family is configured like its well-known model
+(BERT WordPiece, RoBERTa byte-level BPE, XLM-R SentencePiece unigram), so the rest of the framework meets
+the same special tokens, pre-tokenizers and decoders it meets on hub checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from mergedistill.errors import UserError
+from mergedistill.io import atomic_dir
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+TOKENIZER_FAMILIES = ("wordpiece", "bytelevel", "unigram")
+ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2")
+
+
+def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercase: bool = False, model_max_length: int = 512):
+    """A ``PreTrainedTokenizerFast``-compatible tokenizer trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts)
+    if family == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, continuing_subword_prefix="##")
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+        )
+        specials = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    elif family in ("bytelevel", "unigram"):
+        if family == "bytelevel":
+            tok = Tokenizer(models.BPE())
+            tok.normalizer = normalizers.NFC()
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        else:
+            tok = Tokenizer(models.Unigram())
+            tok.normalizer = normalizers.NFKC()
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+            tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+            trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, unk_token="<unk>", max_piece_length=12)
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+        )
+        specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    else:
+        raise UserError(f"unknown tokenizer family {family!r}; choose one of {', '.join(TOKENIZER_FAMILIES)}")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **specials)
+
+
+def tiny_mlm(arch: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64,
+             max_position: int = 130, seed: int = 0, dropout: float = 0.1):
+    """A randomly initialised ``*ForMaskedLM`` of ``arch`` sized for ``tokenizer``."""
+    import torch
+    from transformers import (AutoModelForMaskedLM, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig,
+                              RobertaConfig, XLMRobertaConfig)
+
+    vocab = len(tokenizer)
+    pad = tokenizer.pad_token_id
+    common = dict(vocab_size=vocab, pad_token_id=pad)
+    if arch == "bert":
+        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
+                            max_position_embeddings=max_position, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
+    elif arch in ("roberta", "xlm-roberta"):
+        cls = RobertaConfig if arch == "roberta" else XLMRobertaConfig
+        config = cls(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
+                     max_position_embeddings=max_position + pad + 1, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **common)
+    elif arch == "distilbert":
+        config = DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=intermediate, max_position_embeddings=max_position,
+                                  dropout=dropout, attention_dropout=dropout, **common)
+    elif arch == "electra":
+        config = ElectraConfig(embedding_size=hidden, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=intermediate, max_position_embeddings=max_position, hidden_dropout_prob=dropout,
+                               attention_probs_dropout_prob=dropout, **common)
+    elif arch == "deberta-v2":
+        config = DebertaV2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
+                                 max_position_embeddings=max_position, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                                 relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], **common)
+    else:
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    torch.manual_seed(seed)
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def save_pretrained_teacher(model, tokenizer, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Save model + tokenizer (+ config.json) atomically so Auto* classes load the directory."""
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(directory)

@@ -1,0 +1,66 @@
+import pytest
+
+from mergedistill import io
+from mergedistill.errors import UserError
+from mergedistill.teachers import Teacher, TeacherCard
+from mergedistill.zoo import build_fingerprint, build_teacher
+
+RECIPE = {
+    "tokenizer": {"family": "wordpiece", "vocab_size": 400},
+    "model": {"arch": "bert", "hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
+    "train": {"steps": 6, "batch_size": 4, "max_length": 32, "max_paragraphs": 60, "checkpoint_every": 2, "warmup": 1},
+}
+
+
+def card(tmp_path, name="tiny", **changes):
+    build = {**RECIPE, **changes}
+    return TeacherCard(name=name, source=str(tmp_path / name), languages=["en", "de"], max_length=32, build=build)
+
+
+def state(directory):
+    from transformers import AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM.from_pretrained(directory).state_dict()
+
+
+def test_build_produces_a_loadable_teacher_and_is_skipped_when_current(tmp_path):
+    c = card(tmp_path)
+    out = build_teacher(c, progress=False, log=lambda m: None)
+    teacher = Teacher.load(c)
+    assert teacher.vocab.family == "wordpiece" and io.read_manifest(out)["steps"] == 6
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    messages = []
+    build_teacher(c, progress=False, log=messages.append)
+    assert "up to date" in messages[0] and (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_interrupted_build_resumes_to_identical_weights(tmp_path):
+    import torch
+
+    import shutil
+
+    resumed = card(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher(resumed, progress=False, stop_at_step=4, log=lambda m: None)
+    assert (tmp_path / "b" / "tiny.partial" / "state.pt").exists() and not (tmp_path / "b" / "tiny").exists()
+    # the uninterrupted reference starts from the same tokenizer (tokenizer training is not reproducible)
+    (tmp_path / "a" / "tiny.partial").mkdir(parents=True)
+    shutil.copytree(tmp_path / "b" / "tiny.partial" / "tokenizer", tmp_path / "a" / "tiny.partial" / "tokenizer")
+    io.write_manifest(tmp_path / "a" / "tiny.partial", build_fingerprint(card(tmp_path / "a"), seed=0), partial=True)
+    build_teacher(card(tmp_path / "a"), progress=False, log=lambda m: None)
+    messages = []
+    build_teacher(resumed, progress=False, log=messages.append)
+    assert any("resuming at step 4" in m for m in messages)
+    a, b = state(tmp_path / "a" / "tiny"), state(tmp_path / "b" / "tiny")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fingerprint_follows_the_recipe_and_errors(tmp_path):
+    base = build_fingerprint(card(tmp_path), seed=0)
+    assert base == build_fingerprint(card(tmp_path), seed=0)
+    assert base != build_fingerprint(card(tmp_path, train={**RECIPE["train"], "steps": 7}), seed=0)
+    assert base != build_fingerprint(card(tmp_path), seed=1)
+    with pytest.raises(UserError, match="no `build:` recipe"):
+        build_teacher(TeacherCard(name="hub", source="bert-base-cased", languages=["en"]))
+    with pytest.raises(UserError, match="build.train.stepz"):
+        build_teacher(card(tmp_path, train={"stepz": 3}))

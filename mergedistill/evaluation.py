@@ -19,6 +19,8 @@ def load_teacher(spec: str | Path | TeacherCard, **kwargs) -> Teacher:
 
 
 def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_eval.EvalSet:
+    """Held-out sequences; special tokens AND unknown pieces are never scored (predicting <unk> for text
+    the tokenizer cannot represent would look like skill)."""
     return mlm_eval.make_eval_set(texts, teacher.encode, set(teacher.tokenizer.all_special_ids), teacher.card.max_length)
 
 

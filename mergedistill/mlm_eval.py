@@ -33,7 +33,7 @@ class EvalSet:
 def make_eval_set(texts: Sequence[str], encode, special_ids: set[int], max_length: int = 128) -> EvalSet:
     """Encode each text separately (no packing) with ``encode(texts, max_length)`` -> id lists."""
     sequences = [np.asarray(ids, dtype=np.int64) for ids in encode(list(texts), max_length)]
-    special = [np.isin(s, list(special_ids)) for s in sequences]
+    special = [np.isin(s, list(special_ids)) for s in sequences]  # includes unk: never scored
     return EvalSet(sequences, special, [len(t) for t in texts], [len(t.split()) for t in texts])
 
 

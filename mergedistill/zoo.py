@@ -133,7 +133,7 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     m = spec["model"]
     torch.manual_seed(seed)
     model = tiny_mlm(m["arch"], tokenizer, hidden=m.get("hidden", 128), layers=m.get("layers", 2), heads=m.get("heads", 2),
-                     intermediate=m.get("intermediate", 512), max_position=train["max_length"] + 2, seed=seed, dropout=m.get("dropout", 0.1))
+                     intermediate=m.get("intermediate", 512), max_position=max(card.max_length, train["max_length"]) + 2, seed=seed, dropout=m.get("dropout", 0.1))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"])

@@ -46,3 +46,26 @@ def tiny_teachers(tmp_path_factory, corpus_texts):
         model = tiny_mlm(arch, tokenizers[family], seed=1)
         dirs[arch] = save_pretrained_teacher(model, tokenizers[family], root / arch)
     return dirs
+
+# three families: WordPiece BERT (en, ru), byte-level RoBERTa (de), SentencePiece unigram XLM-R (ja)
+ASSIGNMENT = {"en": ["bert"], "ru": ["bert"], "de": ["roberta"], "ja": ["xlm-roberta"]}
+
+
+@pytest.fixture(scope="session")
+def teachers(tiny_teachers):
+    from mergedistill.teachers import Teacher, TeacherCard
+
+    langs = {"bert": ["en", "de", "ru", "ja"], "roberta": ["de"], "xlm-roberta": ["ja"]}
+    return {a: Teacher.load(TeacherCard(name=a, source=str(tiny_teachers[a]), languages=langs[a], max_length=64)) for a in langs}
+
+
+@pytest.fixture(scope="session")
+def texts(corpus_texts):
+    return {lang: corpus_texts[lang]["train"][:200] for lang in ASSIGNMENT}
+
+
+@pytest.fixture(scope="session")
+def merged(teachers, texts):
+    from mergedistill.vocab.build import build_vocab
+
+    return build_vocab(teachers, ASSIGNMENT, texts)

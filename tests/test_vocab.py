@@ -9,29 +9,11 @@ import torch
 from mergedistill.errors import UserError
 from mergedistill.io import atomic_dir
 from mergedistill.pieces import NormalizedVocab
-from mergedistill.teachers import Teacher, TeacherCard
 from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab, map_topk, merge_vocabs
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
 from mergedistill.vocab.report import fertility_rows, merged_examples, overlap_table
 
-# three families: WordPiece BERT (all languages), byte-level RoBERTa (de), SentencePiece unigram XLM-R (ja)
-ASSIGNMENT = {"en": ["bert"], "ru": ["bert"], "de": ["roberta"], "ja": ["xlm-roberta"]}
-
-
-@pytest.fixture(scope="module")
-def teachers(tiny_teachers):
-    langs = {"bert": ["en", "de", "ru", "ja"], "roberta": ["de"], "xlm-roberta": ["ja"]}
-    return {a: Teacher.load(TeacherCard(name=a, source=str(tiny_teachers[a]), languages=langs[a])) for a in langs}
-
-
-@pytest.fixture(scope="module")
-def texts(corpus_texts):
-    return {lang: corpus_texts[lang]["train"][:200] for lang in ASSIGNMENT}
-
-
-@pytest.fixture(scope="module")
-def merged(teachers, texts):
-    return build_vocab(teachers, ASSIGNMENT, texts)
+from tests.conftest import ASSIGNMENT
 
 
 def test_teacher_ids_to_student_ids_to_pieces_round_trip(merged, teachers, texts, corpus_texts):

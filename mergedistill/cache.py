@@ -1,0 +1,176 @@
+"""Teacher targets for distillation: an offline top-k cache, or teachers run online.
+
+Both give, for a batch of the plan, ``(topk_ids [n,k] student ids (-1 none), topk_logits [n,k] (-inf
+none))`` at the masked positions in row-major order. Offline values are stored as float16, so online
+targets are rounded to float16 too: the two modes give bit-identical targets and hence the same loss.
+
+The offline cache holds the targets of every planned micro-batch, in Arrow IPC chunk files of
+``CHUNK`` batches (flat int32 ids + float16 logits + per-batch offsets). Each chunk is written to a temp
+file and renamed, so a killed build loses at most the chunk in progress and a re-run continues with
+the missing chunks; with several processes, rank r builds chunks r, r+W, ... The manifest records the
+fingerprint of everything the targets depend on (teachers, tokenizers, vocabulary, plan, masking, k)
+and each chunk's sha256: a stale, truncated or corrupted cache is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from mergedistill import io
+from mergedistill.errors import UserError
+from mergedistill.vocab.merge import map_topk
+
+CHUNK = 50
+CHUNK_NAME = "chunk-{:05d}.arrow"
+
+
+def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
+    """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16."""
+    import torch
+
+    masked = batch["labels"] != -100
+    ids, logits = teacher.topk(batch["teacher_input_ids"], batch["attention_mask"], masked, k)
+    student_ids, student_logits = map_topk(ids, logits, id_map)
+    return student_ids.long(), student_logits.to(torch.float16).float()
+
+
+class OnlineTargets:
+    """Teachers run in the training loop (frozen, inference mode)."""
+
+    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int):
+        self.teachers, self.id_maps, self.k = dict(teachers), dict(id_maps), k
+
+    def __call__(self, index: int, batch: dict):
+        name = batch["teacher"]
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k)
+
+
+def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
+    used = sorted({s.teacher for s in plan.streams})
+    return io.fingerprint("topk-cache", plan.fingerprint(), {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
+                          vocab_fingerprint, k)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    import pyarrow as pa
+
+    offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
+    k = batches[0][0].shape[1] if batches and batches[0][0].ndim == 2 else 0
+    ids = np.concatenate([ids.reshape(-1) for ids, _ in batches]).astype(np.int32) if batches else np.zeros(0, np.int32)
+    logits = np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
+    table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
+    meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode()}
+    table = table.replace_schema_metadata(meta)
+    tmp = path.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
+                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> None:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable)."""
+    import torch
+    from tqdm import tqdm
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = io.read_manifest(directory)
+    if state is not None and state.get("fingerprint") != fp:
+        for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
+            stale.unlink()
+    io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
+    online = OnlineTargets(teachers, id_maps, k)
+    n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
+    mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
+    written = 0
+    with torch.inference_mode():
+        for chunk in tqdm(mine, desc="top-k cache", disable=not progress, unit="chunk"):
+            rows = []
+            for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, plan.n_batches)):
+                ids, logits = online(index, plan.batch(index))
+                rows.append((ids.numpy(), logits.to(torch.float16).numpy()))
+            _write_chunk(directory / CHUNK_NAME.format(chunk), rows)
+            written += 1
+            if stop_after_chunks is not None and written >= stop_after_chunks:
+                raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+
+
+def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
+    """After all ranks are done: check every chunk exists, record checksums, mark the cache complete."""
+    directory = Path(directory)
+    n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
+    missing = [c for c in range(n_chunks) if not (directory / CHUNK_NAME.format(c)).exists()]
+    if missing:
+        raise UserError(f"{directory}: chunks {missing[:5]} missing; re-run `mergedistill cache build` to finish it")
+    sums = {CHUNK_NAME.format(c): _sha256(directory / CHUNK_NAME.format(c)) for c in range(n_chunks)}
+    nbytes = sum((directory / name).stat().st_size for name in sums)
+    io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes)
+    return {"bytes": nbytes, "chunks": n_chunks}
+
+
+class OfflineTargets:
+    """Reads a finished cache; verifies fingerprint and checksums when opened."""
+
+    def __init__(self, directory: str | Path, fp: str, verify: bool = True):
+        self.directory = Path(directory)
+        manifest = io.read_manifest(self.directory)
+        rebuild = f"rebuild it with `mergedistill cache build` (or delete {self.directory})"
+        if manifest is None:
+            raise UserError(f"{self.directory}: no cache manifest; {rebuild}")
+        if manifest.get("fingerprint") != fp:
+            raise UserError(f"cache {self.directory} was built for different teachers, vocabulary or data (stale fingerprint); {rebuild}")
+        if not manifest.get("complete"):
+            raise UserError(f"cache {self.directory} is incomplete (an interrupted build); {rebuild}")
+        self.chunk = manifest["chunk"]
+        self.checksums = manifest["checksums"]
+        if verify:
+            for name, expected in self.checksums.items():
+                path = self.directory / name
+                if not path.exists() or _sha256(path) != expected:
+                    raise UserError(f"{path}: cache chunk is missing, truncated or corrupted (checksum mismatch); {rebuild}")
+        self._loaded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+
+    def _chunk(self, chunk: int):
+        import pyarrow as pa
+
+        if chunk not in self._loaded:
+            if len(self._loaded) > 4:
+                self._loaded.clear()
+            path = self.directory / CHUNK_NAME.format(chunk)
+            try:
+                with pa.memory_map(str(path), "r") as source:
+                    table = pa.ipc.open_file(source).read_all()
+            except (pa.ArrowInvalid, OSError) as err:
+                raise UserError(f"{path}: unreadable cache chunk ({err}); rebuild the cache") from None
+            meta = table.schema.metadata
+            offsets = np.frombuffer(meta[b"offsets"], dtype=np.int64)
+            k = int(meta[b"k"])
+            ids = table.column("ids").to_numpy()
+            logits = table.column("logits").to_numpy()
+            self._loaded[chunk] = (ids, logits, offsets, k)
+        return self._loaded[chunk]
+
+    def __call__(self, index: int, batch: dict | None = None):
+        import torch
+
+        ids, logits, offsets, k = self._chunk(index // self.chunk)
+        row = index % self.chunk
+        start, end = offsets[row] * k, offsets[row + 1] * k
+        shape = (-1, k) if k else (0, 0)
+        topk_ids = torch.from_numpy(ids[start:end].astype(np.int64).reshape(shape))
+        topk_logits = torch.from_numpy(logits[start:end].reshape(shape).astype(np.float32))
+        return topk_ids, topk_logits
+
+
+def targets_fn(mode: str, **kwargs) -> Callable:
+    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])

@@ -1,0 +1,140 @@
+"""The distillation data: streams of packed teacher-tokenized text, and a deterministic batch plan.
+
+A *stream* is one (language, teacher) pair: that language's training paragraphs tokenized by that
+teacher (routed mode, MergeDistill's) and packed into sequences of at most ``max_length`` teacher ids.
+Per-example teacher selection (min-ce) simply splits a language's paragraphs over several streams.
+
+The *plan* fixes, for every micro-batch index, which stream and which examples it holds: the stream is
+drawn with p ∝ n^α over stream sizes (n = sequences; α = ``data.sampling_alpha``), and each stream is
+walked through a fresh seeded permutation per epoch. Masking happens in TEACHER id space with an RNG
+seeded by (mask seed, stream, example, epoch), and the student input is the masked teacher sequence
+mapped through the id map, so teacher and student positions align 1:1. ``batch(i)`` is therefore a
+pure function of i: the offline cache, online teachers and a resumed run all see the same batches.
+Packing (not bucketing) is what avoids padding: packed sequences are nearly all full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mergedistill.errors import UserError
+from mergedistill.io import fingerprint
+from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
+from mergedistill.vocab.merge import SPECIAL_IDS
+
+
+@dataclass
+class Stream:
+    name: str  # "<lang>@<teacher>"
+    lang: str
+    teacher: str
+    sequences: list[np.ndarray]  # packed teacher ids with the teacher's cls/sep
+    id_map: np.ndarray  # teacher id -> student id (-1 dropped)
+    mask_id: int
+    special_ids: np.ndarray
+    random_pool: np.ndarray  # teacher ids allowed as random replacements (kept, non-special)
+    word_start: np.ndarray | None = None  # per teacher id: starts a word (whole-word masking)
+    pad_id: int = 0
+
+    def fingerprint(self) -> str:
+        digest = fingerprint(self.name, [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]], len(self.sequences),
+                             int(sum(len(s) for s in self.sequences)))
+        return digest
+
+
+def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_length: int, whole_word: bool = False) -> Stream:
+    """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them."""
+    tokenizer = teacher.tokenizer
+    if not texts:
+        raise UserError(f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files")
+    length = min(max_length, teacher.card.max_length)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
+    special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+    id_map = np.asarray(id_map)
+    pool = np.setdiff1d(np.flatnonzero(id_map >= len(SPECIAL_IDS)), special)
+    word_start = None
+    if whole_word:
+        word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
+    return Stream(f"{lang}@{teacher.name}", lang, teacher.name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
+                  teacher.vocab.roles.get("pad", 0))
+
+
+@dataclass
+class DataPlan:
+    streams: list[Stream]
+    batch_size: int
+    n_batches: int
+    seed: int = 0
+    alpha: float = 0.7
+    mlm_probability: float = 0.15
+    mask_seed: int = 1234
+    schedule: list[tuple[int, np.ndarray, int]] = field(default_factory=list, repr=False)  # (stream, example ids, epoch)
+
+    def __post_init__(self):
+        if not self.streams:
+            raise UserError("no data streams: every language needs a teacher and text")
+        sizes = np.array([len(s.sequences) for s in self.streams], dtype=np.float64)
+        self.probabilities = sizes**self.alpha / (sizes**self.alpha).sum()
+        cursors = [0] * len(self.streams)
+        epochs = [0] * len(self.streams)
+        orders = [self._order(i, 0) for i in range(len(self.streams))]
+        pick = example_rng(self.seed, "streams").choice(len(self.streams), size=self.n_batches, p=self.probabilities)
+        for stream_index in pick:
+            n = len(self.streams[stream_index].sequences)
+            take = min(self.batch_size, n)
+            if cursors[stream_index] + take > n:  # next epoch: a new permutation
+                epochs[stream_index] += 1
+                orders[stream_index] = self._order(stream_index, epochs[stream_index])
+                cursors[stream_index] = 0
+            start = cursors[stream_index]
+            self.schedule.append((int(stream_index), orders[stream_index][start:start + take], epochs[stream_index]))
+            cursors[stream_index] += take
+
+    def _order(self, stream_index: int, epoch: int) -> np.ndarray:
+        return example_rng(self.seed, "order", self.streams[stream_index].name, epoch).permutation(len(self.streams[stream_index].sequences))
+
+    def fingerprint(self) -> str:
+        return fingerprint("plan", [s.fingerprint() for s in self.streams], self.batch_size, self.n_batches, self.seed, self.alpha,
+                           self.mlm_probability, self.mask_seed)
+
+    def served(self) -> dict[str, int]:
+        """Examples each teacher serves over the whole plan."""
+        out: dict[str, int] = {}
+        for stream_index, examples, _ in self.schedule:
+            teacher = self.streams[stream_index].teacher
+            out[teacher] = out.get(teacher, 0) + len(examples)
+        return out
+
+    def batch(self, index: int) -> dict:
+        """The micro-batch ``index`` (see CONTRIBUTING.md: batch dict), as torch tensors."""
+        import torch
+
+        stream_index, examples, epoch = self.schedule[index % len(self.schedule)]
+        stream = self.streams[stream_index]
+        teacher_inputs, student_labels = [], []
+        for example in examples:
+            seq = stream.sequences[int(example)].astype(np.int64)
+            rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
+            special = np.isin(seq, stream.special_ids)
+            word_start = stream.word_start[seq] if stream.word_start is not None else None
+            masked_ids, masked = mask_sequence(seq, special, rng, self.mlm_probability, stream.mask_id, stream.random_pool, word_start)
+            gold = stream.id_map[seq]
+            masked &= gold >= 0  # a masked piece the student does not have cannot be a target
+            teacher_inputs.append(np.where(masked, masked_ids, seq))
+            student_labels.append(np.where(masked, gold, -100))
+        teacher_ids, attention = pad_batch(teacher_inputs, stream.pad_id)
+        labels, _ = pad_batch(student_labels, -100)
+        student_ids = stream.id_map[teacher_ids]
+        student_ids = np.where(student_ids < 0, SPECIAL_IDS["unk"], student_ids)
+        student_ids[attention == 0] = SPECIAL_IDS["pad"]
+        return {
+            "input_ids": torch.from_numpy(student_ids.astype(np.int64)),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels),
+            "teacher_input_ids": torch.from_numpy(teacher_ids),
+            "lang": stream.lang,
+            "teacher": stream.teacher,
+        }

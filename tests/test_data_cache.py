@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from mergedistill.cache import OfflineTargets, OnlineTargets, build_cache, cache_fingerprint, finalize_cache
+from mergedistill.data import DataPlan, make_stream
+from mergedistill.errors import UserError
+from mergedistill.losses import kd_soft_ce
+from tests.conftest import ASSIGNMENT
+
+
+@pytest.fixture(scope="module")
+def streams(teachers, texts, merged):
+    return [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64) for lang, (t,) in sorted(ASSIGNMENT.items())]
+
+
+def plan_of(streams, n=12, seed=0, **kw):
+    return DataPlan(streams, batch_size=4, n_batches=n, seed=seed, **kw)
+
+
+def test_sampling_follows_n_alpha(streams):
+    plan = plan_of(streams, n=4000, alpha=0.5)
+    sizes = np.array([len(s.sequences) for s in streams], dtype=float)
+    expected = sizes**0.5 / (sizes**0.5).sum()
+    assert np.allclose(plan.probabilities, expected)
+    counts = np.bincount([s for s, _, _ in plan.schedule], minlength=len(streams)) / 4000
+    assert np.abs(counts - expected).max() < 0.03
+    flat = plan_of(streams, n=10, alpha=0.0)
+    assert np.allclose(flat.probabilities, 1 / len(streams))
+
+
+def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
+    plan, again, other = plan_of(streams), plan_of(streams), plan_of(streams, seed=1)
+    for i in range(6):
+        a, b = plan.batch(i), again.batch(i)
+        assert all(torch.equal(a[key], b[key]) for key in ("input_ids", "labels", "teacher_input_ids"))
+    assert any(not torch.equal(plan.batch(i)["labels"], other.batch(i)["labels"]) for i in range(6))
+    batch = plan.batch(0)
+    id_map = merged.id_maps[batch["teacher"]]
+    masked = batch["labels"] != -100
+    unmasked = ~masked & batch["attention_mask"].bool()
+    mapped = torch.from_numpy(np.where(id_map[batch["teacher_input_ids"].numpy()] < 0, 1, id_map[batch["teacher_input_ids"].numpy()]))
+    assert torch.equal(batch["input_ids"][unmasked], mapped[unmasked])  # student input = teacher input mapped
+    mask_id = teachers[batch["teacher"]].vocab.roles["mask"]
+    at_mask = batch["teacher_input_ids"] == mask_id
+    assert torch.equal(batch["input_ids"][at_mask], torch.full((int(at_mask.sum()),), 4))  # teacher [MASK] -> student [MASK]
+    rate = masked.sum() / (batch["attention_mask"].sum() - 2 * batch["attention_mask"].shape[0])
+    assert 0.08 < float(rate) < 0.25
+
+
+def test_packing_keeps_padding_low(streams):
+    batch = plan_of(streams).batch(3)
+    assert batch["attention_mask"].float().mean() > 0.8
+
+
+def test_online_equals_offline_targets_and_loss(tmp_path, streams, teachers, merged):
+    plan = plan_of(streams, n=60)
+    fp = cache_fingerprint(plan, teachers, "vocab-fp", k=5)
+    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 5, fp, progress=False)
+    finalize_cache(tmp_path / "c", fp, plan)
+    offline = OfflineTargets(tmp_path / "c", fp)
+    online = OnlineTargets(teachers, merged.id_maps, 5)
+    student_logits = None
+    for i in (0, 7, 55):
+        batch = plan.batch(i)
+        off_ids, off_logits = offline(i)
+        on_ids, on_logits = online(i, batch)
+        assert torch.equal(off_ids, on_ids) and torch.equal(off_logits, on_logits)
+        assert off_ids.shape == (int((batch["labels"] != -100).sum()), 5)
+        student_logits = torch.randn(off_ids.shape[0], len(merged), generator=torch.Generator().manual_seed(i))
+        assert kd_soft_ce(student_logits, off_ids, off_logits, 2.0) == kd_soft_ce(student_logits, on_ids, on_logits, 2.0)
+
+
+def test_interrupted_build_resumes_byte_identical_and_ranks_split_the_work(tmp_path, streams, teachers, merged):
+    plan = plan_of(streams, n=120)
+    fp = cache_fingerprint(plan, teachers, "v", k=4)
+    build_cache(tmp_path / "full", plan, teachers, merged.id_maps, 4, fp, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(tmp_path / "resumed", plan, teachers, merged.id_maps, 4, fp, progress=False, stop_after_chunks=1)
+    with pytest.raises(UserError, match="chunks"):
+        finalize_cache(tmp_path / "resumed", fp, plan)
+    build_cache(tmp_path / "resumed", plan, teachers, merged.id_maps, 4, fp, progress=False)
+    for rank in (0, 1):  # two ranks, each its share of the chunks, into one directory
+        build_cache(tmp_path / "ranks", plan, teachers, merged.id_maps, 4, fp, rank=rank, world=2, progress=False)
+    names = sorted(p.name for p in (tmp_path / "full").glob("chunk-*.arrow"))
+    assert len(names) == 3
+    for name in names:
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "ranks" / name).read_bytes()
+
+
+def test_stale_truncated_and_corrupted_caches_are_refused(tmp_path, streams, teachers, merged):
+    plan = plan_of(streams, n=60)
+    fp = cache_fingerprint(plan, teachers, "v", k=4)
+    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 4, fp, progress=False)
+    with pytest.raises(UserError, match="incomplete"):
+        OfflineTargets(tmp_path / "c", fp)
+    finalize_cache(tmp_path / "c", fp, plan)
+    other_plan = plan_of(streams, n=60, seed=5)
+    assert cache_fingerprint(other_plan, teachers, "v", k=4) != fp
+    assert cache_fingerprint(plan, teachers, "v", k=8) != fp
+    with pytest.raises(UserError, match="stale fingerprint"):
+        OfflineTargets(tmp_path / "c", cache_fingerprint(plan, teachers, "other vocab", k=4))
+    chunk = tmp_path / "c" / "chunk-00000.arrow"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        OfflineTargets(tmp_path / "c", fp)
+    chunk.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # one flipped byte
+    with pytest.raises(UserError, match="checksum"):
+        OfflineTargets(tmp_path / "c", fp)

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from mergedistill.losses import attention_mse, combine, hidden_cosine, hidden_mse, kd_kl, kd_soft_ce, mlm_ce
+
+
+def test_soft_ce_matches_a_hand_computation_and_renormalizes_topk():
+    student = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    ids = torch.tensor([[0, 1, -1]])
+    logits = torch.tensor([[0.0, 0.0, float("-inf")]])  # teacher: 50/50 over ids 0 and 1, third entry dropped
+    expected = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25))
+    assert kd_soft_ce(student, ids, logits, 1.0) == pytest.approx(expected)
+
+
+def test_temperature_and_t2_scaling():
+    torch.manual_seed(0)
+    student, ids, logits = torch.randn(4, 10), torch.randint(0, 10, (4, 3)), torch.randn(4, 3)
+    plain = kd_soft_ce(student, ids, logits, 2.0, t2_scaling=False)
+    assert kd_soft_ce(student, ids, logits, 2.0, t2_scaling=True) == pytest.approx(4 * float(plain))
+    assert kd_kl(student, ids, logits, 1.0) <= kd_soft_ce(student, ids, logits, 1.0)
+
+
+def test_kl_is_zero_when_the_student_equals_the_teacher_on_its_support():
+    teacher_logits = torch.tensor([[2.0, 1.0, 0.5]])
+    student = torch.full((1, 5), -1e9)
+    student[0, :3] = teacher_logits
+    assert kd_kl(student, torch.tensor([[0, 1, 2]]), teacher_logits, 1.0) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mlm_and_empty_batches():
+    logits = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
+    assert mlm_ce(logits, torch.tensor([0, 1])) < 1e-3
+    empty = torch.zeros(0, 5, requires_grad=True)
+    assert kd_soft_ce(empty, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2)) == 0
+    assert mlm_ce(empty, torch.zeros(0, dtype=torch.long)) == 0
+
+
+def test_hidden_and_attention_terms_ignore_padding():
+    s = torch.zeros(1, 3, 2)
+    t = torch.zeros(1, 3, 2)
+    t[0, 2] = 100.0  # only the padded position differs
+    mask = torch.tensor([[1, 1, 0]])
+    assert hidden_mse(s, t, mask) == 0 and hidden_cosine(s + 1, t + 1, mask) == pytest.approx(0.0, abs=1e-6)
+    sa = torch.full((1, 2, 3, 3), 1 / 3)
+    ta = sa.clone()
+    ta[0, :, 2, :] = 0.9  # padded query row
+    ta[0, :, :, 2] = 0.9  # padded key column
+    assert attention_mse(sa, ta, mask) == 0
+    ta[0, 0, 0, 0] = 1 / 3 + 0.5
+    assert attention_mse(sa, ta, mask) == pytest.approx(0.25 / (4 * 2))
+
+
+def test_combine_weights_and_logs():
+    total, logged = combine({"kd": torch.tensor(2.0), "mlm": torch.tensor(3.0), "hidden": torch.tensor(9.0)}, {"kd": 1.0, "mlm": 0.5})
+    assert float(total) == 3.5 and logged["loss_hidden"] == 9.0 and logged["loss"] == 3.5
+    with pytest.raises(ValueError):
+        combine({"kd": torch.tensor(1.0)}, {"kd": 0.0})

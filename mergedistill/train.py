@@ -1,0 +1,199 @@
+"""Distillation training under DeepSpeed.
+
+- One process with no launcher works: ``setup_distributed`` sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR
+  and a free MASTER_PORT when they are absent; under ``torchrun``/``deepspeed`` the launcher's are used.
+- Micro-batch ``(step * grad_accum + micro) * world + rank`` of the data plan feeds rank ``rank``: the data
+  is a pure function of the step, so ``resume`` (model, optimizer, scheduler, RNG from the last complete
+  checkpoint) continues exactly where an uninterrupted run would be.
+- Checkpoints go to ``<out>/checkpoints/step-N`` through ``engine.save_checkpoint`` (``save_latest=False``);
+  only after every file is written does ``latest`` (a one-line pointer) get replaced atomically, so a kill
+  at any moment leaves the previous checkpoint as the latest readable one.
+- The student's vocabulary projection runs only at masked positions (``heads.masked_lm_logits``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mergedistill.errors import UserError
+from mergedistill.heads import masked_lm_logits
+from mergedistill.io import write_text_atomic
+from mergedistill.losses import combine, kd_soft_ce, mlm_ce
+
+LATEST = "latest"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed() -> tuple[int, int]:
+    """(rank, world size), setting single-process rendezvous variables when no launcher did."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def deepspeed_config(train_cfg, world_size: int) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": train_cfg.batch_size,
+        "gradient_accumulation_steps": train_cfg.grad_accum,
+        "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum * world_size,
+        "gradient_clipping": train_cfg.grad_clip,
+        "zero_optimization": {"stage": train_cfg.zero_stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay, "torch_adam": True}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": train_cfg.steps, "warmup_num_steps": train_cfg.warmup_steps,
+                                                          "warmup_max_lr": train_cfg.lr, "warmup_min_lr": 0.0, "warmup_type": "linear"}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train_cfg.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif train_cfg.precision == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 12}
+    for key, value in (train_cfg.deepspeed or {}).items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    return config
+
+
+class MaskedLMForDistillation(torch.nn.Module):
+    """Wraps the student so that the DeepSpeed engine's forward returns logits at masked positions only."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids, attention_mask, masked):
+        logits, _ = masked_lm_logits(self.student, input_ids, attention_mask, masked)
+        return logits
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    tokens_per_s: float
+    resumed_from: int
+
+
+def read_latest(checkpoint_dir: Path) -> str | None:
+    pointer = checkpoint_dir / LATEST
+    if not pointer.exists():
+        return None
+    tag = pointer.read_text(encoding="utf-8").strip()
+    return tag if (checkpoint_dir / tag).is_dir() else None
+
+
+def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> None:
+    tag = f"step-{step}"
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank == 0:
+        write_text_atomic(checkpoint_dir / LATEST, tag + "\n")
+        tags = sorted((p for p in checkpoint_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+        for old in tags[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Callable | None, out_dir: str | Path, resume: bool = True,
+          progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Distil into ``student`` for ``train_cfg.steps`` optimizer steps. ``targets_fn(index, batch)`` gives the
+    teacher top-k; None trains with gold MLM only. ``stop_at_step`` simulates a kill (tests)."""
+    import deepspeed
+    from tqdm import tqdm
+
+    rank, world = setup_distributed()
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoints"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if targets_fn is None and train_cfg.alpha_mlm <= 0:
+        raise UserError("train.alpha_mlm must be > 0 when no teacher targets are used (gold-MLM-only training)")
+    model = MaskedLMForDistillation(student)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                           config=deepspeed_config(train_cfg, world))
+    start = 0
+    tag = read_latest(checkpoint_dir) if resume else None
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+        start = int(client["step"])
+        torch.set_rng_state(client["torch_rng"])
+        log(f"[train] resuming from {checkpoint_dir / tag} (step {start})")
+    weights = {"kd": train_cfg.alpha_kd if targets_fn is not None else 0.0, "mlm": train_cfg.alpha_mlm}
+    metrics_path = out_dir / "metrics.jsonl"
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+    engine.train()
+    began = time.perf_counter()
+    tokens_window, window_start, last_loss, total_tokens = 0, time.perf_counter(), float("nan"), 0
+    bar = tqdm(range(start, train_cfg.steps), desc="distil", initial=start, total=train_cfg.steps, disable=not progress or rank != 0)
+    step = start
+    try:
+        for step in bar:
+            logged_sum: dict[str, float] = {}
+            for micro in range(train_cfg.grad_accum):
+                index = (step * train_cfg.grad_accum + micro) * world + rank
+                batch = batch_fn(index)
+                masked = batch["labels"] != -100
+                logits = engine(batch["input_ids"], batch["attention_mask"], masked)
+                terms = {"mlm": mlm_ce(logits, batch["labels"][masked])}
+                if targets_fn is not None:
+                    topk_ids, topk_logits = targets_fn(index, batch)
+                    terms["kd"] = kd_soft_ce(logits, topk_ids, topk_logits, train_cfg.temperature, train_cfg.t2_scaling)
+                loss, logged = combine(terms, weights)
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss became {float(loss.detach())} at step {step}; lower train.lr (now {train_cfg.lr}) or check the data")
+                engine.backward(loss)
+                engine.step()
+                for key, value in logged.items():
+                    logged_sum[key] = logged_sum.get(key, 0.0) + value / train_cfg.grad_accum
+                real = int(batch["attention_mask"].sum())
+                tokens_window += real
+                total_tokens += real
+            done = step + 1
+            last_loss = logged_sum["loss"]
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                now = time.perf_counter()
+                speed = tokens_window * world / max(now - window_start, 1e-9)
+                tokens_window, window_start = 0, now
+                record = {"step": done, **logged_sum, "lr": engine.get_lr()[0], "tokens_per_s": speed}
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{speed:.0f}")
+                if rank == 0:
+                    with open(metrics_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    for key, value in record.items():
+                        if key != "step":
+                            writer.add_scalar(key, value, done)
+            if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+                _save(engine, checkpoint_dir, done, rank)
+            if stop_at_step is not None and done >= stop_at_step and done < train_cfg.steps:
+                raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - began
+    return TrainResult(train_cfg.steps, last_loss, seconds, total_tokens * world / max(seconds, 1e-9), start)
+
+
+def trained_state_dict(engine_or_student) -> dict:
+    """The student's weights (ZeRO 0-2 keep full parameters in the module)."""
+    module = getattr(engine_or_student, "module", engine_or_student)
+    module = getattr(module, "student", module)
+    return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}

@@ -1,0 +1,29 @@
+"""Run by tests/test_train_multiprocess.py under `torchrun --nproc_per_node 2`: trains a tiny student on
+synthetic batches and saves each rank's final weights."""
+
+import sys
+
+import torch
+
+from mergedistill.config import StudentConfig, TrainConfig
+from mergedistill.student import build_student
+from mergedistill.train import train
+
+
+def batch_fn(index):
+    g = torch.Generator().manual_seed(index)
+    ids = torch.randint(5, 60, (4, 16), generator=g)
+    labels = torch.full_like(ids, -100)
+    masked = torch.rand(ids.shape, generator=g) < 0.2
+    labels[masked] = ids[masked]
+    inputs = ids.masked_fill(masked, 4)
+    return {"input_ids": inputs, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    student = build_student(StudentConfig(layers=1, hidden=16, heads=2, intermediate=32, max_position=32), 64)
+    train(student, TrainConfig(steps=4, batch_size=4, lr=1e-2, warmup_steps=1, checkpoint_every=2, log_every=1, zero_stage=2, alpha_kd=0.0),
+          batch_fn, None, out, progress=False)
+    rank = torch.distributed.get_rank()
+    torch.save(student.state_dict(), f"{out}/rank{rank}.pt")

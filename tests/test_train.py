@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from mergedistill.cache import OnlineTargets
+from mergedistill.config import StudentConfig, TrainConfig
+from mergedistill.data import DataPlan, make_stream
+from mergedistill.errors import UserError
+from mergedistill.student import build_student
+from mergedistill.train import LATEST, read_latest, train
+from tests.conftest import ASSIGNMENT
+
+STUDENT = StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_position=80, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def plan(teachers, texts, merged):
+    streams = [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=48) for lang, (t,) in sorted(ASSIGNMENT.items())]
+    return DataPlan(streams, batch_size=4, n_batches=200, seed=0)
+
+
+def cfg(**changes):
+    base = dict(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, checkpoint_every=2, log_every=1)
+    return TrainConfig(**{**base, **changes})
+
+
+def run(tmp, plan, merged, teachers, train_cfg, **kw):
+    student = build_student(STUDENT, len(merged), seed=0)
+    targets = OnlineTargets(teachers, merged.id_maps, 4)
+    result = train(student, train_cfg, plan.batch, targets, tmp, progress=False, log=lambda m: None, **kw)
+    return student, result
+
+
+def test_training_lowers_the_loss_and_logs(tmp_path, plan, merged, teachers):
+    student, result = run(tmp_path, plan, merged, teachers, cfg(steps=30, checkpoint_every=30, lr=5e-3))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 30 and {"loss", "loss_kd", "loss_mlm", "tokens_per_s", "lr"} <= set(records[0])
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < first - 0.3
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, plan, merged, teachers):
+    full, _ = run(tmp_path / "full", plan, merged, teachers, cfg())
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", plan, merged, teachers, cfg(), stop_at_step=3)
+    assert read_latest(tmp_path / "cut" / "checkpoints") == "step-2"
+    resumed, result = run(tmp_path / "cut", plan, merged, teachers, cfg())
+    assert result.resumed_from == 2
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_half_written_checkpoint_is_never_the_latest(tmp_path, plan, merged, teachers):
+    run(tmp_path, plan, merged, teachers, cfg(steps=4))
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / LATEST).read_text().strip() == "step-4"
+    (checkpoints / "step-6").mkdir()  # a save killed before the pointer moved
+    assert read_latest(checkpoints) == "step-4"
+    (checkpoints / LATEST).write_text("step-9\n")  # pointer to a missing dir is ignored
+    assert read_latest(checkpoints) is None
+
+
+def test_nan_loss_is_a_user_error(tmp_path, plan, merged, teachers):
+    with pytest.raises(UserError, match="train.lr"):
+        run(tmp_path, plan, merged, teachers, cfg(lr=1e6, steps=20, grad_clip=0.0))
+
+
+@pytest.mark.parametrize("stage, precision", [(2, "fp32"), (1, "bf16")])
+def test_zero_stages_and_bf16_run(tmp_path, plan, merged, teachers, stage, precision):
+    _, result = run(tmp_path, plan, merged, teachers, cfg(steps=3, zero_stage=stage, precision=precision, grad_accum=2))
+    assert result.steps == 3 and result.final_loss == result.final_loss  # finite

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Offline by default, and no per-call transformers chatter ("sequence longer than ..." when we truncate).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mergedistill import __version__
 from mergedistill.errors import UserError

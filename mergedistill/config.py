@@ -187,6 +187,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     paragraphs: int = 200  # held-out paragraphs per language
+    baseline: bool = True  # also train the same student with gold MLM only, for comparison
     speed_batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
 
 

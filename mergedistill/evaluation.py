@@ -56,3 +56,78 @@ def format_teacher_table(rows: list[dict]) -> str:
         lines.append(f"| {r['teacher']} | {r['lang']} | {r['acc']:.3f} | {r['pll_per_char']:.3f} | {r['pll_per_word']:.2f} | "
                      f"{r['fertility']:.2f} | {r['params'] / 1e6:.2f} M |")
     return "\n".join(lines)
+
+
+def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: int = 8, pll_paragraphs: int = 30, seed: int = EVAL_SEED) -> dict:
+    """Student vs its teacher on the teacher's tokenization of ``texts`` (routed mode): masked-token
+    accuracy of both at the same positions, the student's PLL/char, top-1 agreement and KL(teacher‖student)
+    over the teacher's top-k mapped to student ids. Positions whose piece the student lacks are skipped."""
+    import numpy as np
+    import torch
+
+    from mergedistill.heads import masked_lm_logits
+    from mergedistill.masking import pad_batch
+    from mergedistill.vocab.merge import SPECIAL_IDS, map_topk
+
+    id_map = np.array(id_map, dtype=np.int64)  # a writable copy of the (memory-mapped) id map
+    t_set = teacher_eval_set(teacher, texts)
+    t_set = mlm_eval.EvalSet(t_set.sequences, [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)], t_set.chars, t_set.words)
+    s_set = mlm_eval.EvalSet([np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences], t_set.special, t_set.chars, t_set.words)
+    tok = teacher.tokenizer
+    masked = mlm_eval.eval_positions(t_set, seed, 0.15)
+    agree = total = 0
+    kl_sum = t_correct = s_correct = 0.0
+    student.eval()
+    for start in range(0, len(t_set.sequences), 32):
+        rows = range(start, min(start + 32, len(t_set.sequences)))
+        t_ids, attention = pad_batch([np.where(masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id)
+        s_ids, _ = pad_batch([np.where(masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"])
+        where = np.zeros_like(t_ids, dtype=bool)
+        for r, i in enumerate(rows):
+            where[r, : len(masked[i])] = masked[i]
+        where_t = torch.from_numpy(where)
+        with torch.inference_mode():
+            t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(attention), where_t)
+            s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(attention), where_t)
+        s_logp = torch.log_softmax(s_logits.float(), -1)
+        gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][masked[i]] for i in rows]))
+        gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][masked[i]] for i in rows]))
+        t_top = t_logits.argmax(-1)
+        t_correct += float((t_top == gold_t).sum())
+        s_correct += float((s_logp.argmax(-1) == gold_s).sum())
+        agree += int((torch.from_numpy(id_map)[t_top].long() == s_logp.argmax(-1)).sum())
+        vals, ids = torch.topk(t_logits, k, -1)
+        s_ids_k, t_vals_k = map_topk(ids, vals, id_map)
+        p = torch.nan_to_num(torch.softmax(t_vals_k, -1))
+        q = s_logp.gather(1, s_ids_k.clamp(min=0))
+        kl_sum += float((p * (torch.log(p.clamp_min(1e-30)) - q)).sum())
+        total += len(gold_t)
+    pll_set = mlm_eval.EvalSet(s_set.sequences[:pll_paragraphs], s_set.special[:pll_paragraphs], s_set.chars[:pll_paragraphs], s_set.words[:pll_paragraphs])
+    t_pll_set = mlm_eval.EvalSet(t_set.sequences[:pll_paragraphs], t_set.special[:pll_paragraphs], t_set.chars[:pll_paragraphs], t_set.words[:pll_paragraphs])
+    return {
+        "teacher_acc": t_correct / max(total, 1),
+        "student_acc": s_correct / max(total, 1),
+        "agreement": agree / max(total, 1),
+        "kl": kl_sum / max(total, 1),
+        "masked": total,
+        "student_pll_per_char": mlm_eval.pseudo_log_likelihood(student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"])["pll_per_char"],
+        "teacher_pll_per_char": mlm_eval.pseudo_log_likelihood(teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id)["pll_per_char"],
+    }
+
+
+def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:
+    """Median CPU forward latency in milliseconds on random ids (same shape for every model compared)."""
+    import time
+
+    import torch
+
+    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(ids)
+    times = []
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=attention)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=attention)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000

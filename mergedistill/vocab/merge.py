@@ -123,7 +123,7 @@ def map_topk(teacher_ids, logits, id_map):
     except ImportError:  # pragma: no cover
         torch = None
     if torch is not None and isinstance(teacher_ids, torch.Tensor):
-        table = torch.as_tensor(np.asarray(id_map), dtype=torch.long)
+        table = torch.from_numpy(np.array(id_map, dtype=np.int64))  # a copy: id maps are read-only memory maps
         student = table[teacher_ids.long()]
         dropped = student < 0
         return student.masked_fill(dropped, -1), logits.masked_fill(dropped, float("-inf"))

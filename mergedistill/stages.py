@@ -1,0 +1,425 @@
+"""The MergeDistill pipeline's stages, wired for ``mergedistill run`` (see ``pipeline`` for the mechanism).
+
+    teachers -> select -> vocab -> cache -> train ─┬─> eval -> export -> report
+                                     └──> baseline ─┘   (the same student, gold MLM only)
+
+Each stage's output is a directory under ``cfg.output_dir``; its manifest fingerprints its config
+sections and upstream outputs, so a re-run skips what is current and resumes what is not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mergedistill import io
+from mergedistill.config import to_dict, to_yaml
+from mergedistill.errors import UserError
+from mergedistill.pipeline import Stage, StageContext, run_stages
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def load_cards(cfg):
+    from mergedistill.teachers import load_card
+
+    cards = [load_card(path) for path in cfg.teachers.cards]
+    names = [c.name for c in cards]
+    if len(set(names)) != len(names):
+        raise UserError(f"teachers.cards: two cards share a name ({', '.join(names)}); names must be unique")
+    return cards
+
+
+def load_teachers(cfg, names=None):
+    from mergedistill.teachers import Teacher
+
+    return {c.name: Teacher.load(c, device=cfg.teachers.device) for c in load_cards(cfg) if names is None or c.name in names}
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def train_texts(cfg, lang):
+    from mergedistill.corpus import load_texts
+
+    return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
+
+
+def eval_texts(cfg, lang, limit=None):
+    from mergedistill.corpus import load_texts
+
+    return load_texts(lang, "valid", cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
+
+
+def card_fingerprints(cfg):
+    return {path: io.file_fingerprint(path) if Path(path).exists() else "missing" for path in cfg.teachers.cards}
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def stage_teachers(ctx: StageContext):
+    """Build demo teachers that have a recipe (skipped when current); record every teacher."""
+    from mergedistill.zoo import build_teacher
+
+    cfg = ctx.cfg
+    info = {}
+    for card in load_cards(cfg):
+        if card.build:
+            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus.dir or None, log=ctx.log)
+    for name, teacher in load_teachers(cfg).items():
+        info[name] = {"source": teacher.card.source, "languages": teacher.languages, "family": teacher.vocab.family,
+                      "params": teacher.num_parameters(), "fingerprint": teacher.fingerprint()}
+    io.write_json_atomic(ctx.out / "teachers.json", info)
+    return {"teachers": sorted(info)}
+
+
+def stage_select(ctx: StageContext):
+    """Score every (language, candidate teacher) on held-out text, then apply the selection strategy."""
+    from mergedistill.evaluation import teacher_metrics
+    from mergedistill.selection import Candidates, format_table, make_strategy, plot_heatmap
+
+    cfg = ctx.cfg
+    teachers = load_teachers(cfg)
+    languages = tuple(cfg.corpus.languages)
+    candidates = Candidates(languages, {name: t.languages for name, t in teachers.items()})
+    scores = {}
+    for lang in languages:
+        texts = eval_texts(cfg, lang)
+        for name in candidates.for_language(lang, cfg.select.candidates):
+            ctx.log(f"[select] scoring {name} on {lang}")
+            metrics = teacher_metrics(teachers[name], texts, pll_paragraphs=min(40, len(texts)))
+            scores[(lang, name)] = {k: metrics[k] for k in ("acc", "ce", "pll_per_char", "pll_per_word", "fertility", "unk_rate")}
+    strategy = make_strategy(cfg.select)
+    if cfg.select.strategy == "weighted":
+        assignment = strategy.assign(candidates, scores, tokenizations={n: t.tokenizer_fingerprint() for n, t in teachers.items()})
+        raise UserError("select.strategy=weighted: mixing teachers that share a tokenization is not wired into the pipeline yet; use score or min-ce")
+    assignment = strategy.assign(candidates, scores)
+    io.write_json_atomic(ctx.out / "assignment.json", {"strategy": cfg.select.strategy, "per_example": strategy.per_example, "assignment": assignment})
+    io.write_json_atomic(ctx.out / "scores.json", [{"lang": lang, "teacher": name, **m} for (lang, name), m in sorted(scores.items())])
+    io.write_text_atomic(ctx.out / "selection.md", format_table(scores, assignment) + "\n")
+    plot_heatmap(scores, assignment, ctx.out / "selection_heatmap.png")
+    return {"assignment": assignment}
+
+
+def read_scores(select_dir: Path) -> dict:
+    return {(r["lang"], r["teacher"]): r for r in read_json(select_dir / "scores.json")}
+
+
+def stage_vocab(ctx: StageContext):
+    from mergedistill.vocab import build_unified_tokenizer
+    from mergedistill.vocab.build import build_vocab, write_vocab_dir
+    from mergedistill.vocab.report import fertility_rows, fertility_table, merged_examples, overlap_table
+
+    cfg = ctx.cfg
+    assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
+    used = sorted({n for names in assignment.values() for n in names})
+    teachers = load_teachers(cfg, used)
+    texts = {lang: train_texts(cfg, lang) for lang in assignment}
+    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer)
+    write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
+    held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}
+    unified = build_unified_tokenizer(merged) if cfg.vocab.unified_tokenizer else None
+    report = [f"Student vocabulary: **{len(merged)}** pieces (5 specials"
+              + (", 256 byte-fallback pieces" if unified is not None else "") + ").", "", overlap_table(merged), "",
+              "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):", "",
+              fertility_table(fertility_rows(held_out, teachers, unified)), "", "Examples of pieces merged from several teachers:", ""]
+    report += [f"- `{line}`" for line in merged_examples(merged, {n: t.tokenizer for n, t in teachers.items()})]
+    io.write_text_atomic(ctx.out / "report.md", "\n".join(report) + "\n")
+    return {"size": len(merged)}
+
+
+def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[str]]:
+    """min-ce: each paragraph goes to the candidate with the lowest masked cross-entropy per character."""
+    from mergedistill.evaluation import teacher_eval_set
+    from mergedistill.mlm_eval import eval_positions, masked_logits
+    from mergedistill.selection import min_ce_choice
+
+    ce = np.zeros((len(texts), len(names)))
+    for j, name in enumerate(names):
+        log(f"[cache] min-ce: scoring {len(texts)} {lang} paragraphs with {name}")
+        teacher = teachers[name]
+        eval_set = teacher_eval_set(teacher, texts)
+        masked = eval_positions(eval_set, cfg.data.mask_seed, cfg.data.mlm_probability)
+        tok = teacher.tokenizer
+        for rows, log_probs in masked_logits(teacher.model, eval_set.sequences, masked, tok.mask_token_id, tok.pad_token_id, 64):
+            offset = 0
+            for i in rows:
+                n = int(masked[i].sum())
+                gold = eval_set.sequences[i][masked[i]]
+                nll = -float(log_probs[offset: offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum())
+                ce[i, j] = nll / max(len(texts[i]), 1) if n else np.nan
+                offset += n
+    choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
+    return {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate(names)}
+
+
+def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
+    """Streams and the deterministic batch plan shared by the cache, train and baseline stages."""
+    from mergedistill.data import DataPlan, make_stream
+    from mergedistill.vocab import load_vocab
+
+    chosen = read_json(select_dir / "assignment.json")
+    assignment = chosen["assignment"]
+    merged = load_vocab(vocab_dir)
+    teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
+    streams = []
+    for lang in sorted(assignment):
+        names = assignment[lang]
+        texts = train_texts(cfg, lang)
+        split = per_example_split(cfg, teachers, lang, names, texts, log) if chosen["per_example"] and len(names) > 1 else {names[0]: texts}
+        for name, part in sorted(split.items()):
+            if part:
+                streams.append(make_stream(lang, teachers[name], part, merged.id_maps[name], cfg.data.max_length, cfg.data.whole_word))
+    n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    plan = DataPlan(streams, cfg.train.batch_size, n_batches, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed)
+    return plan, teachers, merged
+
+
+def vocab_fingerprint(vocab_dir: Path) -> str:
+    return io.read_manifest(vocab_dir)["fingerprint"]
+
+
+def stage_cache(ctx: StageContext):
+    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache
+
+    cfg = ctx.cfg
+    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    io.write_json_atomic(ctx.out / "plan.json", {"streams": {s.name: len(s.sequences) for s in plan.streams},
+                                                 "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
+                                                 "served_examples": plan.served(), "batches": plan.n_batches})
+    if cfg.cache.mode == "online":
+        return {"mode": "online"}
+    fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
+    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp)  # resumable in the work dir
+    summary = finalize_cache(ctx.work / "topk", fp, plan)
+    shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
+    masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
+    return {"mode": "offline", "cache_fingerprint": fp, **summary, "bytes_per_masked_token_estimate": summary["bytes"] / max(1, masked * plan.n_batches / min(20, plan.n_batches))}
+
+
+def _targets(cfg, ctx, plan, teachers, merged):
+    from mergedistill.cache import OfflineTargets, OnlineTargets
+
+    if cfg.cache.mode == "online":
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
+    manifest = io.read_manifest(ctx.inputs["cache"])
+    return OfflineTargets(ctx.inputs["cache"] / "topk", manifest["cache_fingerprint"])
+
+
+def _student(cfg, merged, teachers):
+    from mergedistill.student import build_student, init_from_teacher
+
+    if cfg.student.init == "teacher":
+        from mergedistill.teachers import Teacher
+
+        cards = {c.name: c for c in load_cards(cfg)}
+        if cfg.student.init_teacher not in cards:
+            raise UserError(f"student.init_teacher: unknown teacher {cfg.student.init_teacher!r}; known: {', '.join(cards)}")
+        teacher = teachers.get(cfg.student.init_teacher) or Teacher.load(cards[cfg.student.init_teacher])
+        id_map = merged.id_maps.get(teacher.name)
+        if id_map is None:
+            raise UserError(f"student.init_teacher={teacher.name} serves no language, so the vocabulary has no id map for it; pick a selected teacher")
+        return init_from_teacher(cfg.student, teacher.model, teacher.tokenizer, id_map, merged.pieces, cfg.student.new_piece_init, cfg.seed)
+    return build_student(cfg.student, len(merged), cfg.seed)
+
+
+def _train_stage(ctx: StageContext, with_teachers: bool):
+    import torch
+
+    from mergedistill.train import train
+
+    cfg = ctx.cfg
+    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    student = _student(cfg, merged, teachers)
+    targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
+    torch.manual_seed(cfg.seed)
+    result = train(student, cfg.train, plan.batch, targets, ctx.work, resume=True, log=ctx.log)
+    student.save_pretrained(ctx.out / "model")
+    for name in ("metrics.jsonl", "tensorboard"):
+        if (ctx.work / name).exists():
+            shutil.move(str(ctx.work / name), ctx.out / name)
+    return {"final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s, "train_seconds": result.seconds,
+            "student_params": sum(p.numel() for p in student.parameters()), "resumed_from_step": result.resumed_from}
+
+
+def stage_train(ctx):
+    return _train_stage(ctx, with_teachers=True)
+
+
+def stage_baseline(ctx):
+    return _train_stage(ctx, with_teachers=False)
+
+
+def stage_eval(ctx: StageContext):
+    from transformers import AutoModelForMaskedLM
+
+    from mergedistill.evaluation import compare_student, latency_ms
+
+    cfg = ctx.cfg
+    assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
+    from mergedistill.vocab import load_vocab
+
+    merged = load_vocab(ctx.inputs["vocab"])
+    teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
+    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").eval()
+    baseline = None
+    if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
+        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+    rows = []
+    for lang in sorted(assignment):
+        name = assignment[lang][0]
+        ctx.log(f"[eval] {lang}: student vs {name}")
+        texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
+        row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k)}
+        if baseline is not None:
+            row["baseline_acc"] = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k, pll_paragraphs=0)["student_acc"]
+        rows.append(row)
+    all_cards = {c.name: c for c in load_cards(cfg)}
+    teacher_params = {n: t.num_parameters() for n, t in load_teachers(cfg).items() if n in all_cards}
+    student_params = sum(p.numel() for p in student.parameters())
+    sizes = {"student_params": student_params, "teacher_params": teacher_params, "summed_teacher_params": sum(teacher_params.values()),
+             "student / summed teachers": student_params / sum(teacher_params.values())}
+    length = min([128, student.config.max_position_embeddings - 2] + [t.card.max_length for t in teachers.values()])
+    for batch_size in cfg.eval.speed_batch_sizes:
+        s_ms = latency_ms(student, len(merged), batch_size, length)
+        t_ms = {n: latency_ms(t.model, len(t.tokenizer), batch_size, length) for n, t in teachers.items()}
+        sizes[f"student latency ms (batch {batch_size}, {length} tokens)"] = s_ms
+        sizes[f"speed-up vs mean selected teacher (batch {batch_size})"] = (sum(t_ms.values()) / len(t_ms)) / s_ms
+        sizes[f"speed-up vs running all selected teachers (batch {batch_size})"] = sum(t_ms.values()) / s_ms
+    io.write_json_atomic(ctx.out / "eval.json", {"rows": rows, "sizes": sizes})
+    return {"languages": len(rows)}
+
+
+def model_card(cfg, eval_data, assignment) -> str:
+    from mergedistill.report import eval_table
+
+    langs = sorted(assignment)
+    return "\n".join([
+        "---", "library_name: transformers", "pipeline_tag: fill-mask", "license: mpl-2.0", "language:", *[f"- {l}" for l in langs],
+        "tags:", "- mergedistill", "- knowledge-distillation", "---", "",
+        f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
+        "A BERT-style masked-LM distilled from several teachers (MergeDistill-style, routed tokenization):",
+        "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
+        "Load it with plain `transformers` (no mergedistill needed):", "",
+        "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
+        "The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
+        "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
+        "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly.", "",
+        "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
+    ])
+
+
+def stage_export(ctx: StageContext):
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    from mergedistill.vocab.tokenize import copy_tokenizer_files
+
+    cfg = ctx.cfg
+    assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
+    eval_data = read_json(ctx.inputs["eval"] / "eval.json")
+    model = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model")
+    model.save_pretrained(ctx.out)
+    if (ctx.inputs["vocab"] / "unified").exists():
+        copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
+    shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")
+    io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
+    examples = {}
+    if (ctx.out / "tokenizer.json").exists():
+        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=-1)
+        limit = model.config.max_position_embeddings - 2
+        for lang in sorted(assignment):
+            items = []
+            for text in eval_texts(cfg, lang, 40):
+                words = text.split()
+                if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
+                    if lang in ("ja", "zh"):
+                        middle = len(text) // 2
+                        masked = text[:middle] + fill.tokenizer.mask_token + text[middle + 1:]
+                    else:
+                        middle = len(words) // 2
+                        masked = " ".join(words[:middle] + [fill.tokenizer.mask_token] + words[middle + 1:])
+                    if len(fill.tokenizer(masked)["input_ids"]) > limit:
+                        continue  # longer than the student's positions
+                    predictions = fill(masked, top_k=3)
+                    items.append({"text": masked, "predictions": [{"token": p["token_str"], "score": float(p["score"])} for p in predictions]})
+                if len(items) >= cfg.export.fill_mask_examples:
+                    break
+            examples[lang] = items
+    io.write_json_atomic(ctx.out / "fill_mask_examples.json", examples)
+    return {"files": sorted(p.name for p in ctx.out.iterdir())}
+
+
+def stage_report(ctx: StageContext):
+    from mergedistill.report import ReportFacts, write_report
+
+    cfg = ctx.cfg
+    eval_data = read_json(ctx.inputs["eval"] / "eval.json")
+    shutil.copy(ctx.inputs["select"] / "selection_heatmap.png", ctx.out / "selection_heatmap.png")
+    seconds = {}
+    for name, path in ctx.inputs.items():
+        manifest = io.read_manifest(path) or {}
+        seconds[name] = manifest.get("seconds", 0.0)
+    plan = read_json(ctx.inputs["cache"] / "plan.json")
+    selection = (ctx.inputs["select"] / "selection.md").read_text(encoding="utf-8")
+    selection += "\n\nExamples served per teacher over the training plan: " + ", ".join(f"{t}: {n}" for t, n in sorted(plan["served_examples"].items()))
+    facts = ReportFacts(
+        title=f"mergedistill report: {cfg.name}",
+        commands=COMMANDS.get("commands", []),
+        config_yaml=to_yaml(cfg),
+        eval_rows=eval_data["rows"],
+        sizes=eval_data["sizes"],
+        selection_markdown=selection,
+        selection_heatmap="selection_heatmap.png",
+        vocab_markdown=(ctx.inputs["vocab"] / "report.md").read_text(encoding="utf-8"),
+        fill_mask=read_json(ctx.inputs["export"] / "fill_mask_examples.json"),
+        metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
+        stage_seconds=seconds,
+        notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
+               "Speed-ups compare the student with the teachers it replaces on the same CPU input shape (median of 5 runs)."],
+    )
+    write_report(ctx.out, facts)
+    return {}
+
+
+COMMANDS: dict = {}
+
+
+def pipeline_stages(cfg) -> list[Stage]:
+    stages = [
+        Stage("teachers", stage_teachers, sections=("teachers", "corpus", "seed"), external=card_fingerprints, doc="build/load teachers"),
+        Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
+        Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
+        Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
+              after=("vocab", "select"), doc="teacher top-k cache"),
+        Stage("train", stage_train, sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"), after=("cache", "vocab", "select"),
+              doc="distil the student under DeepSpeed"),
+    ]
+    if cfg.eval.baseline:
+        stages.append(Stage("baseline", stage_baseline, sections=("student", "train", "data", "seed"), after=("cache", "vocab", "select"),
+                            doc="the same student with gold MLM only (no teachers)"))
+    after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
+    stages += [
+        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval, doc="student vs teachers per language"),
+        Stage("export", stage_export, sections=("export", "name"), after=("train", "vocab", "select", "eval"), doc="HF checkpoint + model card"),
+        Stage("report", stage_report, sections=("name",), after=("teachers", "select", "vocab", "cache", "train", "eval", "export"), doc="report"),
+    ]
+    return stages
+
+
+def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None):
+    """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``)."""
+    command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
+    COMMANDS["commands"] = ["make demo   # = " + command if str(config_path).endswith("experiments/demo.yaml") else command]
+    stages = pipeline_stages(cfg)
+    if until is not None:
+        names = [s.name for s in stages]
+        stages = stages[: names.index(until) + 1]
+    results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
+                         log=lambda message: print(message, file=sys.stderr, flush=True))
+    out = Path(cfg.output_dir)
+    if (out / "report" / "report.md").exists() and until is None:
+        print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")
+    return results

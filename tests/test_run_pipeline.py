@@ -1,0 +1,90 @@
+"""End to end: `mergedistill run` on tiny demo-style teachers, the export loaded by plain transformers,
+a second run that skips every stage, and a run interrupted in the train stage that resumes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mergedistill.cli import main
+from mergedistill.io import read_manifest
+
+CARD = """name: {name}
+source: {root}/zoo/{name}
+languages: [{langs}]
+max_length: 48
+build:
+  tokenizer: {{family: {family}, vocab_size: 500}}
+  model: {{arch: {arch}, hidden: 32, layers: 2, heads: 2, intermediate: 64}}
+  train: {{steps: 8, batch_size: 8, max_length: 48, max_paragraphs: 150, warmup: 2}}
+"""
+
+EXPERIMENT = """# mergedistill run {root}/exp.yaml
+name: tiny
+output_dir: {root}/out
+corpus: {{languages: [en, de, ja], max_train_paragraphs: 150, max_eval_paragraphs: 20}}
+teachers: {{cards: [{root}/multi.yaml, {root}/de.yaml, {root}/ja.yaml]}}
+select: {{strategy: score}}
+data: {{max_length: 48}}
+cache: {{top_k: 4}}
+student: {{layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 64}}
+train: {{steps: 6, batch_size: 4, warmup_steps: 1, checkpoint_every: 2, log_every: 2}}
+eval: {{paragraphs: 12, speed_batch_sizes: [1]}}
+export: {{fill_mask_examples: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "multi.yaml").write_text(CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert"))
+    (root / "de.yaml").write_text(CARD.format(name="de", root=root, langs="de", family="bytelevel", arch="roberta"))
+    (root / "ja.yaml").write_text(CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta"))
+    (root / "exp.yaml").write_text(EXPERIMENT.format(root=root))
+    return root
+
+
+def test_run_end_to_end_then_skip_then_resume(experiment, capsys):
+    root = experiment
+    assert main(["run", str(root / "exp.yaml")]) == 0
+    out = root / "out"
+    for stage in ("teachers", "select", "vocab", "cache", "train", "baseline", "eval", "export", "report"):
+        assert read_manifest(out / stage) is not None, stage
+    report = (out / "report" / "report.md").read_text()
+    assert "| de |" in report and "Teacher selection" in report
+    assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
+    eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
+    assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}
+
+    # the export loads with plain transformers, no mergedistill import
+    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
+            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
+            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
+            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "5"
+    assert "pipeline_tag: fill-mask" in (out / "export" / "README.md").read_text()
+
+    # second run: every stage skipped
+    capsys.readouterr()
+    assert main(["run", str(root / "exp.yaml")]) == 0
+    assert capsys.readouterr().err.count("up to date, skipped") == 9
+
+    # a changed training config re-runs train and what follows; an interruption inside train resumes
+    import mergedistill.train as train_module
+
+    real_train = train_module.train
+
+    def killed(*args, **kwargs):
+        return real_train(*args, **{**kwargs, "stop_at_step": 4})
+
+    train_module.train = killed
+    try:
+        assert main(["run", str(root / "exp.yaml"), "train.steps=8"]) == 130  # Ctrl-C: "re-run to resume"
+    finally:
+        train_module.train = real_train
+    assert read_manifest(out / "train")["final_loss"] is not None  # the previous output is still intact
+    assert main(["run", str(root / "exp.yaml"), "train.steps=8"]) == 0
+    assert read_manifest(out / "train")["resumed_from_step"] == 4

@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from mergedistill import __version__
 from mergedistill.errors import UserError
 
-VERBS = ("corpus", "teachers", "select", "vocab", "cache", "train", "eval", "export", "run", "ablate", "bistil")
+VERBS = ("corpus", "teachers", "select", "vocab", "cache", "train", "eval", "export", "run", "ablate", "bistil")  # modules in commands/
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

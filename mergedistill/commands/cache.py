@@ -1,13 +1,13 @@
-"""`mergedistill cache`: not implemented yet."""
+"""`mergedistill cache`: build the offline teacher top-k cache (runs teachers, select, vocab first if needed)."""
 
-from mergedistill.errors import UserError
+from mergedistill.commands._stage import add_stage_arguments, run_until
 
-HELP = "(not implemented yet)"
+HELP = "build the offline teacher top-k cache (runs teachers, select, vocab first if needed)"
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    add_stage_arguments(parser)
 
 
 def main(args):
-    raise UserError("'cache' is not implemented yet; see the open issues")
+    return run_until(args, "cache")

@@ -1,13 +1,13 @@
-"""`mergedistill eval`: not implemented yet."""
+"""`mergedistill eval`: evaluate the student against its teachers per language (and the MLM-only baseline)."""
 
-from mergedistill.errors import UserError
+from mergedistill.commands._stage import add_stage_arguments, run_until
 
-HELP = "(not implemented yet)"
+HELP = "evaluate the student against its teachers per language (and the MLM-only baseline)"
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    add_stage_arguments(parser)
 
 
 def main(args):
-    raise UserError("'eval' is not implemented yet; see the open issues")
+    return run_until(args, "eval")

@@ -1,13 +1,13 @@
-"""`mergedistill export`: not implemented yet."""
+"""`mergedistill export`: export the student as a plain HuggingFace checkpoint with a model card."""
 
-from mergedistill.errors import UserError
+from mergedistill.commands._stage import add_stage_arguments, run_until
 
-HELP = "(not implemented yet)"
+HELP = "export the student as a plain HuggingFace checkpoint with a model card"
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    add_stage_arguments(parser)
 
 
 def main(args):
-    raise UserError("'export' is not implemented yet; see the open issues")
+    return run_until(args, "export")

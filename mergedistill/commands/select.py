@@ -1,13 +1,13 @@
-"""`mergedistill select`: not implemented yet."""
+"""`mergedistill select`: score candidate teachers per language and apply the selection strategy (runs teachers first if needed)."""
 
-from mergedistill.errors import UserError
+from mergedistill.commands._stage import add_stage_arguments, run_until
 
-HELP = "(not implemented yet)"
+HELP = "score candidate teachers per language and apply the selection strategy (runs teachers first if needed)"
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    add_stage_arguments(parser)
 
 
 def main(args):
-    raise UserError("'select' is not implemented yet; see the open issues")
+    return run_until(args, "select")

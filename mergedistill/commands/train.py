@@ -1,13 +1,13 @@
-"""`mergedistill train`: not implemented yet."""
+"""`mergedistill train`: distil the student under DeepSpeed (runs the earlier stages first if needed; resumes automatically)."""
 
-from mergedistill.errors import UserError
+from mergedistill.commands._stage import add_stage_arguments, run_until
 
-HELP = "(not implemented yet)"
+HELP = "distil the student under DeepSpeed (runs the earlier stages first if needed; resumes automatically)"
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    add_stage_arguments(parser)
 
 
 def main(args):
-    raise UserError("'train' is not implemented yet; see the open issues")
+    return run_until(args, "train")

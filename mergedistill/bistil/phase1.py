@@ -20,8 +20,9 @@ from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
 
 def phase1_loss(student_out, teacher_out, attention_mask, stride: int, w_attn: float, w_hidden: float, w_logit: float = 0.0,
-                masked=None, temperature: float = 1.0) -> tuple:
-    """(total, {term: float}) from HF outputs with ``attentions`` and ``hidden_states``."""
+                student_logits=None, teacher_logits=None, temperature: float = 1.0) -> tuple:
+    """(total, {term: float}) from HF encoder outputs with ``attentions`` and ``hidden_states``;
+    ``*_logits``: MLM logits at the masked positions only (rows), for the optional logit term."""
     import torch
 
     n_student = len(student_out.hidden_states) - 1
@@ -31,9 +32,9 @@ def phase1_loss(student_out, teacher_out, attention_mask, stride: int, w_attn: f
                          for i, j in attention_pairs(n_student, stride)), zero) if w_attn > 0 else zero
     terms["hidden"] = sum((hidden_mse(student_out.hidden_states[i], teacher_out.hidden_states[j], attention_mask)
                            for i, j in hidden_pairs(n_student, stride)), zero) if w_hidden > 0 else zero
-    if w_logit > 0 and masked is not None and masked.any():
-        t_probs = torch.softmax(teacher_out.logits[masked].float() / temperature, -1)
-        s_logp = torch.log_softmax(student_out.logits[masked].float() / temperature, -1)
+    if w_logit > 0 and student_logits is not None and len(student_logits):
+        t_probs = torch.softmax(teacher_logits.float() / temperature, -1)
+        s_logp = torch.log_softmax(student_logits.float() / temperature, -1)
         terms["logit"] = -(t_probs * s_logp).sum(-1).mean() * temperature**2
     else:
         terms["logit"] = zero
@@ -81,9 +82,26 @@ def balanced_schedule(sizes: Mapping[str, int], batch_size: int, steps: int, see
     return plan
 
 
-def _forward(model, batch, need_logits: bool):
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, output_hidden_states=True)
-    return out
+def _forward(model, batch, need_logits: bool) -> tuple:
+    """(encoder outputs, MLM logits at the masked positions or None). The vocabulary projection is the
+    costliest part of a small masked-LM, so it runs only when the logit term is on, and only where masked."""
+    from mergedistill.heads import masked_lm_logits
+
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, output_hidden_states=True)
+    if need_logits:
+        logits, out = masked_lm_logits(model, batch["input_ids"], batch["attention_mask"], batch["masked"], True, True)
+        return out, logits
+    return getattr(model, model.base_model_prefix)(**inputs), None
+
+
+def _loss(student, teacher, batch, stride, weights) -> tuple:
+    import torch
+
+    need_logits = weights["w_logit"] > 0
+    with torch.no_grad():
+        t_out, t_logits = _forward(teacher, batch, need_logits)
+    s_out, s_logits = _forward(student, batch, need_logits)
+    return phase1_loss(s_out, t_out, batch["attention_mask"], stride, student_logits=s_logits, teacher_logits=t_logits, **weights)
 
 
 def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: Mapping[str, list], cfg, seed: int = 0,
@@ -112,8 +130,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
         total = 0.0
         with torch.no_grad():
             for batch in eval_batches:
-                s_out, t_out = _forward(student, batch, True), _forward(teacher, batch, True)
-                total += phase1_loss(s_out, t_out, batch["attention_mask"], stride, masked=batch["masked"], **weights)[0].item()
+                total += _loss(student, teacher, batch, stride, weights)[0].item()
         student.train()
         return total / max(1, len(eval_batches))
 
@@ -123,10 +140,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     plan = balanced_schedule({lang: len(seqs) for lang, seqs in train.items()}, cfg.batch_size, cfg.steps, seed)
     for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False), start=1):
         batch = masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step)
-        with torch.no_grad():
-            t_out = _forward(teacher, batch, True)
-        s_out = _forward(student, batch, True)
-        loss, terms = phase1_loss(s_out, t_out, batch["attention_mask"], stride, masked=batch["masked"], **weights)
+        loss, terms = _loss(student, teacher, batch, stride, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,99 @@
+"""BiStil tasks, metrics and the whole `mergedistill bistil run` on a tiny teacher."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mergedistill.bistil.evaluate import f1_scores, flops_per_sequence, task_metrics
+from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, encode, keyterm_tags, words_of
+from mergedistill.cli import main as cli_main
+from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+
+
+def test_keyterm_tags_localized_keys():
+    words = words_of("Drücken Sie Strg+Umschalt+F5 in LibreOffice Calc 7.4")
+    tags = [KEYTERM_LABELS[t] for t in keyterm_tags(words, "de")]
+    assert list(zip(words, tags))[2:9] == [("Strg", "KEY"), ("+", "O"), ("Umschalt", "KEY"), ("+", "O"), ("F5", "KEY"), ("in", "O"), ("LibreOffice", "PRODUCT")]
+    assert tags[-3:] == ["NUM", "O", "NUM"]  # 7 . 4
+    assert KEYTERM_LABELS[keyterm_tags(["Strg"], "en")[0]] == "O"  # key names are per language
+
+
+def test_topic_task_and_token_label_alignment():
+    records = [{"id": "a", "module": "scalc", "text": "Ctrl key in Calc"}, {"id": "b", "module": "bogus", "text": "x"}]
+    topic = build_task("topic", "en", records)
+    assert topic.labels == [MODULES.index("scalc")] and topic.ids == ["a"]
+    terms = build_task("keyterms", "en", records)
+    tok = train_tokenizer("wordpiece", ["Ctrl key in Calc", "key in"] * 20, vocab_size=60)
+    [example] = encode(build_task("keyterms", "en", records[:1]), tok, 32)
+    enc = tok(terms.inputs[0], is_split_into_words=True)
+    first = [i for i, w in enumerate(enc.word_ids()) if w is not None and (i == 0 or enc.word_ids()[i - 1] != w)]
+    assert [example["labels"][i] for i in first] == terms.labels[0]  # each word's label on its first piece
+    assert sum(label != -100 for label in example["labels"]) == len(terms.inputs[0])
+
+
+def test_metrics_and_flops():
+    pred, gold = np.array([0, 1, 2, 2, 0]), np.array([0, 1, 1, 2, 2])
+    f1 = f1_scores(pred, gold, range(3), ignore=(0,))
+    assert f1["per_label"][1] == pytest.approx(2 / 3) and f1["per_label"][2] == pytest.approx(0.5)
+    assert f1["micro"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    assert task_metrics(pred, gold, "sequence", 3)["accuracy"] == pytest.approx(0.6)
+    from transformers import BertConfig
+
+    config = BertConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2)
+    assert flops_per_sequence(config, 4, 3, False) == 2 * (2 * (4 * 4 * 64 + 2 * 4 * 8 * 16 + 2 * 16 * 8) + 64 + 24)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, corpus_texts):
+    texts = corpus_texts["en"]["train"][:200] + corpus_texts["de"]["train"][:200] + corpus_texts["ja"]["train"][:100]
+    tokenizer = train_tokenizer("wordpiece", texts, vocab_size=800)
+    model = tiny_mlm("bert", tokenizer, hidden=32, layers=2, heads=2, intermediate=64, seed=0)
+    return save_pretrained_teacher(model, tokenizer, tmp_path_factory.mktemp("bistil") / "teacher")
+
+
+def test_bistil_run_end_to_end(tiny_teacher, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tmp_path / "bistil.yaml"
+    config.write_text(f"""# mergedistill bistil run {config}
+teacher: {tiny_teacher}
+output_dir: {out}
+source: en
+target: de
+trim: {{max_paragraphs: 300}}
+phase1: {{steps: 6, batch_size: 8, max_length: 32, eval_every: 3, eval_batches: 1, max_paragraphs: 100}}
+phase2: {{teacher_steps: 6, dense_steps: 4, sparse_steps: 4, batch_size: 8, max_length: 32, max_train_examples: 120}}
+eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
+""")
+    assert cli_main(["bistil", "run", str(config)]) == 0
+    report = (out / "report" / "report.md").read_text()
+    for name in ("task teacher", "BiStil (phase 1", "dense KD", "self-taught", "scratch student"):
+        assert name in report
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["trim"]["kept_vocab"] < results["trim"]["original_vocab"]
+    assert results["student_layers"] == 1 and results["teacher_layers"] == 2
+    for task in ("topic", "keyterms"):
+        rows = {r["model"]: r for r in results["tasks"][task]["rows"]}
+        eligible = json.loads((out / "phase2" / task / "bistil" / "manifest.json").read_text())["eligible"]
+        assert rows["bistil"]["changed"] == round(0.08 * eligible)
+        assert rows["dense"]["changed"] > rows["bistil"]["changed"]
+        assert rows["bistil"]["flops"] < rows["teacher"]["flops"]
+    # the rebuilt student (phase-1 model + head + diff) is the one that was evaluated; removing the diff gives phase 1 back
+    from safetensors.torch import load_file
+
+    from mergedistill.bistil.ltsft import SparseDiff
+    from mergedistill.bistil.phase2 import load_student
+
+    student = load_student(out / "phase1", out / "phase2" / "topic" / "bistil", "sequence", len(MODULES))
+    SparseDiff.load(out / "phase2" / "topic" / "bistil" / "diff.safetensors").remove(student)
+    phase1 = load_file(str(out / "phase1" / "model.safetensors"))
+    for name, param in student.named_parameters():
+        if name in phase1:
+            assert torch.equal(param, phase1[name]), name
+    # a second run skips every stage; a bad key is one line naming it
+    capsys.readouterr()
+    assert cli_main(["bistil", "run", str(config)]) == 0
+    assert "running" not in capsys.readouterr().out
+    assert cli_main(["bistil", "trim", str(config), "phase2.density=1.5"]) == 2
+    assert "phase2.density" in capsys.readouterr().err

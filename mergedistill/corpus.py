@@ -9,6 +9,7 @@ User files get ids ``<lang>:<line>`` and the same id-hash split rule as the embe
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 from collections import Counter
@@ -30,15 +31,19 @@ def _offline() -> None:
     datasets.disable_progress_bars()  # many small loads; a bar each would drown the output
 
 
-def corpus_dir(path: str | Path | None = None) -> Path:
-    directory = Path(path) if path else EMBEDDED_CORPUS_DIR
+def resolve_dir(corpus_dir: str | Path | None = None) -> Path:
+    """The corpus directory to read (``None``/empty: the embedded one), checked to hold a manifest."""
+    directory = Path(corpus_dir) if corpus_dir else EMBEDDED_CORPUS_DIR
     if not (directory / "manifest.json").is_file():
         raise UserError(f"{directory}: no corpus here (manifest.json missing); set corpus.dir or rebuild with `mergedistill corpus build`")
     return directory
 
 
-def languages(path: str | Path | None = None) -> list[str]:
-    return sorted(json.loads((corpus_dir(path) / "manifest.json").read_text(encoding="utf-8"))["splits"])
+corpus_dir = resolve_dir  # the older name (zoo.corpus_fingerprint imports it)
+
+
+def languages(corpus_dir: str | Path | None = None) -> list[str]:
+    return sorted(json.loads((resolve_dir(corpus_dir) / "manifest.json").read_text(encoding="utf-8"))["splits"])
 
 
 def _check_split(split: str) -> None:
@@ -56,13 +61,23 @@ def _load_embedded(lang: str, split: str, directory: Path):
     return load_dataset("json", data_files=str(path), split="train")
 
 
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+
+def _open_text(file: str):
+    return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
+
+
 def _user_files(lang: str, pattern: str) -> list[str]:
+    """The files matching a user's ``path`` glob, checked to be UTF-8 and all of one kind (JSONL or text)."""
     files = sorted(glob.glob(os.path.expanduser(pattern)))
     if not files:
         raise UserError(f"corpus.sources.{lang}.path: no file matches {pattern!r}")
+    if len({f.endswith(JSON_SUFFIXES) for f in files}) > 1:
+        raise UserError(f"corpus.sources.{lang}.path: {pattern!r} matches both JSON Lines and text files; use one kind per language")
     for file in files:
         try:
-            with open(file, encoding="utf-8") as handle:
+            with _open_text(file) as handle:
                 for _ in handle:
                     pass
         except UnicodeDecodeError as err:
@@ -70,24 +85,51 @@ def _user_files(lang: str, pattern: str) -> list[str]:
     return files
 
 
+def _first_bad_json_line(files: list[str]) -> str:
+    for file in files:
+        with _open_text(file) as handle:
+            for line_no, line in enumerate(handle, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except ValueError:
+                    return f"{file}:{line_no}"
+    return ", ".join(files)
+
+
+def _load_user_jsonl(files: list[str]):
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return load_dataset("json", data_files=files, split="train")
+    except DatasetGenerationError:
+        where = _first_bad_json_line(files)
+        raise UserError(f"{where}: not valid JSON Lines; write one JSON object per line") from None
+
+
+def _load_user_text(files: list[str], text_field: str):
+    """Plain text, one paragraph per line (blank lines are dropped later, after ids are given)."""
+    from datasets import Dataset
+
+    rows = []
+    for file in files:
+        with _open_text(file) as handle:
+            rows += [line.rstrip("\n") for line in handle]
+    return Dataset.from_dict({text_field: rows})
+
+
 def _load_user(lang: str, split: str, source: Mapping[str, Any]):
-    from datasets import Dataset, load_dataset
+    from datasets import load_dataset
 
     text_field = source.get("text_field", "text")
     if "hub" in source:  # users with internet
-        kwargs = {k: source[k] for k in ("config", "revision") if k in source}
-        name = kwargs.pop("config", None)
+        name = source.get("config")
+        kwargs = {"revision": source["revision"]} if "revision" in source else {}
         raw = load_dataset(source["hub"], name, split=source.get("split", "train"), **kwargs)
     elif "path" in source:
         files = _user_files(lang, source["path"])
-        if all(f.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")) for f in files):
-            raw = load_dataset("json", data_files=files, split="train")
-        else:
-            rows = []
-            for file in files:
-                with open(file, encoding="utf-8") as handle:
-                    rows += [line.rstrip("\n") for line in handle]
-            raw = Dataset.from_dict({text_field: rows})
+        raw = _load_user_jsonl(files) if files[0].endswith(JSON_SUFFIXES) else _load_user_text(files, text_field)
     else:
         raise UserError(f"corpus.sources.{lang}: give `path: <files>` or `hub: <dataset name>`")
     if text_field not in raw.column_names:
@@ -103,14 +145,18 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any]):
     return records.filter(lambda r: bool(r["text"]) and split_of(r["id"]) == split)
 
 
-def load_split(lang: str, split: str, corpus_dir_path: str | Path | None = None, sources: Mapping[str, Any] | None = None):
-    """A ``datasets.Dataset`` with columns id, module, text for one language and split."""
+def load_split(lang: str, split: str, corpus_dir: str | Path | None = None, sources: Mapping[str, Any] | None = None):
+    """A ``datasets.Dataset`` with columns id, module, text for one language and split.
+
+    ``sources`` maps a language to the user's own corpus (``{"path": glob, "text_field": ...}`` or
+    ``{"hub": name, "config": ..., "split": ..., "text_field": ...}``); other languages come from ``corpus_dir``.
+    """
     _offline()
     _check_split(split)
     if sources and lang in sources:
         dataset = _load_user(lang, split, sources[lang])
     else:
-        dataset = _load_embedded(lang, split, corpus_dir(corpus_dir_path))
+        dataset = _load_embedded(lang, split, resolve_dir(corpus_dir))
     if len(dataset) == 0:
         raise UserError(f"corpus for {lang!r} has no {split} paragraphs; check the files (corpus.sources.{lang})")
     return dataset
@@ -125,13 +171,13 @@ def load_texts(lang: str, split: str, cfg=None, limit: int | None = None) -> lis
     return list(dataset["text"])
 
 
-def stats(path: str | Path | None = None) -> dict:
+def stats(corpus_dir: str | Path | None = None) -> dict:
     """Per language and split: paragraphs and characters; per language: module label counts."""
     out = {}
-    for lang in languages(path):
+    for lang in languages(corpus_dir):
         entry = {"splits": {}, "modules": Counter()}
         for split in SPLITS:
-            dataset = load_split(lang, split, path)
+            dataset = load_split(lang, split, corpus_dir)
             texts = dataset["text"]
             entry["splits"][split] = {"paragraphs": len(texts), "chars": sum(map(len, texts))}
             entry["modules"].update(dataset["module"])

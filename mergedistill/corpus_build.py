@@ -16,12 +16,13 @@ import hashlib
 import html.parser
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from mergedistill.errors import UserError
-from mergedistill.io import atomic_dir, write_json_atomic
+from mergedistill.io import atomic_dir
 
 # corpus language code -> (Debian package suffix, help directory name)
 LANGUAGES = {
@@ -34,7 +35,7 @@ LANGUAGES = {
     "zh": ("zh-cn", "zh-CN"),
 }
 SPLITS = ("train", "valid", "test")
-_ID = re.compile(r"^(par|hd)_id\w+$")
+_ID = re.compile(r"^(?:par|hd)_\w|^N\d+$")  # aligned ids: par_id…, hd_id…, par_…, N0091; not bm_…
 _SPACE = re.compile(r"\s+")
 _LETTER = re.compile(r"\w", re.UNICODE)
 
@@ -54,43 +55,85 @@ def is_useful(text: str) -> bool:
 
 
 class _ParagraphParser(html.parser.HTMLParser):
-    """Collects the text of elements whose id is ``par_id…``/``hd_id…``, inside the page's DisplayArea."""
+    """Collects the text of elements with an aligned id (``par_…``, ``hd_…``, ``N…``) inside the page's DisplayArea.
+
+    Inline switches (``<span class="switchinline">``) hold one hidden ``<span>`` per platform or module
+    ("Tools - Options" / "LibreOffice - Preferences"); the help viewer shows one of them, so we keep the
+    ``default…`` case (or the first case when there is none) instead of gluing all of them together.
+    """
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.paragraphs: list[tuple[str, str]] = []
         self._in_display = 0  # depth inside <div id="DisplayArea">, 0 = outside
-        self._open: list[tuple[str, str, list[str]]] = []  # (tag, id, text parts)
+        self._open: list[tuple[str, str]] = []  # (tag, id) of the paragraph being read, then nested same tags
+        self._spans: list[str] = []  # roles of the <span>s open inside the paragraph: plain, switch, case
+        self._buffers: list[list[str]] = []  # text parts: the paragraph's, then one per open switch case
+        self._cases: list[list[tuple[bool, str]]] = []  # per open switch: (is default, text) of its cases
         self._skip = 0  # depth inside <script>/<style>
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag in ("script", "style"):
             self._skip += 1
-        if self._in_display:
-            if tag == "div":
-                self._in_display += 1
-            element_id = attrs.get("id") or ""
-            if _ID.match(element_id) and not self._open:
-                self._open.append((tag, element_id, []))
-            elif self._open and tag == self._open[0][0]:
-                self._open.append((tag, "", []))  # nested same tag: track depth only
-        elif tag == "div" and attrs.get("id") == "DisplayArea":
-            self._in_display = 1
+        if not self._in_display:
+            if tag == "div" and attrs.get("id") == "DisplayArea":
+                self._in_display = 1
+            return
+        if tag == "div":
+            self._in_display += 1
+        if not self._open:
+            if _ID.match(attrs.get("id") or ""):
+                self._open.append((tag, attrs["id"]))
+                self._buffers = [[]]
+            return
+        if tag == self._open[0][0]:
+            self._open.append((tag, ""))  # nested same tag: track depth only
+        elif tag == "span":
+            self._open_span(attrs)
+
+    def _open_span(self, attrs: dict) -> None:
+        if "switchinline" in (attrs.get("class") or "").split():
+            self._spans.append("switch")
+            self._cases.append([])
+        elif self._spans and self._spans[-1] == "switch":
+            self._spans.append("case")
+            self._buffers.append([])
+            self._cases[-1].append(((attrs.get("id") or "").startswith("default"), ""))
+        else:
+            self._spans.append("plain")
+
+    def _close_span(self) -> None:
+        role = self._spans.pop()
+        if role == "case":
+            text = "".join(self._buffers.pop())
+            is_default, _ = self._cases[-1][-1]
+            self._cases[-1][-1] = (is_default, text)
+        elif role == "switch":
+            cases = self._cases.pop()
+            chosen = next((text for is_default, text in cases if is_default), cases[0][1] if cases else "")
+            self._buffers[-1].append(chosen)
 
     def handle_endtag(self, tag):
         if tag in ("script", "style") and self._skip:
             self._skip -= 1
-        if self._open and tag == self._open[-1][0]:
-            opened_tag, element_id, parts = self._open.pop()
-            if not self._open and element_id:
-                self.paragraphs.append((element_id, clean("".join(parts))))
+        if self._open and tag == "span" and self._spans:
+            self._close_span()
+        elif self._open and tag == self._open[-1][0]:
+            _, element_id = self._open.pop()
+            if not self._open:
+                while self._spans:  # unclosed spans: close them so their text is not lost
+                    self._close_span()
+                self.paragraphs.append((element_id, clean("".join(self._buffers[0]))))
         if self._in_display and tag == "div":
             self._in_display -= 1
 
     def handle_data(self, data):
-        if self._open and not self._skip:
-            self._open[0][2].append(data)
+        if not self._open or self._skip:
+            return
+        if self._spans and self._spans[-1] == "switch":
+            return  # whitespace between the cases of a switch
+        self._buffers[-1].append(data)
 
 
 def parse_page(html_text: str) -> list[tuple[str, str]]:
@@ -115,22 +158,22 @@ def read_help_tree(help_root: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
-def download_and_extract(languages: list[str], workdir: Path) -> dict[str, tuple[Path, str]]:
-    """apt-get download + dpkg-deb -x each package; returns lang -> (help root, package version string)."""
-    roots = {}
-    for lang in languages:
-        suffix, help_dir = LANGUAGES[lang]
-        package = f"libreoffice-help-{suffix}"
-        target = workdir / lang
-        target.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["apt-get", "download", package], cwd=target, capture_output=True, text=True)
-        debs = sorted(target.glob("*.deb"))
-        if result.returncode != 0 or not debs:
-            raise UserError(f"apt-get download {package} failed ({result.stderr.strip()[:200]}); run `apt-get update` first")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(target / "root")], check=True)
-        version = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Version"], capture_output=True, text=True, check=True).stdout.strip()
-        roots[lang] = (target / "root" / "usr/share/libreoffice/help" / help_dir, f"{package}={version}")
-    return roots
+def download_and_extract(lang: str, workdir: Path) -> tuple[Path, str]:
+    """``apt-get download`` + ``dpkg-deb -x`` one language's package; returns (help root, "package=version")."""
+    missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
+    if missing:
+        raise UserError(f"corpus build needs {' and '.join(missing)} (a Debian or Ubuntu machine); use the embedded data/corpus instead")
+    suffix, help_dir = LANGUAGES[lang]
+    package = f"libreoffice-help-{suffix}"
+    target = workdir / lang
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["apt-get", "download", package], cwd=target, capture_output=True, text=True)
+    debs = sorted(target.glob("*.deb"))
+    if result.returncode != 0 or not debs:
+        raise UserError(f"apt-get download {package} failed ({result.stderr.strip()[:200]}); run `apt-get update` first")
+    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(target / "root")], check=True)
+    version = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+    return target / "root" / "usr/share/libreoffice/help" / help_dir, f"{package}={version}"
 
 
 def align(trees: dict[str, dict[str, tuple[str, str]]]) -> dict[str, list[dict]]:
@@ -164,13 +207,69 @@ def write_jsonl_gz(path: Path, rows: list[dict]) -> None:
             handle.write((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def subsample(rows: list[dict], max_rows: int | None) -> list[dict]:
-    """Keep at most ``max_rows``, chosen by id hash (the same ids in every language, so alignment survives)."""
-    if max_rows is None or len(rows) <= max_rows:
-        return rows
-    ranked = sorted(rows, key=lambda r: hashlib.sha1(("keep:" + r["id"]).encode()).hexdigest())
-    keep = {r["id"] for r in ranked[:max_rows]}
-    return [r for r in rows if r["id"] in keep]
+def subsample(records: dict[str, list[dict]], max_rows: int | None) -> dict[str, list[dict]]:
+    """Keep at most ``max_rows`` per language. Ids are ranked once for all languages (ids present in more
+    languages first, then by hash), so the languages keep the same ids as far as possible and stay aligned."""
+    if max_rows is None:
+        return records
+    languages_of: dict[str, int] = {}
+    for rows in records.values():
+        for row in rows:
+            languages_of[row["id"]] = languages_of.get(row["id"], 0) + 1
+
+    def rank(paragraph_id: str):
+        return -languages_of[paragraph_id], hashlib.sha1(("keep:" + paragraph_id).encode("utf-8")).hexdigest()
+
+    out = {}
+    for lang, rows in records.items():
+        keep = set(sorted((row["id"] for row in rows), key=rank)[:max_rows])
+        out[lang] = [row for row in rows if row["id"] in keep]
+    return out
+
+
+LICENSE_TEXT = """# The embedded corpus: license and attribution
+
+This directory holds paragraphs of the **LibreOffice Help** in {n} languages ({languages}), extracted from
+these Debian packages (also listed in `manifest.json`):
+
+{packages}
+
+- Copyright: The Document Foundation and the LibreOffice contributors and translators.
+- License: Mozilla Public License 2.0 (MPL-2.0), https://www.mozilla.org/MPL/2.0/ . The text here is a
+  derived extract (HTML stripped, whitespace collapsed, untranslated paragraphs dropped); the source form
+  is the LibreOffice help (https://git.libreoffice.org/help) and the Debian source package `libreoffice`.
+
+How it is made: `python scripts/build_corpus.py` (= `mergedistill corpus build`) downloads the packages with
+`apt-get download`, unpacks them with `dpkg-deb -x`, reads every help page's paragraphs and headings whose
+ids (`par_id…`, `hd_id…`) align across languages (keeping the default case of inline platform/module
+variants), keeps `<page>#<id>` as the aligned paragraph id and the page's module folder (scalc, swriter,
+sbasic, …) as the topic label. It drops paragraphs shorter than 3 characters or without a letter or digit,
+repeated English paragraphs (kept once), and non-English paragraphs equal to the English one (untranslated),
+then splits train/valid/test by a hash of the id (the same id is in the same split in every language).
+The output is deterministic: the same packages give byte-identical files.
+"""
+
+
+def write_corpus(out_dir: str | Path, records: dict[str, list[dict]], packages: dict[str, str], max_per_language: int | None = None) -> dict:
+    """Write ``<lang>/{train,valid,test}.jsonl.gz``, ``manifest.json`` and ``LICENSE-CORPUS.md`` atomically."""
+    records = subsample(records, max_per_language)
+    languages = list(records)
+    manifest = {"source": "Debian libreoffice-help-* packages (LibreOffice help, MPL-2.0)", "license": "MPL-2.0",
+                "packages": {lang: packages[lang] for lang in languages}, "splits": {}, "languages": languages,
+                "split_rule": "sha1(id) bucket: test < 0.05 <= valid < 0.10 <= train"}
+    package_list = "\n".join(f"- `{packages[lang]}`" for lang in languages)
+    with atomic_dir(out_dir) as tmp_out:
+        for lang in languages:
+            by_split = {split: [r for r in records[lang] if split_of(r["id"]) == split] for split in SPLITS}
+            (tmp_out / lang).mkdir()
+            for split, split_rows in by_split.items():
+                write_jsonl_gz(tmp_out / lang / f"{split}.jsonl.gz", split_rows)
+            manifest["splits"][lang] = {split: len(split_rows) for split, split_rows in by_split.items()}
+        manifest_text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        (tmp_out / "manifest.json").write_text(manifest_text, encoding="utf-8")  # the whole dir is renamed into place
+        license_text = LICENSE_TEXT.format(n=len(languages), languages=", ".join(languages), packages=package_list)
+        (tmp_out / "LICENSE-CORPUS.md").write_text(license_text, encoding="utf-8")
+    return manifest
 
 
 def build_corpus(out_dir: str | Path, languages: list[str] | None = None, max_per_language: int | None = None, progress: bool = True) -> dict:
@@ -183,20 +282,12 @@ def build_corpus(out_dir: str | Path, languages: list[str] | None = None, max_pe
         raise UserError(f"unknown corpus language {unknown[0]!r}; choose from {', '.join(LANGUAGES)}")
     if "en" not in languages:
         languages = ["en", *languages]  # English defines the aligned ids
+    trees, packages = {}, {}
     with tempfile.TemporaryDirectory(prefix="mergedistill-corpus-") as tmp:
-        roots = download_and_extract(languages, Path(tmp))
-        trees = {lang: read_help_tree(roots[lang][0]) for lang in tqdm(languages, desc="parse help pages", disable=not progress)}
-    records = align(trees)
-    manifest = {"source": "Debian libreoffice-help-* packages (LibreOffice help, MPL-2.0)", "license": "MPL-2.0",
-                "packages": {lang: roots[lang][1] for lang in languages}, "splits": {}, "languages": languages,
-                "split_rule": "sha1(id) bucket: test < 0.05 <= valid < 0.10 <= train"}
-    with atomic_dir(out_dir) as tmp_out:
-        for lang in languages:
-            rows = subsample(records[lang], max_per_language)
-            by_split = {split: [r for r in rows if split_of(r["id"]) == split] for split in SPLITS}
-            (tmp_out / lang).mkdir()
-            for split, split_rows in by_split.items():
-                write_jsonl_gz(tmp_out / lang / f"{split}.jsonl.gz", split_rows)
-            manifest["splits"][lang] = {split: len(split_rows) for split, split_rows in by_split.items()}
-        write_json_atomic(tmp_out / "manifest.json", manifest)
-    return manifest
+        bar = tqdm(languages, desc="corpus", unit="lang", disable=not progress)
+        for lang in bar:
+            bar.set_postfix_str(f"{lang}: download")
+            help_root, packages[lang] = download_and_extract(lang, Path(tmp))
+            bar.set_postfix_str(f"{lang}: parse")
+            trees[lang] = read_help_tree(help_root)
+    return write_corpus(out_dir, align(trees), packages, max_per_language)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from mergedistill import corpus
-from mergedistill.corpus_build import parse_page, split_of, subsample, write_jsonl_gz
+from mergedistill.corpus_build import parse_page, split_of, subsample, write_corpus, write_jsonl_gz
 from mergedistill.errors import UserError
 
 
@@ -40,18 +40,53 @@ def test_translated_rows_differ_from_english():
 def test_parse_page_reads_aligned_paragraphs_only():
     page = """<html><body><header><p id="par_id1">menu</p></header><div id="DisplayArea">
     <h1 id="hd_id1">Title &amp; more</h1><p id="par_id2" class="paragraph">Some <span>bold</span>
-    text.</p><p id="bm_x">skip</p><div class="embedded"><p id="par_id3">Inside</p></div></div>
+    text.</p><p id="bm_x">skip</p><div class="embedded"><p id="par_id3">Inside</p></div>
+    <h2 id="hd_2016">Old-style id</h2><p id="N0091">Basic page id</p></div>
     <footer><p id="par_id9">footer</p></footer></body></html>"""
-    assert parse_page(page) == [("hd_id1", "Title & more"), ("par_id2", "Some bold text."), ("par_id3", "Inside")]
+    assert parse_page(page) == [("hd_id1", "Title & more"), ("par_id2", "Some bold text."), ("par_id3", "Inside"),
+                                ("hd_2016", "Old-style id"), ("N0091", "Basic page id")]
+
+
+def test_parse_page_keeps_one_case_of_an_inline_switch():
+    page = """<div id="DisplayArea"><p id="par_id1">Choose <span id="sw1" class="switchinline">
+    <span hidden="true" id="MACtext1" class="MAC"><span class="emph">Preferences</span></span>
+    <span hidden="true" id="defaulttext1"><span class="emph">Tools - Options</span></span></span> now.</p>
+    <p id="par_id2">Only <span class="switchinline"><span hidden="true" id="UNIXtext2">X11</span></span> here.</p></div>"""
+    assert parse_page(page) == [("par_id1", "Choose Tools - Options now."), ("par_id2", "Only X11 here.")]
 
 
 def test_subsample_keeps_the_same_ids_in_every_language():
     rows_en = [{"id": f"p{i}", "text": "x"} for i in range(100)]
     rows_de = [r for r in rows_en if int(r["id"][1:]) % 2 == 0]
-    kept_en = {r["id"] for r in subsample(rows_en, 30)}
-    kept_de = {r["id"] for r in subsample(rows_de, 15)}
-    assert len(kept_en) == 30 and len(kept_de) == 15
-    assert len(kept_de & kept_en) >= 5  # ranking by the same hash keeps overlapping ids
+    kept = subsample({"en": rows_en, "de": rows_de}, 30)
+    kept_en, kept_de = ({r["id"] for r in kept[lang]} for lang in ("en", "de"))
+    assert len(kept_en) == 30 and len(kept_de) == 30
+    assert kept_en == kept_de  # ids present in both languages rank first
+    assert subsample({"en": rows_en}, None)["en"] is rows_en
+
+
+def _records():
+    texts = {"en": "Paragraph {i} in English.", "de": "Absatz {i} auf Deutsch."}
+    return {lang: [{"id": f"scalc/01/p.html#par_id{i:04d}", "module": "scalc" if i % 3 else "swriter", "text": text.format(i=i)}
+                   for i in range(300 if lang == "en" else 200)] for lang, text in texts.items()}
+
+
+def test_write_corpus_is_deterministic_aligned_and_licensed(tmp_path):
+    packages = {"en": "libreoffice-help-en-us=1:1", "de": "libreoffice-help-de=1:1"}
+    manifest = write_corpus(tmp_path / "a", _records(), packages)
+    write_corpus(tmp_path / "b", _records(), packages)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert [str(f) for f in files][:2] == ["LICENSE-CORPUS.md", "de/test.jsonl.gz"]
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert "MPL-2.0" in (tmp_path / "a" / "LICENSE-CORPUS.md").read_text() and manifest["packages"] == packages
+    assert sum(manifest["splits"]["en"].values()) == 300
+    split_of_id = {}
+    for lang in ("en", "de"):
+        for split in ("train", "valid", "test"):
+            for row in corpus.load_split(lang, split, tmp_path / "a") if manifest["splits"][lang][split] else []:
+                assert split_of_id.setdefault(row["id"], split) == split  # same id, same split, every language
+    table = corpus.format_stats(corpus.stats(tmp_path / "a"))
+    assert table.splitlines()[1].startswith("de ") and "swriter" in table.splitlines()[0]
 
 
 def test_jsonl_gz_is_byte_deterministic(tmp_path):
@@ -73,6 +108,27 @@ def test_user_text_and_jsonl_corpora(tmp_path):
     assert len(train) + len(test) + len(corpus.load_split("ko", "valid", sources=sources)) == 200  # blank line dropped
     assert set(train["id"]).isdisjoint(test["id"]) and train[0]["module"] == ""
     assert corpus.load_split("it", "train", sources=sources)[0]["text"].startswith("frase")
+    packed = tmp_path / "pt.jsonl.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"text": f"frase {i}", "id": f"doc{i}", "module": "news"}) + "\n" for i in range(100))
+    pt = corpus.load_split("pt", "train", sources={"pt": {"path": str(packed)}})
+    assert pt[0]["module"] == "news" and all(split_of(i) == "train" for i in pt["id"])
+
+
+def test_hub_source_arguments_reach_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split, kwargs))
+        return datasets.Dataset.from_dict({"content": [f"line {i}" for i in range(50)]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    source = {"hub": "someone/wiki", "config": "20231101.sw", "split": "train", "text_field": "content", "revision": "main"}
+    rows = corpus.load_split("sw", "train", sources={"sw": source})
+    assert calls == [("someone/wiki", "20231101.sw", "train", {"revision": "main"})]
+    assert rows[0]["id"].startswith("sw:") and rows.column_names == ["id", "module", "text"]
 
 
 def test_corpus_errors_are_user_errors(tmp_path):
@@ -88,6 +144,16 @@ def test_corpus_errors_are_user_errors(tmp_path):
         corpus.load_split("ko", "train", sources={"ko": {"path": str(bad)}})
     with pytest.raises(UserError, match="no file matches"):
         corpus.load_split("ko", "train", sources={"ko": {"path": str(tmp_path / "none*.txt")}})
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="broken.jsonl:2: not valid JSON Lines"):
+        corpus.load_split("ko", "train", sources={"ko": {"path": str(broken)}})
+    with pytest.raises(UserError, match="both JSON Lines and text"):
+        corpus.load_split("ko", "train", sources={"ko": {"path": str(tmp_path / "b*")}})
+    fields = tmp_path / "fields.jsonl"
+    fields.write_text('{"text": "fine"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="text_field: column 'body' not found"):
+        corpus.load_split("ko", "train", sources={"ko": {"path": str(fields), "text_field": "body"}})
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(UserError, match="no train paragraphs"):

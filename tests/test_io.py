@@ -36,3 +36,18 @@ def test_file_fingerprint_sees_content_changes(tmp_path):
     before = io.file_fingerprint(tmp_path / "d")
     (tmp_path / "d" / "w.bin").write_bytes(b"abd")
     assert io.file_fingerprint(tmp_path / "d") != before
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        io.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        with io.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755

@@ -97,3 +97,35 @@ eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
     assert "running" not in capsys.readouterr().out
     assert cli_main(["bistil", "trim", str(config), "phase2.density=1.5"]) == 2
     assert "phase2.density" in capsys.readouterr().err
+
+
+def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path):
+    """What phase 2 trains is what evaluation loads: phase-1 model + head + diff, every parameter equal."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from mergedistill.bistil.layers import make_student
+    from mergedistill.bistil.phase2 import load_student, task_model, train_student
+    from mergedistill.bistil.tasks import collate
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    teacher_mlm = AutoModelForMaskedLM.from_pretrained(str(tiny_teacher))
+    phase1 = tmp_path / "phase1"
+    make_student(teacher_mlm, 2).save_pretrained(phase1)
+    AutoTokenizer.from_pretrained(str(tiny_teacher)).save_pretrained(phase1)
+    teacher = task_model(tiny_teacher, "token", 4, seed=1).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [collate([{"input_ids": torch.randint(5, 700, (12,)).tolist(), "labels": torch.randint(0, 4, (12,)).tolist()} for _ in range(4)], 0)
+               for _ in range(3)]
+    cfg = SimpleNamespace(temperature=2.0, w_soft=1.0, w_gold=0.5, w_attn=0.0, w_hidden=1.0, include_embeddings=False, density=0.1, lr=1e-2)
+    for variant in ("bistil", "dense"):
+        model, diff, head, _ = train_student(phase1, teacher, "token", 4, variant, cfg, batches, batches)
+        out = tmp_path / variant
+        out.mkdir()
+        diff.save(out / "diff.safetensors")
+        save_file({k: v.contiguous() for k, v in head.items()}, str(out / "head.safetensors"))
+        rebuilt = load_student(phase1, out, "token", 4)
+        trained = dict(model.named_parameters())
+        for name, param in rebuilt.named_parameters():
+            assert torch.equal(param, trained[name]), (variant, name)

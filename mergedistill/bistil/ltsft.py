@@ -53,7 +53,7 @@ def train_steps(model, params, loss_fn: Callable, batches: Iterable, lr: float, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / max(1, len(batches))))
     losses = []
     model.train()
-    for batch in tqdm(batches, desc=desc, leave=False):
+    for batch in tqdm(batches, desc=desc, leave=False, disable=None):
         loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

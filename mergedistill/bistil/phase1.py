@@ -138,7 +138,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     history = [{"step": 0, "eval_loss": best[0]}]
     log(f"phase1: step 0 eval loss {best[0]:.4f}")
     plan = balanced_schedule({lang: len(seqs) for lang, seqs in train.items()}, cfg.batch_size, cfg.steps, seed)
-    for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False), start=1):
+    for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False, disable=None), start=1):
         batch = masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step)
         loss, terms = _loss(student, teacher, batch, stride, weights)
         optimizer.zero_grad(set_to_none=True)

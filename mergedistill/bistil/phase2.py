@@ -3,7 +3,9 @@
 The task teacher is the (trimmed) MMT fine-tuned on the source-language task. The student is the
 phase-1 model with a new head, trained on the same source data with soft cross-entropy to the teacher's
 predictions at temperature T (× T²), optional gold-label CE and the phase-1 attention/hidden terms, under
-LT-SFT. Variants: ``bistil`` (that), ``dense`` (same losses, full fine-tuning), ``self-taught`` (gold labels
+LT-SFT. Phase-1 weights that are not eligible for the diff (the word embeddings unless
+``include_embeddings``) stay frozen in every variant, so diff + head always rebuild the trained model.
+Variants: ``bistil`` (that), ``dense`` (same losses, full fine-tuning of the eligible body), ``self-taught`` (gold labels
 only, LT-SFT), ``scratch`` (BiStil on a student whose phase 1 started from random weights).
 """
 
@@ -112,6 +114,9 @@ def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str,
                               0.0 if gold_only else cfg.w_attn, 0.0 if gold_only else cfg.w_hidden)
     base = base_parameter_names(student, phase1_dir)
     eligible = eligible_names(student, base, cfg.include_embeddings)
+    for name, param in student.named_parameters():  # phase-1 weights outside the diff (word embeddings by default) stay fixed
+        if name in base and name not in eligible:
+            param.requires_grad_(False)
     theta0 = snapshot(student, eligible)
     if variant == "dense":
         losses = {"dense": train_steps(student, list(student.parameters()), loss_fn, list(dense_batches) + list(sparse_batches), cfg.lr, 0.01,

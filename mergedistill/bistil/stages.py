@@ -115,7 +115,7 @@ class Run:
             student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=scratch, seed=c.seed)
             train = {lang: pack_language(tokenizer, _texts(c, lang, "train", p.max_paragraphs), p.max_length) for lang in (c.source, c.target)}
             valid = {lang: pack_language(tokenizer, _texts(c, lang, "valid", None), p.max_length) for lang in (c.source, c.target)}
-            student, history = train_phase1(teacher, student, tokenizer, train, valid, p, seed=c.seed, log=lambda m: log(f"{name}: {m}"))
+            student, history = train_phase1(teacher, student, tokenizer, train, valid, p, seed=c.seed, log=lambda m: log(f"{name}: {m.removeprefix('phase1: ')}"))
             student.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / "history.json", history)

@@ -62,7 +62,7 @@ class TeachersConfig:
     device: str = "cpu"
 
     def problems(self):
-        return [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-mbert.yaml)")]
+        return [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-multi.yaml)")]
 
 
 @dataclass
@@ -129,6 +129,7 @@ class CacheConfig:
 class StudentConfig:
     """BERT-style student over the merged vocabulary."""
 
+    arch: str = "bert"  # bert | deberta-v2 (relative positions; learns context faster at small sizes)
     layers: int = 4
     hidden: int = 256
     heads: int = 4
@@ -144,6 +145,7 @@ class StudentConfig:
         out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position", "layer_stride")
         if self.hidden % max(self.heads, 1):
             out.append(("hidden", f"must be divisible by heads ({self.heads}), got {self.hidden}"))
+        out += _one_of(self.arch, ("bert", "deberta-v2"), "arch")
         out += _one_of(self.init, ("scratch", "teacher"), "init")
         out += _one_of(self.new_piece_init, ("mean", "random"), "new_piece_init")
         if self.init == "teacher" and not self.init_teacher:

@@ -1,6 +1,8 @@
 """The student: a BERT-style masked-LM over the merged vocabulary.
 
-From scratch it is a ``BertForMaskedLM`` sized by the student config. From a teacher (``init: teacher``)
+From scratch it is a ``BertForMaskedLM`` (``student.arch: bert``) or a ``DebertaV2ForMaskedLM`` with
+relative positions only (``student.arch: deberta-v2``; small models learn to use context in far fewer
+steps) sized by the student config. From a teacher (``init: teacher``)
 it takes the teacher's hidden size and copies (1-based) teacher layers s, 2s, 3s, ... (0-based indices
 s-1, 2s-1, ...; BiStil's choice, which keeps the top layer), the embeddings of every student piece the
 teacher owns (through the id map), and initializes the other pieces' embeddings from the mean of the
@@ -17,8 +19,16 @@ from mergedistill.vocab.merge import SPECIAL_IDS
 
 
 def student_config(student_cfg, vocab_size: int, hidden: int | None = None, heads: int | None = None, intermediate: int | None = None):
-    from transformers import BertConfig
+    from transformers import BertConfig, DebertaV2Config
 
+    if getattr(student_cfg, "arch", "bert") == "deberta-v2":
+        from mergedistill.tokenizer_train import DEBERTA_RELATIVE
+
+        return DebertaV2Config(
+            vocab_size=vocab_size, hidden_size=hidden or student_cfg.hidden, num_hidden_layers=student_cfg.layers,
+            num_attention_heads=heads or student_cfg.heads, intermediate_size=intermediate or student_cfg.intermediate,
+            max_position_embeddings=student_cfg.max_position, hidden_dropout_prob=student_cfg.dropout,
+            attention_probs_dropout_prob=student_cfg.dropout, type_vocab_size=0, pad_token_id=SPECIAL_IDS["pad"], **DEBERTA_RELATIVE)
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden or student_cfg.hidden,
@@ -35,10 +45,10 @@ def student_config(student_cfg, vocab_size: int, hidden: int | None = None, head
 
 def build_student(student_cfg, vocab_size: int, seed: int = 0):
     import torch
-    from transformers import BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
     torch.manual_seed(seed)
-    return BertForMaskedLM(student_config(student_cfg, vocab_size))
+    return AutoModelForMaskedLM.from_config(student_config(student_cfg, vocab_size))
 
 
 def teacher_layers(n_student_layers: int, stride: int) -> list[int]:
@@ -56,6 +66,8 @@ def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.
     import torch
     from transformers import BertForMaskedLM
 
+    if getattr(student_cfg, "arch", "bert") != "bert":
+        raise UserError(f"student.init=teacher builds a BERT student from a BERT/RoBERTa teacher; set student.arch: bert (got {student_cfg.arch})")
     config = teacher_model.config
     if config.model_type not in ("bert", "roberta", "xlm-roberta", "camembert"):
         raise UserError(f"student.init_teacher: cannot copy layers from a {config.model_type} teacher; use a BERT/RoBERTa-style teacher or init: scratch")

@@ -16,6 +16,9 @@ from mergedistill.io import atomic_dir
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 TOKENIZER_FAMILIES = ("wordpiece", "bytelevel", "unigram")
+# DeBERTa-v3 style: relative positions only (no absolute position embeddings), so a model trained on short
+# sequences still handles longer ones, and small models learn to use context in far fewer steps than BERT.
+DEBERTA_RELATIVE = dict(relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False)
 ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2")
 
 
@@ -89,7 +92,7 @@ def tiny_mlm(arch: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int
     elif arch == "deberta-v2":
         config = DebertaV2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
                                  max_position_embeddings=max_position, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                                 relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], **common)
+                                 **DEBERTA_RELATIVE, **common)
     else:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     torch.manual_seed(seed)

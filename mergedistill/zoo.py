@@ -5,9 +5,10 @@ The HuggingFace hub is out of reach here, so the demo trains its own teachers fr
 
     build:
       tokenizer: {family: wordpiece|bytelevel|unigram, vocab_size: 8000, lowercase: false}
-      model: {arch: bert|roberta|xlm-roberta, hidden: 128, layers: 2, heads: 2, intermediate: 512}
+      model: {arch: bert|roberta|xlm-roberta|deberta-v2|electra|distilbert, hidden: 128, layers: 2, heads: 2,
+              intermediate: 512, dropout: 0.1}
       train: {steps: 600, batch_size: 32, max_length: 128, lr: 1.0e-3, warmup: 50, sampling_alpha: 0.7,
-              max_paragraphs: 8000, checkpoint_every: 100}
+              max_paragraphs: 8000, checkpoint_every: 100, weight_decay: 0.01, beta2: 0.999}
 
 Training is plain PyTorch (the student, not the zoo, is what DeepSpeed trains). The batch of step ``s``
 is a pure function of (seed, s), and model, optimizer, scheduler and RNG state are checkpointed every
@@ -35,9 +36,11 @@ from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
-ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unigram"}
+ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unigram", "deberta-v2": "unigram", "electra": "wordpiece",
+               "distilbert": "wordpiece"}  # arch -> default tokenizer family
 DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "max_length": 128, "lr": 1e-3, "warmup": 50, "sampling_alpha": 0.7,
-                 "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01}
+                 "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01,
+                 "beta2": 0.999}
 
 
 def recipe(card) -> dict[str, Any]:
@@ -136,7 +139,7 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
                      intermediate=m.get("intermediate", 512), max_position=max(card.max_length, train["max_length"]) + 2, seed=seed, dropout=m.get("dropout", 0.1))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"])
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, train["beta2"]))
     steps, warmup = train["steps"], train["warmup"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (steps - s) / max(steps - warmup, 1))))
     start = 0

@@ -5,7 +5,7 @@ import pytest
 from mergedistill.config import ExperimentConfig, from_dict, load_config, to_yaml
 from mergedistill.errors import UserError
 
-BASE = {"teachers": {"cards": ["teachers/demo/demo-mbert.yaml"]}}
+BASE = {"teachers": {"cards": ["teachers/demo/demo-multi.yaml"]}}
 
 
 def test_yaml_and_overrides_are_merged_onto_the_schema(tmp_path):

@@ -40,8 +40,10 @@ def test_init_from_teacher_copies_layers_and_owned_embeddings(teachers, merged):
         init_from_teacher(StudentConfig(layers=2, layer_stride=2), teacher.model, teacher.tokenizer, merged.id_maps["bert"], merged.pieces)
 
 
-def test_student_masked_only_head_equals_full_head(merged):
-    student = build_student(StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged)).eval()
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+def test_student_masked_only_head_equals_full_head(merged, arch):
+    student = build_student(StudentConfig(arch=arch, layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged)).eval()
+    assert student.config.model_type == arch and student.config.vocab_size == len(merged)
     ids = torch.randint(5, len(merged), (2, 20))
     masked = torch.zeros(2, 20, dtype=torch.bool)
     masked[0, 3] = masked[1, 7] = masked[1, 8] = True
@@ -49,6 +51,15 @@ def test_student_masked_only_head_equals_full_head(merged):
         fast, _ = masked_lm_logits(student, ids, torch.ones_like(ids), masked)
         full = student(input_ids=ids).logits[masked]
     assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_deberta_student_has_relative_positions_only_and_refuses_teacher_init(teachers, merged):
+    student = build_student(StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged))
+    assert student.config.relative_attention and not student.config.position_biased_input
+    assert not any("position_embeddings" in name for name, _ in student.named_parameters())
+    cfg = StudentConfig(arch="deberta-v2", layers=1, init="teacher", init_teacher="bert")
+    with pytest.raises(UserError, match="student.arch: bert"):
+        init_from_teacher(cfg, teachers["bert"].model, teachers["bert"].tokenizer, merged.id_maps["bert"], merged.pieces)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob("experiments/**/*.yaml", recursive=True)))
@@ -59,6 +70,12 @@ def test_shipped_experiment_configs_validate_and_name_their_command(path):
         from mergedistill.bistil.config import BistilConfig
 
         load_config(path, schema=BistilConfig)
+        return
+    if "/ablations/" in path:  # an ablation: every variant must be a valid experiment on one shared budget
+        from mergedistill.ablate import AblationConfig, budget_problems, variant_configs
+
+        configs = variant_configs(load_config(path, schema=AblationConfig), path)
+        assert len(configs) >= 2 and not budget_problems(configs)
         return
     cfg = load_config(path)
     for card in cfg.teachers.cards:

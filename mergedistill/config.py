@@ -166,6 +166,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     temperature: float = 1.0
     t2_scaling: bool = True  # multiply the soft loss by T^2 (Hinton et al.) so its gradient scale is T-independent
+    adam_beta2: float = 0.999  # 0.98 steadies small post-warm-up students (RoBERTa's choice)
     alpha_kd: float = 1.0
     alpha_mlm: float = 1.0
     alpha_hidden: float = 0.0
@@ -178,6 +179,8 @@ class TrainConfig:
 
     def problems(self):
         out = _positive(self, "steps", "batch_size", "grad_accum", "lr", "temperature", "checkpoint_every", "log_every")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            out.append(("adam_beta2", f"must be in (0, 1), got {self.adam_beta2}"))
         out += _non_negative(self, "warmup_steps", "weight_decay", "grad_clip", "alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attn")
         if self.zero_stage not in (0, 1, 2, 3):
             out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"))

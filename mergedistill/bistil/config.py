@@ -108,7 +108,7 @@ class BistilConfig:
     name: str = "bistil"
     output_dir: str = "runs/bistil"
     seed: int = 0
-    teacher: str = "teachers/demo/demo-multi.yaml"  # a teacher card (YAML) or a masked-LM checkpoint directory
+    teacher: str = "teachers/demo/bistil-mbert.yaml"  # a teacher card (YAML) or a masked-LM checkpoint directory
     source: str = "en"
     target: str = "de"
     corpus_dir: str = ""  # "" = the embedded corpus

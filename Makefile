@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean-venv
+.PHONY: demo test test-all bench ablate clean-venv
 
 # Pinned torch first so pip takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+ablate: $(STAMP)
+	$(VENV)/bin/mergedistill ablate experiments/ablations/selection.yaml
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

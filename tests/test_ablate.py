@@ -21,8 +21,6 @@ common:
 variants:
   multilingual-only:
     select: {{strategy: static, assignment: {{en: multi, de: multi, ja: multi}}}}
-  score:
-    select: {{strategy: score}}
   min-ce:
     select: {{strategy: min-ce}}
 """
@@ -44,14 +42,14 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     assert main(["ablate", str(root / "ablation.yaml")]) == 0
     with open(root / "ablation" / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["variant"], r["lang"]) for r in rows} == {(v, l) for v in ("multilingual-only", "score", "min-ce") for l in ("en", "de", "ja")}
+    assert {(r["variant"], r["lang"]) for r in rows} == {(v, l) for v in ("multilingual-only", "min-ce") for l in ("en", "de", "ja")}
     served = {(r["variant"], r["lang"]): r["teacher"] for r in rows}
     assert served[("multilingual-only", "de")] == "multi"
     assert all(float(r["student_pll_per_char"]) < 0 and int(r["student_params"]) > 0 for r in rows)
     table = (root / "ablation" / "table.md").read_text()
     assert "| de |" in table and "multilingual-only" in table and "min-ce" in table
     # every variant is an ordinary run directory, stopped after eval (no export)
-    for variant in ("multilingual-only", "score", "min-ce"):
+    for variant in ("multilingual-only", "min-ce"):
         assert (root / "ablation" / variant / "eval" / "eval.json").exists()
         assert not (root / "ablation" / variant / "export").exists()
     # min-ce end to end: de and ja paragraphs were split between their two candidate teachers
@@ -67,21 +65,21 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     # a re-run reuses every stage of every variant (teachers, select, vocab, cache, train, eval)
     capsys.readouterr()
     assert main(["ablate", str(root / "ablation.yaml")]) == 0
-    assert capsys.readouterr().err.count("up to date, skipped") == 3 * 6
+    assert capsys.readouterr().err.count("up to date, skipped") == 2 * 6
 
 
 def test_variants_must_share_the_budget(ablation_root, tmp_path):
     root = ablation_root
-    text = ABLATION.format(root=root).replace("select: {strategy: score}", "select: {strategy: score}\n    train: {steps: 99}")
+    text = ABLATION.format(root=root).replace("select: {strategy: min-ce}", "select: {strategy: min-ce}\n    train: {steps: 99}")
     (tmp_path / "a.yaml").write_text(text)
     ablation = load_config(tmp_path / "a.yaml", schema=AblationConfig)
     problems = budget_problems(variant_configs(ablation, "a.yaml"))
-    assert problems and "train" in problems[0] and "score" in problems[0]
+    assert problems and "train" in problems[0] and "min-ce" in problems[0]
     assert main(["ablate", str(tmp_path / "a.yaml")]) == 2
 
 
 def test_bad_ablation_configs_name_the_key(tmp_path, capsys):
-    (tmp_path / "a.yaml").write_text("base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: score}}}\n")
+    (tmp_path / "a.yaml").write_text("base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: min-ce}}}\n")
     with pytest.raises(UserError, match="reference"):
         load_config(tmp_path / "a.yaml", schema=AblationConfig)
     (tmp_path / "b.yaml").write_text("base: missing.yaml\nvariants: {x: {}}\n")

@@ -9,6 +9,7 @@ only with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -25,6 +26,13 @@ from mergedistill.errors import UserError
 VERBS = ("corpus", "teachers", "select", "vocab", "cache", "train", "eval", "export", "run", "ablate", "bistil")  # modules in commands/
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (exit 2), like every other mergedistill error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The experiment config argument shared by most verbs: a YAML path and key=value overrides."""
     parser.add_argument("config", help="experiment YAML (see experiments/)")
@@ -32,7 +40,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="mergedistill",
         description="Merge several teacher masked-LMs into one compact multilingual student by distillation.",
     )
@@ -60,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"mergedistill {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk is the user's to fix too: one line, exit 2 (finished stages are kept)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        print(f"mergedistill {args.verb}: error: {err.filename or 'output'}: no space left on device; "
+              "free some disk space and re-run the same command", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mergedistill {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -62,6 +62,7 @@ def _load_embedded(lang: str, split: str, directory: Path):
 
 
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+MAX_LINE_CHARS = 100_000  # a longer line in a one-paragraph-per-line text file means its line breaks are missing
 
 
 def _open_text(file: str):
@@ -78,11 +79,24 @@ def _user_files(lang: str, pattern: str) -> list[str]:
     for file in files:
         try:
             with _open_text(file) as handle:
-                for _ in handle:
-                    pass
-        except UnicodeDecodeError as err:
-            raise UserError(f"{file}: not UTF-8 (byte {err.start}); convert it, e.g. `iconv -t UTF-8`") from None
+                for number, line in enumerate(handle, 1):
+                    if len(line) > MAX_LINE_CHARS and not file.endswith(JSON_SUFFIXES):
+                        raise UserError(f"{file}:{number}: a line of {len(line):,} characters (limit {MAX_LINE_CHARS:,}); "
+                                        "a text corpus holds one paragraph per line, so break the text into paragraphs")
+        except UnicodeDecodeError:
+            raise UserError(f"{_first_non_utf8(file)}: not UTF-8; convert it, e.g. `iconv -t UTF-8`") from None
     return files
+
+
+def _first_non_utf8(file: str) -> str:
+    """``file:line (byte n of the line)`` of the first bytes that are not UTF-8 (the decoder's offset is per chunk)."""
+    with gzip.open(file, "rb") if file.endswith(".gz") else open(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"{file}:{number} (byte {err.start + 1} of the line)"
+    return file
 
 
 def _first_bad_json_line(files: list[str]) -> str:

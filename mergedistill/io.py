@@ -9,6 +9,7 @@ to decide whether the stage can be skipped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -59,9 +60,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: no space left on device; free some disk space and re-run the same command") from None
         raise
 
 

@@ -4,11 +4,13 @@ A stage's fingerprint covers its own config sections, the fingerprints of the st
 package version. ``run_stages`` skips a stage whose output directory's manifest holds the same
 fingerprint, so a re-run resumes where the last one stopped and a changed input re-runs that stage and
 everything after it. Outputs are built in a temp directory and renamed into place (``io.atomic_dir``);
-long stages keep resumable state in ``<output_dir>/<stage>.work/``, which survives a kill.
+long stages keep resumable state in ``<output_dir>/<stage>.work/``, which survives a kill. A stage that
+stops on a ``UserError`` (bad input) removes the work dir it created, so a failed attempt leaves nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 from mergedistill import __version__, io
 from mergedistill.config import to_dict
+from mergedistill.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,12 @@ def run_stages(
 ) -> list[StageResult]:
     """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output_dir {output_dir}: cannot create it ({err.strerror}); choose a writable path") from None
+    if not os.access(output_dir, os.W_OK):
+        raise UserError(f"output_dir {output_dir}: not writable; choose a writable path")
     fingerprints: dict[str, str] = {}
     paths: dict[str, Path] = {}
     results = []
@@ -94,12 +102,18 @@ def run_stages(
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
         start = time.perf_counter()
         work = output_dir / f"{stage.name}.work"
+        new_work = not work.exists()
         work.mkdir(exist_ok=True)
-        with io.atomic_dir(final) as tmp:
-            context = StageContext(cfg, {n: paths[n] for n in stage.after}, tmp, work, log)
-            extras = stage.run(context) or {}
-            seconds = time.perf_counter() - start
-            io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+        try:
+            with io.atomic_dir(final) as tmp:
+                context = StageContext(cfg, {n: paths[n] for n in stage.after}, tmp, work, log)
+                extras = stage.run(context) or {}
+                seconds = time.perf_counter() - start
+                io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+        except UserError:
+            if new_work:  # bad input: this attempt made nothing worth resuming (a kill keeps the work dir)
+                shutil.rmtree(work, ignore_errors=True)
+            raise
         shutil.rmtree(work, ignore_errors=True)
         log(f"[{stage.name}] done in {seconds:.1f} s")
         results.append(StageResult(stage.name, "ran", seconds, final, fp))

@@ -59,6 +59,8 @@ class TeacherCard:
 def load_card(path: str | Path) -> TeacherCard:
     from mergedistill.config import load_config
 
+    if not Path(path).is_file():
+        raise UserError(f"{path}: teacher card not found; check the path (teachers.cards in the experiment config)")
     return load_config(path, schema=TeacherCard)
 
 
@@ -145,6 +147,12 @@ class Teacher:
             raise UserError(f"{source}: tokenizer has no mask token; a masked-LM teacher needs one (set mask_token)")
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(f"{source}: only fast (tokenizers) tokenizers are supported; save it with a tokenizer.json")
+        rows = model.get_input_embeddings().num_embeddings
+        for token in tokenizer.all_special_tokens:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id >= rows:
+                raise UserError(f"{source}: special token {token!r} has id {token_id} but the model has {rows} token embeddings; "
+                                "the tokenizer does not match the model (save the checkpoint's own tokenizer, or resize_token_embeddings)")
         model.to(device).eval()
         for param in model.parameters():
             param.requires_grad_(False)

@@ -116,14 +116,11 @@ def build_world(root: Path, stages_until: str | None = None) -> Path:
     (root / "cards" / "bl.yaml").write_text(CARD.format(name="bl", langs="de"), encoding="utf-8")
     write_config(root)
     if stages_until is not None:
-        from mergedistill.stages import run_experiment
         from mergedistill.config import load_config
+        from mergedistill.stages import run_experiment
 
-        with cwd(root), contextlib.redirect_stderr(open(os.devnull, "w")) as quiet:
-            try:
-                run_experiment(load_config("exp.yaml"), config_path="exp.yaml", until=stages_until)
-            finally:
-                quiet.close()
+        with cwd(root), open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            run_experiment(load_config("exp.yaml"), config_path="exp.yaml", until=stages_until)
     return root
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 def _head(model):
     """(encoder, head callable) for known MLM architectures, else None."""
-    kind = model.config.model_type
+    kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind in ("bert", "deberta-v2") and hasattr(model, "cls"):
         return getattr(model, model.base_model_prefix), model.cls
     if kind in ("roberta", "xlm-roberta", "camembert") and hasattr(model, "lm_head"):
@@ -27,7 +27,7 @@ def _head(model):
 def masked_lm_logits(model, input_ids, attention_mask, masked, output_hidden_states: bool = False, output_attentions: bool = False):
     """(logits [n_masked, V] in the row-major order of ``masked`` [B,T] bool, encoder outputs)."""
     known = _head(model)
-    extra = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    extra = {name: True for name, wanted in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)) if wanted}
     if known is None:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return outputs.logits[masked], outputs

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from mergedistill.masking import choose_masked, example_rng, pad_batch
+from mergedistill.heads import masked_lm_logits
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], 
         for r, i in enumerate(rows):
             where[r, : len(masked[i])] = masked[i]
         with torch.inference_mode():
-            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(attention)).logits
-            yield rows, torch.log_softmax(logits[torch.from_numpy(where)].float(), dim=-1)
+            logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(where))
+            yield rows, torch.log_softmax(logits.float(), dim=-1)
 
 
 def masked_token_accuracy(model, eval_set: EvalSet, mask_id: int, pad_id: int, seed: int = 0, prob: float = 0.15, batch_size: int = 32) -> dict:

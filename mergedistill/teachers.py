@@ -167,18 +167,18 @@ class Teacher:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def _forward(self, input_ids, attention_mask):
+    def logits_at(self, input_ids, attention_mask, positions):
+        """Full-vocabulary logits (float32) at the True entries of ``positions`` [B,T], row-major order.
+
+        The vocabulary projection runs at those positions only (``heads.masked_lm_logits``): for a small
+        teacher with a large vocabulary it is most of the forward's cost."""
         import torch
 
-        with torch.inference_mode():
-            input_ids = input_ids.to(self.device)
-            attention_mask = attention_mask.to(self.device)
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        from mergedistill.heads import masked_lm_logits
 
-    def logits_at(self, input_ids, attention_mask, positions):
-        """Full-vocabulary logits (float32) at the True entries of ``positions`` [B,T], row-major order."""
-        logits = self._forward(input_ids, attention_mask)
-        return logits[positions.to(logits.device)].float().cpu()
+        with torch.inference_mode():
+            logits, _ = masked_lm_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device), positions.to(self.device))
+            return logits.float().cpu()
 
     def topk(self, input_ids, attention_mask, positions, k: int):
         """(ids int64 [n,k], logits float32 [n,k]) of the k most likely pieces at each True position."""

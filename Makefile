@@ -27,7 +27,12 @@ test-all: $(STAMP)
 ablate: $(STAMP)
 	$(VENV)/bin/mergedistill ablate experiments/ablations/selection.yaml
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean-venv:

@@ -2,7 +2,9 @@
 
 Each benchmark is a script that prints a final line holding one JSON object. This runner executes them
 one after another (never in parallel: the machine is small and timings must not disturb each other),
-collects those objects and writes a Markdown table with the machine's description.
+collects those objects and writes a Markdown table with the machine's description. Every ``*.py`` here
+except this runner is a benchmark (see ``DESCRIPTIONS``). They run with this interpreter, so optional peers
+(``peer_distill`` uses textbrewer when it can import it) follow the environment that runs this file.
 
     python benchmarks/run_all.py [--only NAME ...] [--out benchmarks/RESULTS.md]
 """
@@ -20,6 +22,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SKIP = {"run_all.py", "common.py"}
+# Every benchmark script in this folder runs (discovered by file name); this says what each one measures.
+DESCRIPTIONS = {
+    "inference_latency": "student vs teacher CPU inference latency (batch 1 and 32), throughput, parameter ratio",
+    "peer_distill": "same distillation run: mergedistill's loss path vs a peer (textbrewer if importable, else an HF DistilBERT-style loop)",
+    "train_throughput": "student training-step throughput, MFU-style ratio, masked-only head, offline vs online targets",
+    "vocab_merge": "merging 250k + 120k + 50k teacher vocabularies: time and peak memory",
+}
+
+
+def discover(only=None) -> list[Path]:
+    """The benchmark scripts to run, in name order (``only``: file stems)."""
+    return sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and (not only or p.stem in only))
 
 
 def machine_info() -> dict:
@@ -57,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="benchmark file stems to run")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args(argv)
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and (not args.only or p.stem in args.only))
+    scripts = discover(args.only)
     rows, failed = [], []
     for script in scripts:
         print(f"== {script.name}", flush=True)
@@ -78,10 +92,10 @@ def main(argv=None) -> int:
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
-        "| benchmark | result (final JSON line) |",
-        "|---|---|",
+        "| benchmark | what it measures | result (final JSON line) |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows]
+    lines += [f"| {name} | {DESCRIPTIONS.get(name, '')} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows]
     from mergedistill.io import write_text_atomic
 
     write_text_atomic(args.out, "\n".join(lines) + "\n")

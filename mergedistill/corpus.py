@@ -176,6 +176,21 @@ def load_split(lang: str, split: str, corpus_dir: str | Path | None = None, sour
     return dataset
 
 
+def content_fingerprint(corpus_cfg) -> str:
+    """sha256 over the text a corpus section reads: the corpus directory's files and, for each language
+    with ``sources.<lang>.path``, the matching files' names and bytes (hub sources are named by the config
+    itself). A stage that reads the corpus re-runs when a file changes, not only when the config does."""
+    from mergedistill import io
+
+    parts: dict = {"corpus_dir": io.file_fingerprint(resolve_dir(corpus_cfg.dir or None))}
+    for lang, source in sorted((corpus_cfg.sources or {}).items()):
+        pattern = source.get("path") if hasattr(source, "get") else None
+        if lang in corpus_cfg.languages and pattern:
+            files = sorted(glob.glob(os.path.expanduser(str(pattern))))  # none: the stage reports it clearly
+            parts[lang] = [(file, io.file_fingerprint(file)) for file in files if os.path.isfile(file)]
+    return io.fingerprint("corpus-content", parts)
+
+
 def load_texts(lang: str, split: str, cfg=None, limit: int | None = None) -> list[str]:
     """Paragraph texts for a language, using an experiment's corpus section (``cfg.corpus``) when given."""
     corpus = getattr(cfg, "corpus", None)

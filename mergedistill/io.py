@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -78,6 +79,20 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"{path.parent}: output directory is not writable; choose a writable path")
     return path
+
+
+def remove_stale_temps(final: str | os.PathLike) -> list[Path]:
+    """Delete the temp dirs/files a killed writer of ``final`` left beside it (``.<name>.*.tmp``, the
+    names ``atomic_dir``/``write_text_atomic`` use). Call only where one process writes ``final``."""
+    final = Path(final)
+    removed = []
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
 
 
 @contextlib.contextmanager

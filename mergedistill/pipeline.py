@@ -50,11 +50,35 @@ def _section(cfg_dict: dict, dotted: str) -> Any:
     return value
 
 
-def stage_fingerprint(stage: Stage, cfg: Any, upstream: dict[str, str]) -> str:
+def reads_corpus(stage: Stage) -> bool:
+    return any(name == "corpus" or name.startswith("corpus.") for name in stage.sections)
+
+
+def stage_fingerprint(stage: Stage, cfg: Any, upstream: dict[str, str], corpus_content: str | None = None) -> str:
+    """Config sections + upstream fingerprints + external inputs; ``corpus_content`` (the corpus files'
+    fingerprint, ``corpus.content_fingerprint``) counts for stages that read the corpus."""
     cfg_dict = to_dict(cfg)
     sections = {name: _section(cfg_dict, name) for name in stage.sections}
     external = stage.external(cfg) if stage.external else None
-    return io.fingerprint(__version__, stage.name, sections, {n: upstream[n] for n in stage.after}, external)
+    parts = [__version__, stage.name, sections, {n: upstream[n] for n in stage.after}, external]
+    if corpus_content is not None and reads_corpus(stage):
+        parts.append(corpus_content)
+    return io.fingerprint(*parts)
+
+
+def _work_dir(output_dir: Path, stage: str, fp: str, log: Callable[[str], None]) -> tuple[Path, bool]:
+    """``<stage>.work`` for this fingerprint: resumable state left by a killed attempt with the same inputs
+    is kept; state from different inputs (config or data changed since) is discarded. (dir, created)."""
+    work = output_dir / f"{stage}.work"
+    stamp = work / ".fingerprint"
+    if work.exists() and (not stamp.is_file() or stamp.read_text(encoding="utf-8").strip() != fp):
+        log(f"[{stage}] inputs changed since the interrupted attempt: discarding {work}")
+        shutil.rmtree(work)
+    created = not work.exists()
+    work.mkdir(exist_ok=True)
+    if created:
+        io.write_text_atomic(stamp, fp + "\n")
+    return work, created
 
 
 @dataclass
@@ -86,11 +110,16 @@ def run_stages(
     paths: dict[str, Path] = {}
     results = []
     known = {s.name for s in stages}
+    corpus_content = None
+    if any(reads_corpus(stage) for stage in stages) and hasattr(cfg, "corpus"):
+        from mergedistill.corpus import content_fingerprint
+
+        corpus_content = content_fingerprint(cfg.corpus)
     for stage in stages:
         missing = [n for n in stage.after if n not in known]
         if missing:
             raise ValueError(f"stage {stage.name} reads unknown stage(s) {missing}")
-        fp = stage_fingerprint(stage, cfg, fingerprints)
+        fp = stage_fingerprint(stage, cfg, fingerprints, corpus_content)
         final = output_dir / stage.name
         fingerprints[stage.name], paths[stage.name] = fp, final
         wanted = only is None or stage.name in only
@@ -101,9 +130,8 @@ def run_stages(
             continue
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
         start = time.perf_counter()
-        work = output_dir / f"{stage.name}.work"
-        new_work = not work.exists()
-        work.mkdir(exist_ok=True)
+        work, new_work = _work_dir(output_dir, stage.name, fp, log)
+        io.remove_stale_temps(final)
         try:
             with io.atomic_dir(final) as tmp:
                 context = StageContext(cfg, {n: paths[n] for n in stage.after}, tmp, work, log)

@@ -110,6 +110,24 @@ def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> 
             shutil.rmtree(old, ignore_errors=True)
 
 
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep only the JSONL records of steps <= ``last_step`` (atomically): after a resume from step N the
+    run logs steps N+1... again, so without this a killed-and-resumed run would list them twice."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+        if step <= last_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Callable | None, out_dir: str | Path, resume: bool = True,
           progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Distil into ``student`` for ``train_cfg.steps`` optimizer steps. ``targets_fn(index, batch)`` gives the
@@ -139,7 +157,8 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        trim_metrics(metrics_path, start)  # steps logged after the checkpoint we resume from are redone
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
     engine.train()
     began = time.perf_counter()
     tokens_window, window_start, last_loss, total_tokens = 0, time.perf_counter(), float("nan"), 0

@@ -64,3 +64,45 @@ def test_interrupted_stage_leaves_earlier_outputs_and_resumes(tmp_path):
     assert io.read_manifest(tmp_path / "train")["resumed_from"] == "half"  # work dir survived the kill
     assert not (tmp_path / "train.work").exists()
     assert [r.status for r in results] == ["skipped", "ran", "ran"]
+
+
+def test_a_kill_leftover_temp_dir_is_removed_on_the_next_run(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    stale = tmp_path / ".train.abc123.tmp"  # what a SIGKILL inside io.atomic_dir leaves
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_text("x")
+    run_stages(cfg, make_stages([]), tmp_path, log=lambda m: None)
+    assert not stale.exists()
+    assert (tmp_path / "train" / "out.txt").exists()
+
+
+def test_work_dir_from_other_inputs_is_discarded_not_resumed(tmp_path):
+    calls, logs = [], []
+    changed = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 9}})
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(changed, make_stages(calls, fail_in="train"), tmp_path, log=logs.append)
+    assert (tmp_path / "train.work" / "progress").exists()
+    other = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 7}})  # config changed before the re-run
+    run_stages(other, make_stages(calls), tmp_path, log=logs.append)
+    assert io.read_manifest(tmp_path / "train")["resumed_from"] is None
+    assert any("inputs changed" in line and "train.work" in line for line in logs)
+
+
+def test_changing_a_user_corpus_file_reruns_the_stages_that_read_the_corpus(tmp_path):
+    corpus_file = tmp_path / "de.txt"
+    corpus_file.write_text("Hallo Welt\n" * 20)
+    cfg = from_dict(ExperimentConfig, {**CFG, "corpus": {"languages": ["de"], "sources": {"de": {"path": str(corpus_file)}}}})
+    calls = []
+
+    def stages():
+        out = make_stages(calls)
+        out[0] = Stage("vocab", out[0].run, sections=("vocab", "corpus"))
+        return out
+
+    run_stages(cfg, stages(), tmp_path / "run", log=lambda m: None)
+    calls.clear()
+    run_stages(cfg, stages(), tmp_path / "run", log=lambda m: None)
+    assert calls == []  # same bytes: everything current
+    corpus_file.write_text("Hallo Welt\n" * 19 + "Guten Tag\n")  # same config, new text
+    run_stages(cfg, stages(), tmp_path / "run", log=lambda m: None)
+    assert calls == ["vocab", "train", "eval"]

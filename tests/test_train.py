@@ -51,6 +51,22 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, plan, merged, teacher
     assert result.resumed_from == 2
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # step 3 was logged before the kill and redone after the resume: it is listed once, like every step
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_trim_metrics_keeps_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):
+    from mergedistill.train import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 3, "loss": 1}\n{"step": 4, "lo')
+    trim_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    trim_metrics(path, 0)
+    assert path.read_text() == ""
+    trim_metrics(tmp_path / "absent.jsonl", 3)  # nothing to trim
+    assert not (tmp_path / "absent.jsonl").exists()
 
 
 def test_a_half_written_checkpoint_is_never_the_latest(tmp_path, plan, merged, teachers):

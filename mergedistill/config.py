@@ -99,7 +99,7 @@ class VocabConfig:
 class DataConfig:
     """Tokenization, masking and language sampling for distillation."""
 
-    tokenization: str = "routed"  # routed: each language by its teacher's tokenizer | unified
+    tokenization: str = "routed"  # routed: each language by its teacher's tokenizer (unified: refused, see ExperimentConfig.problems)
     max_length: int = 128
     mlm_probability: float = 0.15
     whole_word: bool = False
@@ -171,6 +171,7 @@ class TrainConfig:
     alpha_mlm: float = 1.0
     alpha_hidden: float = 0.0
     alpha_attn: float = 0.0
+    hidden_loss: str = "mse"  # mse | cosine, for the alpha_hidden term (see mergedistill/internals.py)
     zero_stage: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16
     checkpoint_every: int = 200
@@ -186,7 +187,7 @@ class TrainConfig:
             out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"))
         if self.alpha_kd + self.alpha_mlm + self.alpha_hidden + self.alpha_attn <= 0:
             out.append(("alpha_kd", "at least one loss weight must be > 0"))
-        return out + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision")
+        return out + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision") + _one_of(self.hidden_loss, ("mse", "cosine"), "hidden_loss")
 
 
 @dataclass
@@ -218,6 +219,18 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def problems(self):
+        """Checks that span sections."""
+        out = []
+        if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
+            out.append(("train.alpha_hidden", "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
+                                              "does not store; set cache.mode: online (or both weights to 0)"))
+        if self.data.tokenization == "unified":
+            out.append(("data.tokenization", "'unified' (student inputs from the merged tokenizer) is not implemented: teacher targets "
+                                             "are position-aligned only in routed mode; use routed (the exported unified tokenizer "
+                                             "is for inference)"))
+        return out
 
 
 def _problems(obj: Any, prefix: str) -> list[tuple[str, str]]:

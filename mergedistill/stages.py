@@ -9,6 +9,7 @@ sections and upstream outputs, so a re-run skips what is current and resumes wha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -229,14 +230,21 @@ def _student(cfg, merged, teachers):
 def _train_stage(ctx: StageContext, with_teachers: bool):
     import torch
 
-    from mergedistill.train import train
+    from mergedistill.train import train, unpartitioned_student
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
     student = _student(cfg, merged, teachers)
     targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
+    internals = None
+    if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
+        from mergedistill.internals import TeacherInternals
+
+        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
+    train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, cfg.train, plan.batch, targets, ctx.work, resume=True, log=ctx.log)
+    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)
+    student = unpartitioned_student(student, result)
     student.save_pretrained(ctx.out / "model")
     for name in ("metrics.jsonl", "tensorboard"):
         if (ctx.work / name).exists():

@@ -26,6 +26,7 @@ import torch
 
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
+from mergedistill.internals import internal_terms
 from mergedistill.io import write_text_atomic
 from mergedistill.losses import combine, kd_soft_ce, mlm_ce
 
@@ -76,9 +77,10 @@ class MaskedLMForDistillation(torch.nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, input_ids, attention_mask, masked):
-        logits, _ = masked_lm_logits(self.student, input_ids, attention_mask, masked)
-        return logits
+    def forward(self, input_ids, attention_mask, masked, hidden_states: bool = False, attentions: bool = False):
+        """Logits at the masked positions; with ``hidden_states``/``attentions`` also the encoder outputs."""
+        logits, outputs = masked_lm_logits(self.student, input_ids, attention_mask, masked, hidden_states, attentions)
+        return (logits, outputs) if hidden_states or attentions else logits
 
 
 @dataclass
@@ -88,6 +90,7 @@ class TrainResult:
     seconds: float
     tokens_per_s: float
     resumed_from: int
+    full_state_dict: dict | None = None  # ZeRO-3 only: the student's gathered weights (its own parameters are partitioned)
 
 
 def read_latest(checkpoint_dir: Path) -> str | None:
@@ -129,9 +132,12 @@ def trim_metrics(path: Path, last_step: int) -> None:
 
 
 def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Callable | None, out_dir: str | Path, resume: bool = True,
-          progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+          progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print,
+          internals_fn: Callable | None = None) -> TrainResult:
     """Distil into ``student`` for ``train_cfg.steps`` optimizer steps. ``targets_fn(index, batch)`` gives the
-    teacher top-k; None trains with gold MLM only. ``stop_at_step`` simulates a kill (tests)."""
+    teacher top-k; None trains with gold MLM only. ``internals_fn(batch)`` (``internals.TeacherInternals``)
+    gives the teacher's hidden states/attentions for the ``alpha_hidden``/``alpha_attn`` terms.
+    ``stop_at_step`` simulates a kill (tests)."""
     import deepspeed
     from tqdm import tqdm
 
@@ -151,7 +157,13 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
         start = int(client["step"])
         torch.set_rng_state(client["torch_rng"])
         log(f"[train] resuming from {checkpoint_dir / tag} (step {start})")
-    weights = {"kd": train_cfg.alpha_kd if targets_fn is not None else 0.0, "mlm": train_cfg.alpha_mlm}
+    want_hidden, want_attn = train_cfg.alpha_hidden > 0, train_cfg.alpha_attn > 0
+    if (want_hidden or want_attn) and internals_fn is None:
+        raise UserError("train.alpha_hidden/alpha_attn > 0 need the teachers' hidden states: set cache.mode: online (the top-k cache does not store them)")
+    if want_attn:
+        student.set_attn_implementation("eager")  # attention probabilities are a loss term
+    weights = {"kd": train_cfg.alpha_kd if targets_fn is not None else 0.0, "mlm": train_cfg.alpha_mlm,
+               "hidden": train_cfg.alpha_hidden, "attn": train_cfg.alpha_attn}
     metrics_path = out_dir / "metrics.jsonl"
     writer = None
     if rank == 0:
@@ -171,8 +183,16 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
                 index = (step * train_cfg.grad_accum + micro) * world + rank
                 batch = batch_fn(index)
                 masked = batch["labels"] != -100
-                logits = engine(batch["input_ids"], batch["attention_mask"], masked)
+                teacher_inside = internals_fn(batch) if internals_fn is not None else None
+                if teacher_inside is None:
+                    logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked), None
+                else:
+                    logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked, want_hidden, want_attn)
                 terms = {"mlm": mlm_ce(logits, batch["labels"][masked])}
+                if teacher_inside is not None:
+                    teacher_out, layer_stride = teacher_inside
+                    terms.update(internal_terms(student_inside, teacher_out, batch["attention_mask"], layer_stride, want_hidden, want_attn,
+                                                train_cfg.hidden_loss))
                 if targets_fn is not None:
                     topk_ids, topk_logits = targets_fn(index, batch)
                     terms["kd"] = kd_soft_ce(logits, topk_ids, topk_logits, train_cfg.temperature, train_cfg.t2_scaling)
@@ -209,11 +229,22 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - began
-    return TrainResult(train_cfg.steps, last_loss, seconds, total_tokens * world / max(seconds, 1e-9), start)
+    full = gathered_state_dict(engine) if train_cfg.zero_stage == 3 else None
+    return TrainResult(train_cfg.steps, last_loss, seconds, total_tokens * world / max(seconds, 1e-9), start, full)
 
 
-def trained_state_dict(engine_or_student) -> dict:
-    """The student's weights (ZeRO 0-2 keep full parameters in the module)."""
-    module = getattr(engine_or_student, "module", engine_or_student)
-    module = getattr(module, "student", module)
-    return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+def gathered_state_dict(engine) -> dict:
+    """The student's full weights under ZeRO-3, which leaves each rank only a shard of every parameter."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        return {key: value.detach().clone() for key, value in engine.module.student.state_dict().items()}
+
+
+def unpartitioned_student(student, result: TrainResult):
+    """A plain copy of ``student`` holding the trained weights (ZeRO-3), or ``student`` itself (ZeRO 0-2)."""
+    if result.full_state_dict is None:
+        return student
+    fresh = type(student)(student.config)
+    fresh.load_state_dict(result.full_state_dict)
+    return fresh

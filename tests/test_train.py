@@ -88,3 +88,19 @@ def test_nan_loss_is_a_user_error(tmp_path, plan, merged, teachers):
 def test_zero_stages_and_bf16_run(tmp_path, plan, merged, teachers, stage, precision):
     _, result = run(tmp_path, plan, merged, teachers, cfg(steps=3, zero_stage=stage, precision=precision, grad_accum=2))
     assert result.steps == 3 and result.final_loss == result.final_loss  # finite
+
+
+def test_zero3_partitions_the_student_and_gives_back_its_full_trained_weights(tmp_path, plan, merged, teachers):
+    from mergedistill.train import unpartitioned_student
+
+    partition_all = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}  # small tensors too
+    reference, _ = run(tmp_path / "z0", plan, merged, teachers, cfg(steps=4))
+    sharded, result = run(tmp_path / "z3", plan, merged, teachers, cfg(steps=4, zero_stage=3, deepspeed=partition_all))
+    assert all(p.numel() == 0 for p in sharded.parameters())  # ZeRO-3 moved the weights into shards
+    plain = unpartitioned_student(sharded, result)
+    expected, got = reference.state_dict(), plain.state_dict()
+    assert set(expected) == set(got)
+    for key in expected:
+        assert got[key].shape == expected[key].shape
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(got["bert.embeddings.word_embeddings.weight"], build_student(STUDENT, len(merged), seed=0).state_dict()["bert.embeddings.word_embeddings.weight"])

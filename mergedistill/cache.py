@@ -39,6 +39,32 @@ def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
+def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
+    """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
+    position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
+    pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
+    import torch
+
+    from mergedistill.selection import mix_log_probs, mixture_weights
+    from mergedistill.vocab.merge import map_topk
+
+    masked = batch["labels"] != -100
+    gold = batch["teacher_labels"][masked]
+    row_of = masked.nonzero()[:, 0]  # the sequence each masked position belongs to
+    counts = torch.bincount(row_of, minlength=masked.shape[0]).clamp_min(1).double()
+    log_probs, ce = [], []
+    for teacher in teachers:
+        lp = torch.log_softmax(teacher.logits_at(batch["teacher_input_ids"], batch["attention_mask"], masked), -1)
+        nll = -lp.gather(1, gold[:, None]).squeeze(1).double()
+        ce.append(torch.zeros(masked.shape[0], dtype=torch.float64).index_add_(0, row_of, nll) / counts)
+        log_probs.append(lp)
+    weights = torch.from_numpy(mixture_weights(torch.stack(ce, 1).numpy())).float()  # [B, teachers]
+    mixed = mix_log_probs(log_probs, weights[row_of])
+    values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
+    student_ids, student_logits = map_topk(ids, values, id_map)
+    return student_ids.long(), student_logits.to(torch.float16).float()
+
+
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
@@ -46,12 +72,15 @@ class OnlineTargets:
         self.teachers, self.id_maps, self.k = dict(teachers), dict(id_maps), k
 
     def __call__(self, index: int, batch: dict):
-        name = batch["teacher"]
+        mixture = batch.get("mixture") or ()
+        if len(mixture) > 1:  # they share one tokenization, hence one id map
+            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k)
+        name = mixture[0] if mixture else batch["teacher"]
         return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k)
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
-    used = sorted({s.teacher for s in plan.streams})
+    used = sorted({name for s in plan.streams for name in (s.mixture or (s.teacher,))})
     return io.fingerprint("topk-cache", plan.fingerprint(), {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
                           vocab_fingerprint, k)
 

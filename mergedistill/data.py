@@ -37,15 +37,18 @@ class Stream:
     random_pool: np.ndarray  # teacher ids allowed as random replacements (kept, non-special)
     word_start: np.ndarray | None = None  # per teacher id: starts a word (whole-word masking)
     pad_id: int = 0
+    mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
 
     def fingerprint(self) -> str:
         digest = fingerprint(self.name, [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]], len(self.sequences),
-                             int(sum(len(s) for s in self.sequences)))
+                             int(sum(len(s) for s in self.sequences)), list(self.mixture))
         return digest
 
 
-def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_length: int, whole_word: bool = False) -> Stream:
-    """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them."""
+def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_length: int, whole_word: bool = False,
+                mixture: tuple[str, ...] = ()) -> Stream:
+    """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them. ``mixture``: several teachers
+    that share ``teacher``'s tokenization serve the stream together (``select.strategy: weighted``)."""
     tokenizer = teacher.tokenizer
     if not texts:
         raise UserError(f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files")
@@ -58,8 +61,9 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
     word_start = None
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
-    return Stream(f"{lang}@{teacher.name}", lang, teacher.name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0))
+    name = "+".join(mixture) if mixture else teacher.name
+    return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
+                  teacher.vocab.roles.get("pad", 0), tuple(mixture))
 
 
 @dataclass
@@ -114,7 +118,7 @@ class DataPlan:
 
         stream_index, examples, epoch = self.schedule[index % len(self.schedule)]
         stream = self.streams[stream_index]
-        teacher_inputs, student_labels = [], []
+        teacher_inputs, student_labels, teacher_labels = [], [], []
         for example in examples:
             seq = stream.sequences[int(example)].astype(np.int64)
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
@@ -125,8 +129,10 @@ class DataPlan:
             masked &= gold >= 0  # a masked piece the student does not have cannot be a target
             teacher_inputs.append(np.where(masked, masked_ids, seq))
             student_labels.append(np.where(masked, gold, -100))
+            teacher_labels.append(np.where(masked, seq, -100))
         teacher_ids, attention = pad_batch(teacher_inputs, stream.pad_id)
         labels, _ = pad_batch(student_labels, -100)
+        gold_teacher, _ = pad_batch(teacher_labels, -100)
         student_ids = stream.id_map[teacher_ids]
         student_ids = np.where(student_ids < 0, SPECIAL_IDS["unk"], student_ids)
         student_ids[attention == 0] = SPECIAL_IDS["pad"]
@@ -135,6 +141,8 @@ class DataPlan:
             "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels),
             "teacher_input_ids": torch.from_numpy(teacher_ids),
+            "teacher_labels": torch.from_numpy(gold_teacher),  # gold teacher ids at the masked positions, -100 elsewhere
             "lang": stream.lang,
             "teacher": stream.teacher,
+            "mixture": stream.mixture,
         }

@@ -94,10 +94,10 @@ def stage_select(ctx: StageContext):
             metrics = teacher_metrics(teachers[name], texts, pll_paragraphs=min(40, len(texts)))
             scores[(lang, name)] = {k: metrics[k] for k in ("acc", "ce", "pll_per_char", "pll_per_word", "fertility", "unk_rate")}
     strategy = make_strategy(cfg.select)
-    if cfg.select.strategy == "weighted":
+    if cfg.select.strategy == "weighted":  # refused unless each language's candidates share one tokenization
         assignment = strategy.assign(candidates, scores, tokenizations={n: t.tokenizer_fingerprint() for n, t in teachers.items()})
-        raise UserError("select.strategy=weighted: mixing teachers that share a tokenization is not wired into the pipeline yet; use score or min-ce")
-    assignment = strategy.assign(candidates, scores)
+    else:
+        assignment = strategy.assign(candidates, scores)
     io.write_json_atomic(ctx.out / "assignment.json", {"strategy": cfg.select.strategy, "per_example": strategy.per_example, "assignment": assignment})
     io.write_json_atomic(ctx.out / "scores.json", [{"lang": lang, "teacher": name, **m} for (lang, name), m in sorted(scores.items())])
     io.write_text_atomic(ctx.out / "selection.md", format_table(scores, assignment) + "\n")
@@ -170,6 +170,10 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
     for lang in sorted(assignment):
         names = assignment[lang]
         texts = train_texts(cfg, lang)
+        if chosen["strategy"] == "weighted" and len(names) > 1:  # one stream, the teachers mixed per example
+            streams.append(make_stream(lang, teachers[names[0]], texts, merged.id_maps[names[0]], cfg.data.max_length, cfg.data.whole_word,
+                                       mixture=tuple(names)))
+            continue
         split = per_example_split(cfg, teachers, lang, names, texts, log) if chosen["per_example"] and len(names) > 1 else {names[0]: texts}
         for name, part in sorted(split.items()):
             if part:

@@ -88,3 +88,19 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys):
     assert read_manifest(out / "train")["final_loss"] is not None  # the previous output is still intact
     assert main(["run", str(root / "exp.yaml"), "train.steps=8"]) == 0
     assert read_manifest(out / "train")["resumed_from_step"] == 4
+
+
+def test_weighted_selection_runs_through_the_pipeline(experiment):
+    """Two cards over one checkpoint share a tokenization, so `weighted` mixes them per example (after the
+    test above built the zoo). The mixed stream is cached, trained on and evaluated like any other."""
+    root = experiment
+    (root / "twin.yaml").write_text(f"name: twin\nsource: {root}/zoo/multi\nlanguages: [en]\nmax_length: 48\n")
+    config = (EXPERIMENT.format(root=root).replace("[en, de, ja]", "[en]").replace("{root}/out".format(root=root), f"{root}/weighted")
+              .replace(f"{root}/de.yaml, {root}/ja.yaml", f"{root}/twin.yaml").replace("strategy: score", "strategy: weighted"))
+    (root / "weighted.yaml").write_text(config)
+    assert main(["run", str(root / "weighted.yaml")]) == 0
+    assignment = json.loads((root / "weighted" / "select" / "assignment.json").read_text())
+    assert assignment["strategy"] == "weighted" and assignment["assignment"] == {"en": ["multi", "twin"]}
+    plan = json.loads((root / "weighted" / "cache" / "plan.json").read_text())
+    assert list(plan["streams"]) == ["en@multi+twin"] and plan["served_examples"] == {"multi+twin": 6 * 4}
+    assert read_manifest(root / "weighted" / "eval") is not None

@@ -130,9 +130,11 @@ def run_stages(
             continue
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
         start = time.perf_counter()
-        work, new_work = _work_dir(output_dir, stage.name, fp, log)
-        io.remove_stale_temps(final)
+        work = output_dir / f"{stage.name}.work"
+        new_work = not work.exists()  # decided before _work_dir, which may fail half-way (disk full)
         try:
+            work, new_work = _work_dir(output_dir, stage.name, fp, log)
+            io.remove_stale_temps(final)
             with io.atomic_dir(final) as tmp:
                 context = StageContext(cfg, {n: paths[n] for n in stage.after}, tmp, work, log)
                 extras = stage.run(context) or {}

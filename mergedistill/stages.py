@@ -60,6 +60,15 @@ def card_fingerprints(cfg):
     return {path: io.file_fingerprint(path) if Path(path).exists() else "missing" for path in cfg.teachers.cards}
 
 
+def teacher_inputs(cfg):
+    """What the teachers stage reads outside the config: the cards, and the corpus directory the demo zoo
+    trains on. Not the user's corpus files (``corpus.sources``): teachers are not built from them, so a bad
+    or changed source file re-runs select and later stages only."""
+    from mergedistill.corpus import resolve_dir
+
+    return {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+
+
 # ------------------------------------------------------------------------------------------------ stages
 def stage_teachers(ctx: StageContext):
     """Build demo teachers that have a recipe (skipped when current); record every teacher."""
@@ -401,7 +410,7 @@ COMMANDS: dict = {}
 
 def pipeline_stages(cfg) -> list[Stage]:
     stages = [
-        Stage("teachers", stage_teachers, sections=("teachers", "corpus", "seed"), external=card_fingerprints, doc="build/load teachers"),
+        Stage("teachers", stage_teachers, sections=("teachers", "seed"), external=teacher_inputs, doc="build/load teachers"),
         Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
         Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
         Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),

@@ -258,8 +258,8 @@ CATALOGUE: list[Case] = [
     Case("unwritable-output-dir", "An output directory that cannot be written (chmod 0500; as root: a path under a regular file).", 2,
          R + "output_dir out: not writable; choose a writable path", ("run", "exp.yaml"), setup=unwritable_output, in_process=True,
          message_as_root=R + "output_dir afile/sub: cannot create it (Not a directory); choose a writable path"),
-    Case("disk-full", "The disk fills up (ENOSPC) while a forced re-run of the teachers stage writes its output.", 2,
-         R + "out/.teachers.….tmp/teachers.json: no space left on device; free some disk space and re-run the same command",
+    Case("disk-full", "The disk fills up (ENOSPC) as a forced re-run of the teachers stage starts writing.", 2,
+         R + "out/teachers.work/.fingerprint: no space left on device; free some disk space and re-run the same command",
          ("run", "exp.yaml", "--only", "teachers", "--force", "teachers"), in_process=True, disk_full=True),
 ]
 

@@ -129,3 +129,31 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
         trained = dict(model.named_parameters())
         for name, param in rebuilt.named_parameters():
             assert torch.equal(param, trained[name]), (variant, name)
+
+
+def test_a_teacher_card_with_a_recipe_is_built_by_bistil_itself(tmp_path):
+    """`bistil trim` on a card whose teacher does not exist yet builds it first (no separate `teachers build`),
+    and trimming + phase 1 work on a DeBERTa-v2 teacher (the demo's architecture) with layer stride 3."""
+    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.stages import Run
+    from mergedistill.config import from_dict
+
+    card = tmp_path / "mmt.yaml"
+    card.write_text(f"""name: mmt
+source: {tmp_path / 'zoo' / 'mmt'}
+languages: [en, de, ja]
+family: wordpiece
+max_length: 32
+build:
+  tokenizer: {{family: wordpiece, vocab_size: 500}}
+  model: {{arch: deberta-v2, hidden: 32, layers: 3, heads: 2, intermediate: 64}}
+  train: {{steps: 3, batch_size: 4, max_length: 32, max_paragraphs: 80, warmup: 1}}
+""")
+    cfg = from_dict(BistilConfig, {"teacher": str(card), "output_dir": str(tmp_path / "run"), "trim": {"max_paragraphs": 100},
+                                   "phase1": {"layer_stride": 3, "steps": 2, "batch_size": 4, "max_length": 32, "eval_every": 2,
+                                              "eval_batches": 1, "max_paragraphs": 40}})
+    run = Run(cfg)
+    manifest = run.phase1()
+    assert (tmp_path / "zoo" / "mmt" / "model.safetensors").is_file()
+    assert manifest["layers"] == 1 and manifest["teacher_layers"] == 3
+    assert Run(cfg).phase1_fp(False) == run.phase1_fp(False)  # the built teacher is current: same fingerprints, nothing rebuilt

@@ -22,11 +22,17 @@ def log(message: str) -> None:
 
 
 def teacher_dir(cfg) -> Path:
+    """The MMT checkpoint: ``cfg.teacher`` itself, or its card's source; a card with a demo-zoo recipe
+    (``build:``) is built first when it is missing or stale, so ``bistil run`` needs no separate step."""
     from mergedistill.teachers import check_local_checkpoint, load_card
 
     path = Path(cfg.teacher)
     if path.suffix in (".yaml", ".yml"):
         card = load_card(path)
+        if card.build:
+            from mergedistill.zoo import build_teacher
+
+            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus_dir or None, log=log)
         path = Path(card.source)
     check_local_checkpoint(path)
     return path
@@ -75,11 +81,21 @@ class Run:
         self.out = Path(cfg.output_dir)
         self.force = set(force)
         self.times: dict[str, float] = {}
+        self._teacher: tuple[Path, str] | None = None
+
+    def teacher(self) -> tuple[Path, str]:
+        """(MMT directory, its fingerprint), built and hashed once per run."""
+        if self._teacher is None:
+            start = time.perf_counter()
+            path = teacher_dir(self.cfg)
+            self._teacher = path, file_fingerprint(path)
+            self.times.setdefault("teacher", round(time.perf_counter() - start, 1))
+        return self._teacher
 
     # ---- trim
     def trim_fp(self) -> str:
         c = self.cfg
-        return fingerprint("trim", file_fingerprint(teacher_dir(c)), c.source, c.target, c.corpus_dir, _section(c, "trim"))
+        return fingerprint("trim", self.teacher()[1], c.source, c.target, c.corpus_dir, _section(c, "trim"))
 
     def trim(self) -> dict:
         from mergedistill.bistil.trim import save_trimmed, trim_teacher
@@ -87,7 +103,7 @@ class Run:
         c = self.cfg
 
         def build(tmp):
-            model, tokenizer = _load_mlm(teacher_dir(c))
+            model, tokenizer = _load_mlm(self.teacher()[0])
             params_before, vocab_before = sum(p.numel() for p in model.parameters()), len(tokenizer)
             texts = [_texts(c, lang, "train", c.trim.max_paragraphs) for lang in (c.source, c.target)]
             model, trimmed, kept, _ = trim_teacher(model, tokenizer, texts, c.trim.theta)

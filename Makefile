@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench ablate clean-venv
+.PHONY: demo demo-baseline test test-all bench ablate clean-venv
 
 # Pinned torch first so pip takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
@@ -17,6 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/mergedistill run experiments/demo.yaml
+
+# the demo plus the same student trained with gold MLM only (reuses every stage `make demo` ran)
+demo-baseline: $(STAMP)
+	$(VENV)/bin/mergedistill run experiments/demo.yaml eval.baseline=true
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

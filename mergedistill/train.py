@@ -47,6 +47,17 @@ def setup_distributed() -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
+def skip_shared_memory_collectives() -> None:
+    """One process needs no collectives, but DeepSpeed's CPU backend compiles its shared-memory all-reduce
+    op at init anyway: 25-60 s of C++ on every new virtual environment (the build is keyed by its paths).
+    Only for a world of one; the hook is left alone if a DeepSpeed version no longer has it."""
+    import importlib
+
+    backend = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is also torch itself
+    if hasattr(backend, "build_shm_op"):
+        backend.build_shm_op = lambda: None
+
+
 def deepspeed_config(train_cfg, world_size: int) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": train_cfg.batch_size,
@@ -55,7 +66,7 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
         "gradient_clipping": train_cfg.grad_clip,
         "zero_optimization": {"stage": train_cfg.zero_stage},
         "optimizer": {"type": "AdamW", "params": {"lr": train_cfg.lr, "betas": [0.9, train_cfg.adam_beta2], "weight_decay": train_cfg.weight_decay,
-                                                        "torch_adam": True}},
+                                                        "torch_adam": True, "foreach": True}},  # foreach: 2x faster step on CPU
         "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": train_cfg.steps, "warmup_num_steps": train_cfg.warmup_steps,
                                                           "warmup_max_lr": train_cfg.lr, "warmup_min_lr": 0.0, "warmup_type": "linear"}},
         "steps_per_print": 10**9,
@@ -142,6 +153,8 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     from tqdm import tqdm
 
     rank, world = setup_distributed()
+    if world == 1:
+        skip_shared_memory_collectives()
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,17 @@ def test_training_lowers_the_loss_and_logs(tmp_path, plan, merged, teachers):
     assert list((tmp_path / "tensorboard").iterdir())
 
 
+def test_one_process_skips_deepspeeds_shared_memory_op_and_steps_adam_with_foreach(tmp_path, plan, merged, teachers):
+    """A world of one needs no shared-memory collectives: DeepSpeed's op (a C++ build on each new venv) is not loaded."""
+    from deepspeed.comm import comm
+
+    from mergedistill.train import deepspeed_config
+
+    run(tmp_path, plan, merged, teachers, cfg(steps=1, checkpoint_every=1))
+    assert comm.cdb is not None and comm.cdb.shm_comm_op is None
+    assert deepspeed_config(cfg(), 1)["optimizer"]["params"]["foreach"] is True
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, plan, merged, teachers):
     full, _ = run(tmp_path / "full", plan, merged, teachers, cfg())
     with pytest.raises(KeyboardInterrupt):

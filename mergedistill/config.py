@@ -104,12 +104,16 @@ class DataConfig:
     mlm_probability: float = 0.15
     whole_word: bool = False
     sampling_alpha: float = 0.7  # p_L proportional to n_L ** alpha
+    # lang -> factor on that language's sampling probability (renormalized): p_L ∝ w_L · n_L^α; unlisted = 1
+    language_weights: Dict[str, float] = field(default_factory=dict)
     mask_seed: int = 1234
 
     def problems(self):
         out = _one_of(self.tokenization, ("routed", "unified"), "tokenization") + _positive(self, "max_length")
         if not 0 < self.mlm_probability < 1:
             out.append(("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}"))
+        out += [(f"language_weights.{lang}", f"must be a finite number > 0, got {w}") for lang, w in self.language_weights.items()
+                if not (math.isfinite(w) and w > 0)]
         return out + _non_negative(self, "sampling_alpha")
 
 
@@ -226,6 +230,10 @@ class ExperimentConfig:
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
             out.append(("train.alpha_hidden", "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
                                               "does not store; set cache.mode: online (or both weights to 0)"))
+        unknown = sorted(set(self.data.language_weights) - set(self.corpus.languages))
+        if unknown:
+            out.append((f"data.language_weights.{unknown[0]}", f"is not in corpus.languages ({', '.join(self.corpus.languages)}); "
+                                                               "remove it or add the language"))
         if self.data.tokenization == "unified":
             out.append(("data.tokenization", "'unified' (student inputs from the merged tokenizer) is not implemented: teacher targets "
                                              "are position-aligned only in routed mode; use routed (the exported unified tokenizer "

@@ -5,7 +5,8 @@ teacher (routed mode, MergeDistill's) and packed into sequences of at most ``max
 Per-example teacher selection (min-ce) simply splits a language's paragraphs over several streams.
 
 The *plan* fixes, for every micro-batch index, which stream and which examples it holds: the stream is
-drawn with p ∝ n^α over stream sizes (n = sequences; α = ``data.sampling_alpha``), and each stream is
+drawn with p ∝ w·n^α over stream sizes (n = sequences; α = ``data.sampling_alpha``; w = the stream language's
+``data.language_weights`` entry, default 1), and each stream is
 walked through a fresh seeded permutation per epoch. Masking happens in TEACHER id space with an RNG
 seeded by (mask seed, stream, example, epoch), and the student input is the masked teacher sequence
 mapped through the id map, so teacher and student positions align 1:1. ``batch(i)`` is therefore a
@@ -75,13 +76,15 @@ class DataPlan:
     alpha: float = 0.7
     mlm_probability: float = 0.15
     mask_seed: int = 1234
+    language_weights: dict[str, float] = field(default_factory=dict)
     schedule: list[tuple[int, np.ndarray, int]] = field(default_factory=list, repr=False)  # (stream, example ids, epoch)
 
     def __post_init__(self):
         if not self.streams:
             raise UserError("no data streams: every language needs a teacher and text")
         sizes = np.array([len(s.sequences) for s in self.streams], dtype=np.float64)
-        self.probabilities = sizes**self.alpha / (sizes**self.alpha).sum()
+        weights = np.array([self.language_weights.get(s.lang, 1.0) for s in self.streams], dtype=np.float64)
+        self.probabilities = weights * sizes**self.alpha / (weights * sizes**self.alpha).sum()
         cursors = [0] * len(self.streams)
         epochs = [0] * len(self.streams)
         orders = [self._order(i, 0) for i in range(len(self.streams))]
@@ -101,8 +104,9 @@ class DataPlan:
         return example_rng(self.seed, "order", self.streams[stream_index].name, epoch).permutation(len(self.streams[stream_index].sequences))
 
     def fingerprint(self) -> str:
+        weights = sorted(self.language_weights.items())  # empty (the default) keeps earlier plans' fingerprints
         return fingerprint("plan", [s.fingerprint() for s in self.streams], self.batch_size, self.n_batches, self.seed, self.alpha,
-                           self.mlm_probability, self.mask_seed)
+                           self.mlm_probability, self.mask_seed, *([weights] if weights else []))
 
     def served(self) -> dict[str, int]:
         """Examples each teacher serves over the whole plan."""

@@ -188,7 +188,8 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
             if part:
                 streams.append(make_stream(lang, teachers[name], part, merged.id_maps[name], cfg.data.max_length, cfg.data.whole_word))
     n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    plan = DataPlan(streams, cfg.train.batch_size, n_batches, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed)
+    plan = DataPlan(streams, cfg.train.batch_size, n_batches, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed,
+                    dict(cfg.data.language_weights))
     return plan, teachers, merged
 
 

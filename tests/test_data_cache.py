@@ -29,6 +29,25 @@ def test_sampling_follows_n_alpha(streams):
     assert np.allclose(flat.probabilities, 1 / len(streams))
 
 
+def test_language_weights_scale_a_languages_share(streams):
+    lang = streams[0].lang
+    base, weighted = plan_of(streams, n=4000, alpha=0.5), plan_of(streams, n=4000, alpha=0.5, language_weights={lang: 3.0})
+    expected = base.probabilities.copy()
+    expected[0] *= 3.0
+    assert np.allclose(weighted.probabilities, expected / expected.sum())
+    share = np.mean([s == 0 for s, _, _ in weighted.schedule])
+    assert abs(share - weighted.probabilities[0]) < 0.03 and share > base.probabilities[0] + 0.1
+    assert weighted.fingerprint() != base.fingerprint()  # a cache built for other weights is stale
+    from mergedistill.config import ExperimentConfig, from_dict
+
+    cards = {"teachers": {"cards": ["t.yaml"]}}
+    with pytest.raises(UserError, match=r"data.language_weights.xx' is not in corpus.languages"):
+        from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"xx": 2.0}}})
+    with pytest.raises(UserError, match=r"language_weights.ja' must be a finite number > 0"):
+        from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 0.0}}})
+    assert from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 2.0}}}).data.language_weights == {"ja": 2.0}
+
+
 def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
     plan, again, other = plan_of(streams), plan_of(streams), plan_of(streams, seed=1)
     for i in range(6):

@@ -1,7 +1,8 @@
 """Teacher targets for distillation: an offline top-k cache, or teachers run online.
 
 Both give, for a batch of the plan, ``(topk_ids [n,k] student ids (-1 none), topk_logits [n,k] (-inf
-none))`` at the masked positions in row-major order. Offline values are stored as float16, so online
+none))`` at the masked positions in row-major order (unified mode: at the batch's ``teacher_positions``,
+see ``mergedistill.data``). Offline values are stored as float16, so online
 targets are rounded to float16 too: the two modes give bit-identical targets and hence the same loss.
 
 The offline cache holds the targets of every planned micro-batch, in Arrow IPC chunk files of
@@ -33,8 +34,9 @@ def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16."""
     import torch
 
-    masked = batch["labels"] != -100
-    ids, logits = teacher.topk(batch["teacher_input_ids"], batch["attention_mask"], masked, k)
+    from mergedistill.data import teacher_view
+
+    ids, logits = teacher.topk(*teacher_view(batch), k)
     student_ids, student_logits = map_topk(ids, logits, id_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
@@ -45,16 +47,17 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
     import torch
 
+    from mergedistill.data import teacher_view
     from mergedistill.selection import mix_log_probs, mixture_weights
     from mergedistill.vocab.merge import map_topk
 
-    masked = batch["labels"] != -100
+    teacher_ids, teacher_attention, masked = teacher_view(batch)
     gold = batch["teacher_labels"][masked]
     row_of = masked.nonzero()[:, 0]  # the sequence each masked position belongs to
     counts = torch.bincount(row_of, minlength=masked.shape[0]).clamp_min(1).double()
     log_probs, ce = [], []
     for teacher in teachers:
-        lp = torch.log_softmax(teacher.logits_at(batch["teacher_input_ids"], batch["attention_mask"], masked), -1)
+        lp = torch.log_softmax(teacher.logits_at(teacher_ids, teacher_attention, masked), -1)
         nll = -lp.gather(1, gold[:, None]).squeeze(1).double()
         ce.append(torch.zeros(masked.shape[0], dtype=torch.float64).index_add_(0, row_of, nll) / counts)
         log_probs.append(lp)

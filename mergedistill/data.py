@@ -12,6 +12,14 @@ seeded by (mask seed, stream, example, epoch), and the student input is the mask
 mapped through the id map, so teacher and student positions align 1:1. ``batch(i)`` is therefore a
 pure function of i: the offline cache, online teachers and a resumed run all see the same batches.
 Packing (not bucketing) is what avoids padding: packed sequences are nearly all full.
+
+Unified mode (``data.tokenization: unified``): the student reads the same text through the merged
+tokenizer instead. Each sequence is then held in both tokenizations, aligned by character groups
+(``mergedistill.align``); masking is per group on both sides; the gold labels are the student's own pieces
+at every masked position, and teacher targets exist only at masked groups of one piece per side. The
+batch then also carries ``teacher_attention_mask``, ``teacher_positions`` (where the teacher is queried)
+and ``kd_positions`` (the student positions those targets belong to, in the same row-major order);
+``teacher_view`` and ``kd_rows`` read a batch of either mode.
 """
 
 from __future__ import annotations
@@ -39,32 +47,83 @@ class Stream:
     word_start: np.ndarray | None = None  # per teacher id: starts a word (whole-word masking)
     pad_id: int = 0
     mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
+    aligned: list | None = None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
+    student_pool: np.ndarray | None = None  # unified mode: student ids allowed as random replacements
 
     def fingerprint(self) -> str:
+        unified = [] if self.aligned is None else ["unified", [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
+                                                   int(sum(len(a.student_ids) for a in self.aligned))]
         digest = fingerprint(self.name, [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]], len(self.sequences),
-                             int(sum(len(s) for s in self.sequences)), list(self.mixture))
+                             int(sum(len(s) for s in self.sequences)), list(self.mixture), *unified)
         return digest
 
 
 def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_length: int, whole_word: bool = False,
-                mixture: tuple[str, ...] = ()) -> Stream:
+                mixture: tuple[str, ...] = (), student_tokenizer=None) -> Stream:
     """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them. ``mixture``: several teachers
-    that share ``teacher``'s tokenization serve the stream together (``select.strategy: weighted``)."""
+    that share ``teacher``'s tokenization serve the stream together (``select.strategy: weighted``).
+    ``student_tokenizer`` (the merged vocabulary's unified tokenizer) switches to unified mode."""
     tokenizer = teacher.tokenizer
     if not texts:
         raise UserError(f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files")
     length = min(max_length, teacher.card.max_length)
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
     special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
     id_map = np.asarray(id_map)
     pool = np.setdiff1d(np.flatnonzero(id_map >= len(SPECIAL_IDS)), special)
+    name = "+".join(mixture) if mixture else teacher.name
+    aligned = student_pool = None
+    if student_tokenizer is not None:
+        aligned = aligned_sequences(texts, student_tokenizer, tokenizer, max_length, length, teacher)
+        sequences = [a.teacher_ids for a in aligned]
+        student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
+    else:
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
     word_start = None
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
-    name = "+".join(mixture) if mixture else teacher.name
     return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0), tuple(mixture))
+                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool)
+
+
+def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
+    """Per text: (student ids, teacher ids, student groups, teacher groups), no special tokens."""
+    from mergedistill.align import piece_ends, span_groups
+
+    for which, tok in (("student (unified)", student_tokenizer), ("teacher", teacher_tokenizer)):
+        if not getattr(tok, "is_fast", False):
+            raise UserError(f"data.tokenization: unified needs fast tokenizers (character offsets); the {which} tokenizer "
+                            f"{type(tok).__name__} is not one: use routed")
+    texts = list(texts)
+    student = student_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    teacher = teacher_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for s_ids, s_off, t_ids, t_off in zip(student["input_ids"], student["offset_mapping"], teacher["input_ids"], teacher["offset_mapping"]):
+        s_ends = piece_ends(s_off, student_tokenizer.convert_ids_to_tokens(s_ids))
+        t_ends = piece_ends(t_off, teacher_tokenizer.convert_ids_to_tokens(t_ids))
+        s_groups, t_groups = span_groups(s_ends, t_ends)
+        out.append((s_ids, t_ids, s_groups, t_groups))
+    return out
+
+
+def aligned_sequences(texts, student_tokenizer, teacher_tokenizer, student_max: int, teacher_max: int, teacher) -> list:
+    from mergedistill.align import pack_aligned
+
+    return pack_aligned(aligned_paragraphs(texts, student_tokenizer, teacher_tokenizer), student_max, teacher_max,
+                        (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (teacher.vocab.roles["cls"], teacher.vocab.roles["sep"]))
+
+
+def teacher_view(batch: dict):
+    """(teacher input ids, its attention mask, bool positions to query) of a batch of either mode."""
+    masked = batch.get("teacher_positions")
+    return (batch["teacher_input_ids"], batch.get("teacher_attention_mask", batch["attention_mask"]),
+            batch["labels"] != -100 if masked is None else masked)
+
+
+def kd_rows(batch: dict):
+    """Among the student's masked rows (row-major), those with teacher targets; None = all (routed mode)."""
+    kd = batch.get("kd_positions")
+    return None if kd is None else kd[batch["labels"] != -100]
 
 
 @dataclass
@@ -122,6 +181,8 @@ class DataPlan:
 
         stream_index, examples, epoch = self.schedule[index % len(self.schedule)]
         stream = self.streams[stream_index]
+        if stream.aligned is not None:
+            return self._unified_batch(stream, examples, epoch)
         teacher_inputs, student_labels, teacher_labels = [], [], []
         for example in examples:
             seq = stream.sequences[int(example)].astype(np.int64)
@@ -146,6 +207,44 @@ class DataPlan:
             "labels": torch.from_numpy(labels),
             "teacher_input_ids": torch.from_numpy(teacher_ids),
             "teacher_labels": torch.from_numpy(gold_teacher),  # gold teacher ids at the masked positions, -100 elsewhere
+            "lang": stream.lang,
+            "teacher": stream.teacher,
+            "mixture": stream.mixture,
+        }
+
+    def _unified_batch(self, stream: Stream, examples, epoch: int) -> dict:
+        import torch
+
+        from mergedistill.align import mask_aligned, one_to_one
+
+        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd = [], [], [], [], [], []
+        for example in examples:
+            seq = stream.aligned[int(example)]
+            rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
+            s_in, t_in, s_masked, t_masked, chosen = mask_aligned(seq, rng, self.mlm_probability, SPECIAL_IDS["mask"], stream.mask_id,
+                                                                  stream.student_pool, stream.random_pool)
+            paired = np.intersect1d(chosen, one_to_one(seq.student_groups, seq.teacher_groups))
+            s_inputs.append(s_in)
+            t_inputs.append(t_in)
+            s_labels.append(np.where(s_masked, seq.student_ids, -100))
+            s_kd.append(np.isin(seq.student_groups, paired))
+            t_kd.append(np.isin(seq.teacher_groups, paired))
+            t_labels.append(np.where(t_kd[-1], seq.teacher_ids, -100))
+        student_ids, attention = pad_batch(s_inputs, SPECIAL_IDS["pad"])
+        teacher_ids, teacher_attention = pad_batch(t_inputs, stream.pad_id)
+        labels, _ = pad_batch(s_labels, -100)
+        gold_teacher, _ = pad_batch(t_labels, -100)
+        kd, _ = pad_batch([k.astype(np.int64) for k in s_kd], 0)
+        tq, _ = pad_batch([k.astype(np.int64) for k in t_kd], 0)
+        return {
+            "input_ids": torch.from_numpy(student_ids.astype(np.int64)),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels),
+            "teacher_input_ids": torch.from_numpy(teacher_ids.astype(np.int64)),
+            "teacher_attention_mask": torch.from_numpy(teacher_attention),
+            "teacher_labels": torch.from_numpy(gold_teacher),
+            "teacher_positions": torch.from_numpy(tq.astype(bool)),
+            "kd_positions": torch.from_numpy(kd.astype(bool)),
             "lang": stream.lang,
             "teacher": stream.teacher,
             "mixture": stream.mixture,

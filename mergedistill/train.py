@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from mergedistill.data import kd_rows
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
 from mergedistill.internals import internal_terms
@@ -208,7 +209,9 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
                                                 train_cfg.hidden_loss))
                 if targets_fn is not None:
                     topk_ids, topk_logits = targets_fn(index, batch)
-                    terms["kd"] = kd_soft_ce(logits, topk_ids, topk_logits, train_cfg.temperature, train_cfg.t2_scaling)
+                    rows = kd_rows(batch)  # unified mode: only masked groups of one piece per side have targets
+                    terms["kd"] = kd_soft_ce(logits if rows is None else logits[rows], topk_ids, topk_logits, train_cfg.temperature,
+                                             train_cfg.t2_scaling)
                 loss, logged = combine(terms, weights)
                 if not torch.isfinite(loss):
                     raise UserError(f"loss became {float(loss.detach())} at step {step}; lower train.lr (now {train_cfg.lr}) or check the data")

@@ -99,7 +99,9 @@ class VocabConfig:
 class DataConfig:
     """Tokenization, masking and language sampling for distillation."""
 
-    tokenization: str = "routed"  # routed: each language by its teacher's tokenizer (unified: refused, see ExperimentConfig.problems)
+    # routed: each language by its teacher's tokenizer (MergeDistill); unified: the student reads the merged tokenizer's
+    # pieces, teacher targets only where a piece spans the same characters as one teacher piece (mergedistill/align.py)
+    tokenization: str = "routed"
     max_length: int = 128
     mlm_probability: float = 0.15
     whole_word: bool = False
@@ -235,9 +237,14 @@ class ExperimentConfig:
             out.append((f"data.language_weights.{unknown[0]}", f"is not in corpus.languages ({', '.join(self.corpus.languages)}); "
                                                                "remove it or add the language"))
         if self.data.tokenization == "unified":
-            out.append(("data.tokenization", "'unified' (student inputs from the merged tokenizer) is not implemented: teacher targets "
-                                             "are position-aligned only in routed mode; use routed (the exported unified tokenizer "
-                                             "is for inference)"))
+            if not self.vocab.unified_tokenizer:
+                out.append(("data.tokenization", "'unified' reads the student's text with the merged vocabulary's unified tokenizer: "
+                                                 "set vocab.unified_tokenizer: true (or use routed)"))
+            if self.train.alpha_hidden > 0 or self.train.alpha_attn > 0:
+                out.append(("train.alpha_hidden", "hidden/attention terms compare positions 1:1, which only routed tokenization gives: "
+                                                  "set both to 0 or data.tokenization: routed"))
+            if self.data.whole_word:
+                out.append(("data.whole_word", "unified mode already masks whole aligned character groups: set it to false"))
         return out
 
 

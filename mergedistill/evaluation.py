@@ -58,10 +58,75 @@ def format_teacher_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: int = 8, pll_paragraphs: int = 30, seed: int = EVAL_SEED) -> dict:
-    """Student vs its teacher on the teacher's tokenization of ``texts`` (routed mode): masked-token
-    accuracy of both at the same positions, the student's PLL/char, top-1 agreement and KL(teacher‖student)
-    over the teacher's top-k mapped to student ids. Positions whose piece the student lacks are skipped."""
+def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: int = 8, pll_paragraphs: int = 30, seed: int = EVAL_SEED,
+                    student_tokenizer=None) -> dict:
+    """Student vs its teacher on held-out ``texts``: masked-token accuracy of both at the same positions, the
+    student's PLL/char, top-1 agreement and KL(teacher‖student) over the teacher's top-k mapped to student ids.
+
+    Routed mode (``student_tokenizer`` None): on the teacher's tokenization mapped to student ids; positions
+    whose piece the student lacks are skipped. Unified mode (the student's own ``student_tokenizer``): each
+    side reads its own pieces and only character groups of one piece per side are masked and compared
+    (``mergedistill.align``), so both predict the same span; the student's PLL is on its own pieces."""
+    import numpy as np
+
+    from mergedistill.vocab.merge import SPECIAL_IDS
+
+    id_map = np.array(id_map, dtype=np.int64)  # a writable copy of the (memory-mapped) id map
+    t_set = teacher_eval_set(teacher, texts)
+    if student_tokenizer is None:
+        t_set = mlm_eval.EvalSet(t_set.sequences, [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)], t_set.chars, t_set.words)
+        s_set = mlm_eval.EvalSet([np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences], t_set.special,
+                                 t_set.chars, t_set.words)
+        t_masked = s_masked = mlm_eval.eval_positions(t_set, seed, 0.15)
+    else:
+        s_set, t_set, s_masked, t_masked = unified_eval_sets(student_tokenizer, teacher, texts, seed)
+    out = paired_scores(student, teacher, id_map, s_set, t_set, s_masked, t_masked, k)
+    first = slice(0, pll_paragraphs)
+    pll_set = mlm_eval.EvalSet(s_set.sequences[first], s_set.special[first], s_set.chars[first], s_set.words[first])
+    t_pll_set = mlm_eval.EvalSet(t_set.sequences[first], t_set.special[first], t_set.chars[first], t_set.words[first])
+    tok = teacher.tokenizer
+    out["student_pll_per_char"] = mlm_eval.pseudo_log_likelihood(student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"])["pll_per_char"]
+    out["teacher_pll_per_char"] = mlm_eval.pseudo_log_likelihood(teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id)["pll_per_char"]
+    return out
+
+
+def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str], seed: int, prob: float = 0.15):
+    """One aligned sequence per text (student and teacher pieces) and the masked positions on both sides:
+    ``prob`` of each text's one-piece-per-side groups, chosen deterministically."""
+    import numpy as np
+
+    from mergedistill.align import one_to_one, pack_aligned
+    from mergedistill.data import aligned_paragraphs
+    from mergedistill.masking import example_rng
+    from mergedistill.vocab.merge import SPECIAL_IDS
+
+    tok = teacher.tokenizer
+    length = teacher.card.max_length
+    sequences = []
+    for paragraph in aligned_paragraphs(list(texts), student_tokenizer, tok):
+        packed = pack_aligned([paragraph], length, length, (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (tok.cls_token_id, tok.sep_token_id))
+        sequences.append(packed[0] if packed else None)
+    kept = [i for i, seq in enumerate(sequences) if seq is not None]
+    sequences = [sequences[i] for i in kept]
+    chars, words = [len(texts[i]) for i in kept], [len(texts[i].split()) for i in kept]
+    s_masked, t_masked = [], []
+    for index, seq in enumerate(sequences):
+        pairs = one_to_one(seq.student_groups, seq.teacher_groups)
+        count = min(len(pairs), max(1, int(round(len(pairs) * prob)))) if len(pairs) else 0
+        chosen = example_rng(seed, "eval-unified", index).choice(pairs, size=count, replace=False) if count else pairs
+        s_masked.append(np.isin(seq.student_groups, chosen))
+        t_masked.append(np.isin(seq.teacher_groups, chosen))
+    t_special = list(set(tok.all_special_ids))  # unknown pieces are never scored (see teacher_eval_set)
+    s_set = mlm_eval.EvalSet([q.student_ids for q in sequences], [(q.student_groups < 0) | (q.student_ids == SPECIAL_IDS["unk"]) for q in sequences],
+                             chars, words)
+    t_set = mlm_eval.EvalSet([q.teacher_ids for q in sequences], [(q.teacher_groups < 0) | np.isin(q.teacher_ids, t_special) for q in sequences],
+                             chars, words)
+    return s_set, t_set, s_masked, t_masked
+
+
+def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_masked, k: int) -> dict:
+    """Accuracies, top-1 agreement and KL at masked positions paired in row-major order (the i-th masked
+    student position of a text with its i-th masked teacher position)."""
     import numpy as np
     import torch
 
@@ -69,29 +134,24 @@ def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: 
     from mergedistill.masking import pad_batch
     from mergedistill.vocab.merge import SPECIAL_IDS, map_topk
 
-    id_map = np.array(id_map, dtype=np.int64)  # a writable copy of the (memory-mapped) id map
-    t_set = teacher_eval_set(teacher, texts)
-    t_set = mlm_eval.EvalSet(t_set.sequences, [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)], t_set.chars, t_set.words)
-    s_set = mlm_eval.EvalSet([np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences], t_set.special, t_set.chars, t_set.words)
     tok = teacher.tokenizer
-    masked = mlm_eval.eval_positions(t_set, seed, 0.15)
     agree = total = 0
     kl_sum = t_correct = s_correct = 0.0
     student.eval()
     for start in range(0, len(t_set.sequences), 32):
         rows = range(start, min(start + 32, len(t_set.sequences)))
-        t_ids, attention = pad_batch([np.where(masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id)
-        s_ids, _ = pad_batch([np.where(masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"])
-        where = np.zeros_like(t_ids, dtype=bool)
+        t_ids, t_attention = pad_batch([np.where(t_masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id)
+        s_ids, s_attention = pad_batch([np.where(s_masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"])
+        t_where, s_where = np.zeros_like(t_ids, dtype=bool), np.zeros_like(s_ids, dtype=bool)
         for r, i in enumerate(rows):
-            where[r, : len(masked[i])] = masked[i]
-        where_t = torch.from_numpy(where)
+            t_where[r, : len(t_masked[i])] = t_masked[i]
+            s_where[r, : len(s_masked[i])] = s_masked[i]
         with torch.inference_mode():
-            t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(attention), where_t)
-            s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(attention), where_t)
+            t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(t_attention), torch.from_numpy(t_where))
+            s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(s_attention), torch.from_numpy(s_where))
         s_logp = torch.log_softmax(s_logits.float(), -1)
-        gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][masked[i]] for i in rows]))
-        gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][masked[i]] for i in rows]))
+        gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][t_masked[i]] for i in rows]))
+        gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][s_masked[i]] for i in rows]))
         t_top = t_logits.argmax(-1)
         t_correct += float((t_top == gold_t).sum())
         s_correct += float((s_logp.argmax(-1) == gold_s).sum())
@@ -102,17 +162,8 @@ def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: 
         q = s_logp.gather(1, s_ids_k.clamp(min=0))
         kl_sum += float((p * (torch.log(p.clamp_min(1e-30)) - q)).sum())
         total += len(gold_t)
-    pll_set = mlm_eval.EvalSet(s_set.sequences[:pll_paragraphs], s_set.special[:pll_paragraphs], s_set.chars[:pll_paragraphs], s_set.words[:pll_paragraphs])
-    t_pll_set = mlm_eval.EvalSet(t_set.sequences[:pll_paragraphs], t_set.special[:pll_paragraphs], t_set.chars[:pll_paragraphs], t_set.words[:pll_paragraphs])
-    return {
-        "teacher_acc": t_correct / max(total, 1),
-        "student_acc": s_correct / max(total, 1),
-        "agreement": agree / max(total, 1),
-        "kl": kl_sum / max(total, 1),
-        "masked": total,
-        "student_pll_per_char": mlm_eval.pseudo_log_likelihood(student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"])["pll_per_char"],
-        "teacher_pll_per_char": mlm_eval.pseudo_log_likelihood(teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id)["pll_per_char"],
-    }
+    return {"teacher_acc": t_correct / max(total, 1), "student_acc": s_correct / max(total, 1), "agreement": agree / max(total, 1),
+            "kl": kl_sum / max(total, 1), "masked": total}
 
 
 def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:

@@ -175,22 +175,33 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
     assignment = chosen["assignment"]
     merged = load_vocab(vocab_dir)
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
+    unified = unified_tokenizer(vocab_dir) if cfg.data.tokenization == "unified" else None
     streams = []
     for lang in sorted(assignment):
         names = assignment[lang]
         texts = train_texts(cfg, lang)
         if chosen["strategy"] == "weighted" and len(names) > 1:  # one stream, the teachers mixed per example
             streams.append(make_stream(lang, teachers[names[0]], texts, merged.id_maps[names[0]], cfg.data.max_length, cfg.data.whole_word,
-                                       mixture=tuple(names)))
+                                       mixture=tuple(names), student_tokenizer=unified))
             continue
         split = per_example_split(cfg, teachers, lang, names, texts, log) if chosen["per_example"] and len(names) > 1 else {names[0]: texts}
         for name, part in sorted(split.items()):
             if part:
-                streams.append(make_stream(lang, teachers[name], part, merged.id_maps[name], cfg.data.max_length, cfg.data.whole_word))
+                streams.append(make_stream(lang, teachers[name], part, merged.id_maps[name], cfg.data.max_length, cfg.data.whole_word,
+                                           student_tokenizer=unified))
     n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
     plan = DataPlan(streams, cfg.train.batch_size, n_batches, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed,
                     dict(cfg.data.language_weights))
     return plan, teachers, merged
+
+
+def unified_tokenizer(vocab_dir: Path):
+    """The merged vocabulary's unified student tokenizer (``data.tokenization: unified``)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(vocab_dir) / "unified" / "tokenizer.json").is_file():
+        raise UserError(f"{vocab_dir}/unified: no unified tokenizer; data.tokenization: unified needs vocab.unified_tokenizer: true")
+    return AutoTokenizer.from_pretrained(Path(vocab_dir) / "unified")
 
 
 def vocab_fingerprint(vocab_dir: Path) -> str:
@@ -290,14 +301,17 @@ def stage_eval(ctx: StageContext):
     baseline = None
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
         baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+    unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
     for lang in sorted(assignment):
         name = assignment[lang][0]
         ctx.log(f"[eval] {lang}: student vs {name}")
         texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
-        row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k)}
+        row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
+                                                                 student_tokenizer=unified)}
         if baseline is not None:
-            row["baseline_acc"] = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k, pll_paragraphs=0)["student_acc"]
+            row["baseline_acc"] = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k, pll_paragraphs=0,
+                                                  student_tokenizer=unified)["student_acc"]
         rows.append(row)
     all_cards = {c.name: c for c in load_cards(cfg)}
     teacher_params = {n: t.num_parameters() for n, t in load_teachers(cfg).items() if n in all_cards}
@@ -323,13 +337,15 @@ def model_card(cfg, eval_data, assignment) -> str:
         "---", "library_name: transformers", "pipeline_tag: fill-mask", "license: mpl-2.0", "language:", *[f"- {l}" for l in langs],
         "tags:", "- mergedistill", "- knowledge-distillation", "---", "",
         f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
-        "A BERT-style masked-LM distilled from several teachers (MergeDistill-style, routed tokenization):",
+        f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
         "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
         "Load it with plain `transformers` (no mergedistill needed):", "",
         "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
-        "The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
-        "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
-        "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly.", "",
+        *(["The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
+            "trained on (`data.tokenization: unified`)."] if cfg.data.tokenization == "unified" else
+          ["The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
+           "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
+           "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly."]), "",
         "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
     ])
 

@@ -104,3 +104,26 @@ def test_weighted_selection_runs_through_the_pipeline(experiment):
     plan = json.loads((root / "weighted" / "cache" / "plan.json").read_text())
     assert list(plan["streams"]) == ["en@multi+twin"] and plan["served_examples"] == {"multi+twin": 6 * 4}
     assert read_manifest(root / "weighted" / "eval") is not None
+
+
+def test_unified_tokenization_runs_through_the_pipeline(experiment):
+    """`data.tokenization: unified` (after the first test built the zoo): the student trains on the merged
+    tokenizer's pieces, and the export's top-level tokenizer reproduces its training inputs."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    root = experiment
+    out = root / "unified"
+    assert main(["run", str(root / "exp.yaml"), f"output_dir={out}", "data.tokenization=unified", "eval.baseline=false"]) == 0
+    rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
+    assert {r["lang"] for r in rows} == {"en", "de", "ja"} and all(r["masked"] > 0 for r in rows)
+    served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]
+    assert sum(served.values()) == 6 * 4
+    assert "unified tokenization" in (out / "export" / "README.md").read_text()
+    tokenizer, model = AutoTokenizer.from_pretrained(out / "export"), AutoModelForMaskedLM.from_pretrained(out / "export")
+    from mergedistill.stages import unified_tokenizer
+
+    trained_on = unified_tokenizer(out / "vocab")
+    texts = ["Click the button to save.", "Klicken Sie auf Speichern.", "ボタンをクリックして保存します。"]
+    assert tokenizer(texts)["input_ids"] == trained_on(texts)["input_ids"]
+    ids = tokenizer(texts[0], return_tensors="pt")
+    assert model(**ids).logits.shape[-1] == len(tokenizer) == len(trained_on)

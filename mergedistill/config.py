@@ -198,9 +198,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    paragraphs: int = 200  # held-out paragraphs per language
+    paragraphs: int = 200  # held-out paragraphs per language (masked-token scores)
+    pll_paragraphs: int = 30  # the first of them also get PLL/char (one forward pass per piece)
     baseline: bool = True  # also train the same student with gold MLM only, for comparison
     speed_batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+
+    def problems(self):
+        return _positive(self, "paragraphs") + _non_negative(self, "pll_paragraphs")
 
 
 @dataclass

@@ -125,8 +125,9 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
 
 
 def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_masked, k: int) -> dict:
-    """Accuracies, top-1 agreement and KL at masked positions paired in row-major order (the i-th masked
-    student position of a text with its i-th masked teacher position)."""
+    """Accuracies, top-1 agreement, KL and the student's gold cross-entropy (nats per masked piece) at masked
+    positions paired in row-major order (the i-th masked student position of a text with its i-th masked
+    teacher position)."""
     import numpy as np
     import torch
 
@@ -136,7 +137,7 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
 
     tok = teacher.tokenizer
     agree = total = 0
-    kl_sum = t_correct = s_correct = 0.0
+    kl_sum = t_correct = s_correct = s_nll = 0.0
     student.eval()
     for start in range(0, len(t_set.sequences), 32):
         rows = range(start, min(start + 32, len(t_set.sequences)))
@@ -155,6 +156,7 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         t_top = t_logits.argmax(-1)
         t_correct += float((t_top == gold_t).sum())
         s_correct += float((s_logp.argmax(-1) == gold_s).sum())
+        s_nll -= float(s_logp.gather(1, gold_s.long().unsqueeze(1)).sum())
         agree += int((torch.from_numpy(id_map)[t_top].long() == s_logp.argmax(-1)).sum())
         vals, ids = torch.topk(t_logits, k, -1)
         s_ids_k, t_vals_k = map_topk(ids, vals, id_map)
@@ -163,22 +165,30 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         kl_sum += float((p * (torch.log(p.clamp_min(1e-30)) - q)).sum())
         total += len(gold_t)
     return {"teacher_acc": t_correct / max(total, 1), "student_acc": s_correct / max(total, 1), "agreement": agree / max(total, 1),
-            "kl": kl_sum / max(total, 1), "masked": total}
+            "kl": kl_sum / max(total, 1), "student_mlm_ce": s_nll / max(total, 1), "masked": total}
 
 
 def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:
-    """Median CPU forward latency in milliseconds on random ids (same shape for every model compared)."""
+    """Median forward latency in milliseconds on random ids (same shape for every model compared), on the
+    model's device (CPU in the eval stage; a GPU is synchronised before each clock reading)."""
     import time
 
     import torch
 
-    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0)).to(device)
     attention = torch.ones_like(ids)
+
+    def now():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     times = []
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=attention)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = now()
             model(input_ids=ids, attention_mask=attention)
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return sorted(times)[len(times) // 2] * 1000

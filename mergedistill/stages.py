@@ -308,10 +308,11 @@ def stage_eval(ctx: StageContext):
         ctx.log(f"[eval] {lang}: student vs {name}")
         texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
         row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
-                                                                 student_tokenizer=unified)}
-        if baseline is not None:
-            row["baseline_acc"] = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k, pll_paragraphs=0,
-                                                  student_tokenizer=unified)["student_acc"]
+                                                                 pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)}
+        if baseline is not None:  # the same positions and paragraphs
+            scores = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
+                                     pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)
+            row.update({f"baseline_{key}": scores[f"student_{key}"] for key in ("acc", "mlm_ce", "pll_per_char")})
         rows.append(row)
     all_cards = {c.name: c for c in load_cards(cfg)}
     teacher_params = {n: t.num_parameters() for n, t in load_teachers(cfg).items() if n in all_cards}

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-baseline test test-all bench ablate clean-venv
+.PHONY: demo demo-baseline test test-all bench bench-gpu ablate clean-venv
 
 # Pinned torch first so pip takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
@@ -38,6 +38,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
+
+# on a machine with a CUDA GPU (and a CUDA build of torch): the speed benchmarks in bf16 -> benchmarks/RESULTS-gpu.md
+bench-gpu: $(BENCH_STAMP)
+	$(PY) benchmarks/run_all.py --gpu
 
 clean-venv:
 	rm -rf $(VENV)

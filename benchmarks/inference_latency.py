@@ -13,6 +13,7 @@ Throughput is sequences/s at the large batch. A real mBERT teacher (119,547-piec
 32,000-piece default, so the default ratios are conservative for it.
 
     python benchmarks/inference_latency.py [--repeats 3] [--threads N] [--teacher DIR --student DIR] [--quick]
+                                           [--device cuda --dtype bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from common import add_device_args, describe as describe_device, resolve  # noqa: E402
 from mergedistill.evaluation import latency_ms  # noqa: E402
 
 # (layers, hidden, heads, intermediate, vocab)
@@ -66,7 +68,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = the CPU count)")
     parser.add_argument("--encoder-only", action="store_true", help="time the encoder without the vocabulary head")
     parser.add_argument("--quick", action="store_true", help="tiny models, seq 32, batch 4 (smoke test)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
+    device, dtype = resolve(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -77,6 +81,7 @@ def main(argv=None):
     for role, seed in (("teacher", 1), ("student", 0)):
         directory = getattr(args, role)
         models[role] = load_mlm(directory) if directory else synthetic_mlm(*sizes[role], max_position=max(512, args.seq + 2), seed=seed)
+        models[role].to(device=device, dtype=dtype)
         limit = getattr(models[role].config, "max_position_embeddings", None)
         if getattr(models[role].config, "position_biased_input", True) and limit and args.seq > limit:
             parser.error(f"--seq {args.seq} exceeds the {role}'s max_position_embeddings ({limit})")
@@ -93,7 +98,7 @@ def main(argv=None):
 
     big = batches[-1]
     t, s = results["teacher"], results["student"]
-    print(f"threads {torch.get_num_threads()}, seq {args.seq}, {'encoder only' if args.encoder_only else 'full masked-LM forward'}")
+    print(f"{describe_device(device, dtype)}, threads {torch.get_num_threads()}, seq {args.seq}, {'encoder only' if args.encoder_only else 'full masked-LM forward'}")
     print(f"teacher: {describe(models['teacher'])}, {params['teacher'] / 1e6:.1f} M params" + (f" ({args.teacher})" if args.teacher else " (synthetic)"))
     print(f"student: {describe(models['student'])}, {params['student'] / 1e6:.1f} M params" + (f" ({args.student})" if args.student else " (synthetic)"))
     print()
@@ -110,7 +115,7 @@ def main(argv=None):
         "teacher_model": describe(models["teacher"]), "student_model": describe(models["student"]),
         "teacher_params": params["teacher"], "student_params": params["student"],
         "param_ratio": round(params["teacher"] / params["student"], 3),
-        "seq": args.seq, "batch": big, "encoder_only": args.encoder_only, "threads": torch.get_num_threads(),
+        **describe_device(device, dtype), "seq": args.seq, "batch": big, "encoder_only": args.encoder_only, "threads": torch.get_num_threads(),
         "teacher_latency_ms_b1": round(t[1]["latency_ms"], 2), "student_latency_ms_b1": round(s[1]["latency_ms"], 2),
         "teacher_latency_ms_big_batch": round(t[big]["latency_ms"], 2), "student_latency_ms_big_batch": round(s[big]["latency_ms"], 2),
         "teacher_seq_per_s": round(t[big]["seq_per_s"], 2), "student_seq_per_s": round(s[big]["seq_per_s"], 2),

@@ -7,6 +7,10 @@ except this runner is a benchmark (see ``DESCRIPTIONS``). They run with this int
 (``peer_distill`` uses textbrewer when it can import it) follow the environment that runs this file.
 
     python benchmarks/run_all.py [--only NAME ...] [--out benchmarks/RESULTS.md]
+    python benchmarks/run_all.py --gpu      # on a GPU machine: the speed benchmarks in bf16 -> RESULTS-gpu.md
+
+``--gpu`` passes ``--device cuda --dtype bf16`` to the benchmarks in ``DEVICE_AWARE``; the others measure
+CPU-side work (vocabulary merging, the peer loop) and run as they do without it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SKIP = {"run_all.py", "common.py"}
+DEVICE_AWARE = {"inference_latency", "train_throughput"}  # accept --device/--dtype (benchmarks/common.py)
 # Every benchmark script in this folder runs (discovered by file name); this says what each one measures.
 DESCRIPTIONS = {
     "inference_latency": "student vs teacher CPU inference latency (batch 1 and 32), throughput, parameter ratio",
@@ -69,13 +74,21 @@ def last_json_line(text: str) -> dict | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help="benchmark file stems to run")
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/RESULTS.md (RESULTS-gpu.md with --gpu)")
+    parser.add_argument("--gpu", action="store_true", help="run the device-aware benchmarks on cuda in bf16")
     args = parser.parse_args(argv)
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--gpu: torch sees no CUDA device on this machine")
+    out = args.out or str(HERE / ("RESULTS-gpu.md" if args.gpu else "RESULTS.md"))
     scripts = discover(args.only)
     rows, failed = [], []
     for script in scripts:
         print(f"== {script.name}", flush=True)
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        extra = ["--device", "cuda", "--dtype", "bf16"] if args.gpu and script.stem in DEVICE_AWARE else []
+        proc = subprocess.run([sys.executable, str(script), *extra], capture_output=True, text=True)
         sys.stdout.write(proc.stdout[-2000:])
         result = last_json_line(proc.stdout)
         if proc.returncode != 0 or result is None:
@@ -87,7 +100,8 @@ def main(argv=None) -> int:
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `make bench` (`python benchmarks/run_all.py`) on {datetime.date.today().isoformat()}.",
+        f"Written by `{'make bench-gpu' if args.gpu else 'make bench'}` (`python benchmarks/run_all.py{' --gpu' if args.gpu else ''}`) "
+        f"on {datetime.date.today().isoformat()}." + (" inference_latency and train_throughput ran on the GPU in bf16." if args.gpu else ""),
         "Ratios are measured within one run; absolute numbers depend on the machine and its load.",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
@@ -98,8 +112,8 @@ def main(argv=None) -> int:
     lines += [f"| {name} | {DESCRIPTIONS.get(name, '')} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows]
     from mergedistill.io import write_text_atomic
 
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    print(f"wrote {out}")
     return 1 if failed else 0
 
 

@@ -9,17 +9,21 @@ Synthetic token ids (throughput does not depend on the text). All ratios come fr
 - training tokens/s with offline cached top-k targets / with an online teacher (6-layer 512-hidden BERT)
   run every step; and the cache's bytes per masked token.
 
-    python benchmarks/train_throughput.py [--steps 6] [--batch 16]
+    python benchmarks/train_throughput.py [--steps 6] [--batch 16] [--device cuda --dtype bf16]
+
+On a GPU (``--device cuda --dtype bf16``) the peak is a bf16 matmul, the student steps under autocast with
+fp32 weights, the online teacher runs in bf16; batches and cached targets are built on the CPU and copied
+to the device every step, as the training loop does.
 """
 
 import argparse
 import json
 import tempfile
-import time
 
 import numpy as np
 import torch
 
+from common import add_device_args, autocast, clock, describe, resolve
 from mergedistill.cache import OfflineTargets, OnlineTargets, build_cache, finalize_cache
 from mergedistill.config import StudentConfig
 from mergedistill.heads import masked_lm_logits
@@ -29,13 +33,14 @@ from mergedistill.student import build_student
 VOCAB, LENGTH, K = 32_000, 128, 8
 
 
-def matmul_peak(n=2048, repeats=5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
+    n = n if device.type == "cpu" else 8192  # a GPU needs a larger product to reach its peak
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    start = time.perf_counter()
+    start = clock(device)
     for _ in range(repeats):
         a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    return 2 * n**3 * repeats / (clock(device) - start)
 
 
 class Batches:
@@ -54,41 +59,47 @@ class Batches:
 
 
 class SyntheticTeacher:
-    def __init__(self):
+    def __init__(self, device, dtype):
         from transformers import BertConfig, BertForMaskedLM
 
         torch.manual_seed(1)
+        self.device = device
         self.model = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                                                intermediate_size=2048, max_position_embeddings=LENGTH + 2)).eval()
+                                                intermediate_size=2048, max_position_embeddings=LENGTH + 2)).eval().to(device=device, dtype=dtype)
 
     def topk(self, input_ids, attention_mask, positions, k):
+        """Top-k on the CPU, where the cache writer and the id maps expect it."""
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(self.model, input_ids, attention_mask, positions)
+            on = [t.to(self.device) for t in (input_ids, attention_mask, positions)]
+            logits, _ = masked_lm_logits(self.model, *on)
             values, ids = torch.topk(logits.float(), k, -1)
-        return ids, values
+        return ids.cpu(), values.cpu()
 
 
-def step_time(student, optimizer, batches, targets, steps, full_head=False):
+def step_time(student, optimizer, batches, targets, steps, device, dtype, full_head=False):
     tokens = 0
     start = None
     for i in range(steps + 1):
         if i == 1:
-            start, tokens = time.perf_counter(), 0  # the first step warms up
+            start, tokens = clock(device), 0  # the first step warms up
         batch = batches.batch(i)
-        masked = batch["labels"] != -100
-        if full_head:
-            logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[masked]
-        else:
-            logits, _ = masked_lm_logits(student, batch["input_ids"], batch["attention_mask"], masked)
-        loss = mlm_ce(logits, batch["labels"][masked])
+        input_ids, attention_mask, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
+        masked = labels != -100
+        with autocast(device, dtype):
+            if full_head:
+                logits = student(input_ids=input_ids, attention_mask=attention_mask).logits[masked]
+            else:
+                logits, _ = masked_lm_logits(student, input_ids, attention_mask, masked)
+        logits = logits.float()
+        loss = mlm_ce(logits, labels[masked])
         if targets is not None:
-            ids, values = targets(i, batch)
+            ids, values = (t.to(device) for t in targets(i, batch))
             loss = loss + kd_soft_ce(logits, ids, values)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         tokens += int(batch["attention_mask"].sum())
-    seconds = time.perf_counter() - start
+    seconds = clock(device) - start
     return seconds / steps, tokens / seconds
 
 
@@ -96,23 +107,26 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=16)
+    add_device_args(parser)
     args = parser.parse_args()
+    device, dtype = resolve(parser, args)
     torch.manual_seed(0)
-    peak = matmul_peak()
+    peak = matmul_peak(device, dtype)
     student = build_student(StudentConfig(layers=6, hidden=384, heads=12, intermediate=1536, max_position=LENGTH + 2, dropout=0.0), VOCAB)
+    student.to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     batches = Batches(args.steps + 1, args.batch)
-    teacher = SyntheticTeacher()
+    teacher = SyntheticTeacher(device, dtype)
     identity = np.arange(VOCAB, dtype=np.int32)
     with tempfile.TemporaryDirectory() as tmp:
         build_cache(f"{tmp}/c", batches, {"t": teacher}, {"t": identity}, K, "bench", progress=False)
         summary = finalize_cache(f"{tmp}/c", "bench", batches)
         offline = OfflineTargets(f"{tmp}/c", "bench")
-        offline_s, offline_tps = step_time(student, optimizer, batches, offline, args.steps)
+        offline_s, offline_tps = step_time(student, optimizer, batches, offline, args.steps, device, dtype)
     online = OnlineTargets({"t": teacher}, {"t": identity}, K)
-    online_s, online_tps = step_time(student, optimizer, batches, online, args.steps)
-    full_s, _ = step_time(student, optimizer, batches, None, args.steps, full_head=True)
-    masked_s, masked_tps = step_time(student, optimizer, batches, None, args.steps)
+    online_s, online_tps = step_time(student, optimizer, batches, online, args.steps, device, dtype)
+    full_s, _ = step_time(student, optimizer, batches, None, args.steps, device, dtype, full_head=True)
+    masked_s, masked_tps = step_time(student, optimizer, batches, None, args.steps, device, dtype)
 
     params = sum(p.numel() for p in student.parameters())
     embedding = student.bert.embeddings.word_embeddings.weight.numel()
@@ -124,7 +138,7 @@ def main():
     flops_per_step = 6 * body * tokens + 6 * embedding * masked_tokens + 3 * attention
     achieved = flops_per_step / masked_s
     result = {
-        "benchmark": "train_throughput", "student_params": params, "vocab": VOCAB, "batch": args.batch, "seq": LENGTH,
+        "benchmark": "train_throughput", **describe(device, dtype), "student_params": params, "vocab": VOCAB, "batch": args.batch, "seq": LENGTH,
         "tokens_per_s_masked_only_head": round(masked_tps, 1),
         "achieved_gflops": round(achieved / 1e9, 2), "matmul_peak_gflops": round(peak / 1e9, 2), "mfu_ratio": round(achieved / peak, 3),
         "full_head_over_masked_only_step_time": round(full_s / masked_s, 2),

@@ -95,8 +95,13 @@ def test_config_refuses_terms_without_online_teachers_and_unified_tokenization()
     with pytest.raises(UserError, match="train.alpha_hidden.*cache.mode: online"):
         from_dict(ExperimentConfig, {**CARDS, "train": {"alpha_hidden": 1.0}})
     from_dict(ExperimentConfig, {**CARDS, "train": {"alpha_attn": 1.0}, "cache": {"mode": "online"}})  # accepted
-    with pytest.raises(UserError, match="data.tokenization.*routed"):
-        from_dict(ExperimentConfig, {**CARDS, "data": {"tokenization": "unified"}})
+    unified = {"tokenization": "unified"}
+    from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": True}})  # accepted
+    with pytest.raises(UserError, match="data.tokenization.*vocab.unified_tokenizer: true"):
+        from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": False}})
+    with pytest.raises(UserError, match="train.alpha_hidden.*routed"):  # positions differ between the two sides
+        from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": True}, "train": {"alpha_attn": 1.0},
+                                     "cache": {"mode": "online"}})
 
 
 def test_train_refuses_terms_without_internals(tmp_path, plan, merged):  # noqa: F811

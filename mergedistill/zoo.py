@@ -8,7 +8,14 @@ The HuggingFace hub is out of reach here, so the demo trains its own teachers fr
       model: {arch: bert|roberta|xlm-roberta|deberta-v2|electra|distilbert, hidden: 128, layers: 2, heads: 2,
               intermediate: 512, dropout: 0.1}
       train: {steps: 600, batch_size: 32, max_length: 128, lr: 1.0e-3, warmup: 50, sampling_alpha: 0.7,
-              max_paragraphs: 8000, checkpoint_every: 100, weight_decay: 0.01, beta2: 0.999}
+              max_paragraphs: 8000, checkpoint_every: 100, weight_decay: 0.01, beta2: 0.999,
+              tlm_fraction: 0.0, tlm_pivot: en}
+
+``tlm_fraction`` > 0 makes that share of the steps translation-LM steps (XLM, Lample & Conneau 2019): each
+row is one corpus paragraph and its translation, ``[CLS] pivot [SEP] other [SEP]``, masked like MLM, for
+the aligned pairs of ``tlm_pivot`` with each other language of the card. A teacher this small and this
+briefly trained aligns its languages through shared pieces only; the parallel rows give it the
+cross-lingual transfer that a BiStil student can inherit.
 
 Training is plain PyTorch (the student, not the zoo, is what DeepSpeed trains). The batch of step ``s``
 is a pure function of (seed, s), and model, optimizer, scheduler and RNG state are checkpointed every
@@ -40,7 +47,8 @@ ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unig
                "distilbert": "wordpiece"}  # arch -> default tokenizer family
 DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "max_length": 128, "lr": 1e-3, "warmup": 50, "sampling_alpha": 0.7,
                  "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01,
-                 "beta2": 0.999}
+                 "beta2": 0.999, "tlm_fraction": 0.0, "tlm_pivot": "en"}
+TLM_KEYS = ("tlm_fraction", "tlm_pivot")  # fingerprinted only when TLM is on: older builds stay current
 
 
 def recipe(card) -> dict[str, Any]:
@@ -54,6 +62,11 @@ def recipe(card) -> dict[str, Any]:
     unknown = set(train) - set(DEFAULT_TRAIN)
     if unknown:
         raise UserError(f"teacher card {card.name}: unknown key build.train.{sorted(unknown)[0]}; known: {', '.join(DEFAULT_TRAIN)}")
+    if not 0.0 <= float(train["tlm_fraction"]) <= 1.0:
+        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction must be in [0, 1], got {train['tlm_fraction']}")
+    if train["tlm_fraction"] > 0 and (train["tlm_pivot"] not in card.languages or len(card.languages) < 2):
+        raise UserError(f"teacher card {card.name}: build.train.tlm_pivot {train['tlm_pivot']!r} must be one of the card's languages "
+                        f"({', '.join(card.languages)}), beside at least one other")
     if build["model"].get("arch") not in ARCH_FAMILY:
         raise UserError(f"teacher card {card.name}: build.model.arch must be one of {', '.join(ARCH_FAMILY)}")
     return {"tokenizer": dict(build["tokenizer"]), "model": dict(build["model"]), "train": train}
@@ -67,16 +80,41 @@ def corpus_fingerprint(corpus_dir=None) -> str:
 
 def build_fingerprint(card, seed: int, corpus_dir=None) -> str:
     fields = {k: v for k, v in asdict(card).items() if k not in ("notes", "source")}
-    return io.fingerprint("zoo-teacher", fields, recipe(card), seed, corpus_fingerprint(corpus_dir))
+    spec = recipe(card)
+    if not spec["train"]["tlm_fraction"]:
+        spec["train"] = {k: v for k, v in spec["train"].items() if k not in TLM_KEYS}
+        if "train" in fields.get("build", {}):
+            fields["build"] = {**fields["build"], "train": {k: v for k, v in fields["build"]["train"].items() if k not in TLM_KEYS}}
+    return io.fingerprint("zoo-teacher", fields, spec, seed, corpus_fingerprint(corpus_dir))
 
 
-def _texts(card, limit: int, corpus_dir=None) -> dict[str, list[str]]:
+def _paragraphs(card, limit: int, corpus_dir=None) -> dict[str, tuple[list[str], list[str]]]:
+    """language -> (paragraph ids, texts) of the first ``limit`` training paragraphs."""
     from mergedistill.corpus import load_split
 
     out = {}
     for lang in card.languages:
         dataset = load_split(lang, "train", corpus_dir)
-        out[lang] = list(dataset.select(range(min(limit, len(dataset))))["text"])
+        head = dataset.select(range(min(limit, len(dataset))))
+        out[lang] = (list(head["id"]), list(head["text"]))
+    return out
+
+
+def tlm_pairs(ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, list[list[int]]], pivot: str, max_length: int,
+              cls_id: int, sep_id: int) -> dict[str, list[np.ndarray]]:
+    """``pivot-other`` -> rows ``[CLS] pivot [SEP] other [SEP]`` for every paragraph id both languages hold
+    (in the pivot's order), each side cut to half of ``max_length``. Pure: ids and token ids in, arrays out."""
+    half = (max_length - 3) // 2
+    pivot_tokens = dict(zip(ids_by_lang[pivot], tokens_by_lang[pivot]))
+    out = {}
+    for lang in ids_by_lang:
+        if lang == pivot:
+            continue
+        other = dict(zip(ids_by_lang[lang], tokens_by_lang[lang]))
+        rows = [np.asarray([cls_id, *pivot_tokens[pid][:half], sep_id, *other[pid][:half], sep_id], dtype=np.int32)
+                for pid in ids_by_lang[pivot] if pid in other and pivot_tokens[pid] and other[pid]]
+        if rows:
+            out[f"{pivot}-{lang}"] = rows
     return out
 
 
@@ -109,7 +147,8 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     work.mkdir(parents=True, exist_ok=True)
     io.write_manifest(work, fp, partial=True)
     train = spec["train"]
-    texts = _texts(card, train["max_paragraphs"], corpus_dir)
+    paragraphs = _paragraphs(card, train["max_paragraphs"], corpus_dir)
+    texts = {lang: paragraphs[lang][1] for lang in card.languages}
 
     tok_spec = spec["tokenizer"]
     if (work / "tokenizer" / "tokenizer.json").exists():
@@ -123,10 +162,17 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     # tokenize and pack each language once
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     special_ids = np.array(sorted(set(tokenizer.all_special_ids)))
-    sequences = {}
+    sequences, tokens = {}, {}
     for lang in card.languages:
-        ids = tokenizer(texts[lang], add_special_tokens=False)["input_ids"]
-        sequences[lang] = pack(ids, train["max_length"], cls_id, sep_id)
+        tokens[lang] = tokenizer(texts[lang], add_special_tokens=False)["input_ids"]
+        sequences[lang] = pack(tokens[lang], train["max_length"], cls_id, sep_id)
+    tlm_fraction = float(train["tlm_fraction"])
+    pairs = tlm_pairs({lang: paragraphs[lang][0] for lang in card.languages}, tokens, train["tlm_pivot"], train["max_length"],
+                      cls_id, sep_id) if tlm_fraction > 0 else {}
+    if tlm_fraction > 0 and not pairs:
+        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction > 0 but no paragraph of {train['tlm_pivot']} has a "
+                        f"translation among the first {train['max_paragraphs']} of another language; raise max_paragraphs")
+    pair_names = sorted(pairs)
     langs = list(card.languages)
     sizes = np.array([len(sequences[lang]) for lang in langs], dtype=np.float64)
     probs = sizes ** train["sampling_alpha"]
@@ -157,11 +203,16 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     bar = tqdm(range(start, steps), desc=f"build {card.name}", disable=not progress, initial=start, total=steps)
     for step in bar:
         rng = example_rng(seed, card.name, "batch", step)
-        lang = langs[rng.choice(len(langs), p=probs)]
-        picks = rng.choice(len(sequences[lang]), size=min(train["batch_size"], len(sequences[lang])), replace=False)
+        if tlm_fraction > 0 and rng.random() < tlm_fraction:  # no draw without TLM: MLM-only builds are unchanged
+            lang = pair_names[rng.choice(len(pair_names))]
+            rows = pairs[lang]
+        else:
+            lang = langs[rng.choice(len(langs), p=probs)]
+            rows = sequences[lang]
+        picks = rng.choice(len(rows), size=min(train["batch_size"], len(rows)), replace=False)
         inputs, labels = [], []
         for index in picks:
-            seq = sequences[lang][index].astype(np.int64)
+            seq = rows[index].astype(np.int64)
             masked_ids, masked = mask_sequence(seq, np.isin(seq, special_ids), rng, 0.15, tokenizer.mask_token_id, pool)
             inputs.append(masked_ids)
             labels.append(np.where(masked, seq, -100))
@@ -186,6 +237,7 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     model.eval()
     save_pretrained_teacher(model, tokenizer, out_dir)
     io.write_manifest(out_dir, fp, card=card.name, steps=steps, seed=seed, languages=langs,
-                      parameters=sum(p.numel() for p in model.parameters()), sequences={lang: len(sequences[lang]) for lang in langs})
+                      parameters=sum(p.numel() for p in model.parameters()), sequences={lang: len(sequences[lang]) for lang in langs},
+                      tlm_rows={name: len(rows) for name, rows in pairs.items()})
     shutil.rmtree(work, ignore_errors=True)
     return out_dir

@@ -64,3 +64,29 @@ def test_fingerprint_follows_the_recipe_and_errors(tmp_path):
         build_teacher(TeacherCard(name="hub", source="bert-base-cased", languages=["en"]))
     with pytest.raises(UserError, match="build.train.stepz"):
         build_teacher(card(tmp_path, train={"stepz": 3}))
+
+
+def test_tlm_pairs_join_each_paragraph_to_its_translation_only():
+    from mergedistill.zoo import tlm_pairs
+
+    ids = {"en": ["a", "b", "c"], "de": ["c", "a"], "fr": ["z"]}
+    tokens = {"en": [[10, 11], [12], [13, 14, 15, 16]], "de": [[20, 21, 22, 23], [24]], "fr": [[30]]}
+    pairs = tlm_pairs(ids, tokens, "en", max_length=7, cls_id=1, sep_id=2)
+    assert sorted(pairs) == ["en-de"]  # fr shares no paragraph with en; no de-fr rows without the pivot
+    rows = [r.tolist() for r in pairs["en-de"]]
+    # pivot order (a, then c); each side cut to (7 - 3) // 2 = 2 pieces
+    assert rows == [[1, 10, 11, 2, 24, 2], [1, 13, 14, 2, 20, 21, 2]]
+
+
+def test_tlm_build_trains_on_aligned_rows_and_leaves_mlm_only_fingerprints_alone(tmp_path):
+    plain = card(tmp_path)
+    explicit_off = card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.0, "tlm_pivot": "de"})
+    assert build_fingerprint(plain, seed=0) == build_fingerprint(explicit_off, seed=0)
+    tlm = card(tmp_path, name="tlm", train={**RECIPE["train"], "tlm_fraction": 0.5})
+    assert build_fingerprint(tlm, seed=0) != build_fingerprint(plain, seed=0)
+    out = build_teacher(tlm, progress=False, log=lambda m: None)
+    assert io.read_manifest(out)["tlm_rows"]["en-de"] > 10
+    with pytest.raises(UserError, match="tlm_pivot 'ja'"):
+        build_teacher(card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.5, "tlm_pivot": "ja"}))
+    with pytest.raises(UserError, match="tlm_fraction must be in"):
+        build_teacher(card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 1.5}))

@@ -61,3 +61,27 @@ def test_train_throughput_small():
     assert result["benchmark"] == "train_throughput"
     assert 0 < result["mfu_ratio"] < 1.5
     assert result["full_head_over_masked_only_step_time"] > 0 and result["offline_over_online_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("name,args", [("train_throughput", ("--steps", "1", "--batch", "2")),
+                                       ("inference_latency", ("--quick", "--repeats", "2"))])
+def test_speed_benchmarks_take_the_gpu_suites_bf16_path(name, args):
+    """`make bench-gpu` passes --device cuda --dtype bf16; the bf16 half of that path runs here on the CPU."""
+    result = run_benchmark(name, *args, "--dtype", "bf16")
+    assert result["dtype"] == "bfloat16" and result["device"] == "cpu"
+    if name == "train_throughput":
+        assert 0 < result["mfu_ratio"] and result["tokens_per_s_masked_only_head"] > 0
+    else:
+        assert result["student_latency_ms_b1"] > 0 and result["teacher_latency_ms_b1"] > 0
+
+
+def test_gpu_suite_refuses_a_machine_without_cuda(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "RESULTS-gpu.md"
+    with pytest.raises(SystemExit) as stop:
+        load_run_all().main(["--gpu", "--out", str(out)])
+    assert stop.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not out.exists()

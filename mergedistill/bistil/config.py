@@ -60,8 +60,6 @@ class Phase2Config:
     task_teacher: str = ""  # directory of an MMT already fine-tuned on the task; "" = fine-tune it here
     teacher_steps: int = 300
     teacher_lr: float = 1e-3
-    teacher_freeze_embeddings: bool = False  # fine-tune the task teacher with its word embeddings fixed (keeps the MMT's
-    # cross-lingual alignment: only source-language pieces would otherwise move)
     batch_size: int = 32
     max_length: int = 128
     lr: float = 1e-3

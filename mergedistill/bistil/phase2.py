@@ -84,11 +84,10 @@ def gold_loss(model, batch):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
-def train_task_teacher(base_dir, kind: str, num_labels: int, batches, lr: float, seed: int = 0, freeze_embeddings: bool = False):
-    """The MMT fine-tuned densely on gold source-language labels (word embeddings fixed if ``freeze_embeddings``)."""
+def train_task_teacher(base_dir, kind: str, num_labels: int, batches, lr: float, seed: int = 0):
+    """The MMT fine-tuned densely on gold source-language labels."""
     model = task_model(base_dir, kind, num_labels, seed=seed)
-    params = [p for n, p in model.named_parameters() if not (freeze_embeddings and "word_embeddings" in n)]
-    train_steps(model, params, gold_loss, batches, lr, weight_decay=0.01, desc="task teacher")
+    train_steps(model, list(model.parameters()), gold_loss, batches, lr, weight_decay=0.01, desc="task teacher")
     return model.eval()
 
 

@@ -158,10 +158,7 @@ class Run:
         p = self.cfg.phase2
         given = file_fingerprint(p.task_teacher) if p.task_teacher else None
         keys = ("teacher_steps", "teacher_lr", "batch_size", "max_length", "max_train_examples")
-        options = {k: getattr(p, k) for k in keys}
-        if p.teacher_freeze_embeddings:  # fingerprinted only when on, so existing task teachers stay current
-            options["teacher_freeze_embeddings"] = True
-        return fingerprint("task-teacher", self.trim_fp(), task, given, options, self.cfg.seed)
+        return fingerprint("task-teacher", self.trim_fp(), task, given, {k: getattr(p, k) for k in keys}, self.cfg.seed)
 
     def task_teacher(self, task: str) -> Path:
         from mergedistill.bistil.phase2 import train_task_teacher
@@ -176,8 +173,7 @@ class Run:
 
             tokenizer = AutoTokenizer.from_pretrained(str(self.out / "trim"))
             batches, data = self.batches(task, tokenizer, p.teacher_steps, "teacher")
-            model = train_task_teacher(self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed,
-                                       freeze_embeddings=p.teacher_freeze_embeddings)
+            model = train_task_teacher(self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             return {"task": task}

@@ -9,13 +9,18 @@ The HuggingFace hub is out of reach here, so the demo trains its own teachers fr
               intermediate: 512, dropout: 0.1}
       train: {steps: 600, batch_size: 32, max_length: 128, lr: 1.0e-3, warmup: 50, sampling_alpha: 0.7,
               max_paragraphs: 8000, checkpoint_every: 100, weight_decay: 0.01, beta2: 0.999,
-              tlm_fraction: 0.0, tlm_pivot: en}
+              tlm_fraction: 0.0, align_fraction: 0.0, align_temperature: 0.05, pivot: en}
 
-``tlm_fraction`` > 0 makes that share of the steps translation-LM steps (XLM, Lample & Conneau 2019): each
-row is one corpus paragraph and its translation, ``[CLS] pivot [SEP] other [SEP]``, masked like MLM, for
-the aligned pairs of ``tlm_pivot`` with each other language of the card. A teacher this small and this
-briefly trained aligns its languages through shared pieces only; the parallel rows give it the
-cross-lingual transfer that a BiStil student can inherit.
+Both parallel objectives use the corpus's aligned paragraphs of ``pivot`` with each other language of
+the card (training split only, so no task test paragraph is seen). ``tlm_fraction`` > 0 makes that share
+of the steps translation-LM steps (XLM, Lample & Conneau 2019): each row is one paragraph and its
+translation, ``[CLS] pivot [SEP] other [SEP]``, masked like MLM. ``align_fraction`` > 0 makes that share
+sentence-alignment steps (as in Pan et al. 2021, "Multilingual BERT Post-Pretraining Alignment"): a batch
+of paragraphs and their translations, encoded separately, with a symmetric InfoNCE loss that pulls each
+paragraph's pooled last-layer vector to its translation's and away from the batch's other translations.
+A teacher this small and this briefly trained aligns its languages through shared pieces only; the
+parallel steps give it the cross-lingual transfer that real multilingual teachers get from scale and
+that a BiStil student can inherit.
 
 Training is plain PyTorch (the student, not the zoo, is what DeepSpeed trains). The batch of step ``s``
 is a pure function of (seed, s), and model, optimizer, scheduler and RNG state are checkpointed every
@@ -47,8 +52,9 @@ ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unig
                "distilbert": "wordpiece"}  # arch -> default tokenizer family
 DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "max_length": 128, "lr": 1e-3, "warmup": 50, "sampling_alpha": 0.7,
                  "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01,
-                 "beta2": 0.999, "tlm_fraction": 0.0, "tlm_pivot": "en"}
-TLM_KEYS = ("tlm_fraction", "tlm_pivot")  # fingerprinted only when TLM is on: older builds stay current
+                 "beta2": 0.999, "tlm_fraction": 0.0, "align_fraction": 0.0, "align_temperature": 0.05, "pivot": "en"}
+PARALLEL_KEYS = ("tlm_fraction", "align_fraction", "align_temperature", "pivot")  # fingerprinted only when used: older builds stay current
+ALIGN_POOL = "cls"
 
 
 def recipe(card) -> dict[str, Any]:
@@ -62,14 +68,23 @@ def recipe(card) -> dict[str, Any]:
     unknown = set(train) - set(DEFAULT_TRAIN)
     if unknown:
         raise UserError(f"teacher card {card.name}: unknown key build.train.{sorted(unknown)[0]}; known: {', '.join(DEFAULT_TRAIN)}")
-    if not 0.0 <= float(train["tlm_fraction"]) <= 1.0:
-        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction must be in [0, 1], got {train['tlm_fraction']}")
-    if train["tlm_fraction"] > 0 and (train["tlm_pivot"] not in card.languages or len(card.languages) < 2):
-        raise UserError(f"teacher card {card.name}: build.train.tlm_pivot {train['tlm_pivot']!r} must be one of the card's languages "
+    for key in ("tlm_fraction", "align_fraction"):
+        if not 0.0 <= float(train[key]) <= 1.0:
+            raise UserError(f"teacher card {card.name}: build.train.{key} must be in [0, 1], got {train[key]}")
+    if float(train["tlm_fraction"]) + float(train["align_fraction"]) > 1.0:
+        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction + align_fraction must be <= 1 (the rest are MLM steps)")
+    if float(train["align_temperature"]) <= 0:
+        raise UserError(f"teacher card {card.name}: build.train.align_temperature must be > 0, got {train['align_temperature']}")
+    if uses_parallel(train) and (train["pivot"] not in card.languages or len(card.languages) < 2):
+        raise UserError(f"teacher card {card.name}: build.train.pivot {train['pivot']!r} must be one of the card's languages "
                         f"({', '.join(card.languages)}), beside at least one other")
     if build["model"].get("arch") not in ARCH_FAMILY:
         raise UserError(f"teacher card {card.name}: build.model.arch must be one of {', '.join(ARCH_FAMILY)}")
     return {"tokenizer": dict(build["tokenizer"]), "model": dict(build["model"]), "train": train}
+
+
+def uses_parallel(train: dict) -> bool:
+    return float(train["tlm_fraction"]) > 0 or float(train["align_fraction"]) > 0
 
 
 def corpus_fingerprint(corpus_dir=None) -> str:
@@ -81,10 +96,10 @@ def corpus_fingerprint(corpus_dir=None) -> str:
 def build_fingerprint(card, seed: int, corpus_dir=None) -> str:
     fields = {k: v for k, v in asdict(card).items() if k not in ("notes", "source")}
     spec = recipe(card)
-    if not spec["train"]["tlm_fraction"]:
-        spec["train"] = {k: v for k, v in spec["train"].items() if k not in TLM_KEYS}
+    if not uses_parallel(spec["train"]):
+        spec["train"] = {k: v for k, v in spec["train"].items() if k not in PARALLEL_KEYS}
         if "train" in fields.get("build", {}):
-            fields["build"] = {**fields["build"], "train": {k: v for k, v in fields["build"]["train"].items() if k not in TLM_KEYS}}
+            fields["build"] = {**fields["build"], "train": {k: v for k, v in fields["build"]["train"].items() if k not in PARALLEL_KEYS}}
     return io.fingerprint("zoo-teacher", fields, spec, seed, corpus_fingerprint(corpus_dir))
 
 
@@ -100,22 +115,79 @@ def _paragraphs(card, limit: int, corpus_dir=None) -> dict[str, tuple[list[str],
     return out
 
 
-def tlm_pairs(ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, list[list[int]]], pivot: str, max_length: int,
-              cls_id: int, sep_id: int) -> dict[str, list[np.ndarray]]:
-    """``pivot-other`` -> rows ``[CLS] pivot [SEP] other [SEP]`` for every paragraph id both languages hold
-    (in the pivot's order), each side cut to half of ``max_length``. Pure: ids and token ids in, arrays out."""
-    half = (max_length - 3) // 2
+def parallel_pairs(ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, list[list[int]]], pivot: str) -> dict[str, list[tuple]]:
+    """``pivot-other`` -> (pivot tokens, other tokens) for every paragraph id both languages hold, in the
+    pivot's order; empty paragraphs are left out. Pure: ids and token ids in, pairs out."""
     pivot_tokens = dict(zip(ids_by_lang[pivot], tokens_by_lang[pivot]))
     out = {}
     for lang in ids_by_lang:
         if lang == pivot:
             continue
         other = dict(zip(ids_by_lang[lang], tokens_by_lang[lang]))
-        rows = [np.asarray([cls_id, *pivot_tokens[pid][:half], sep_id, *other[pid][:half], sep_id], dtype=np.int32)
-                for pid in ids_by_lang[pivot] if pid in other and pivot_tokens[pid] and other[pid]]
-        if rows:
-            out[f"{pivot}-{lang}"] = rows
+        pairs = [(pivot_tokens[pid], other[pid]) for pid in ids_by_lang[pivot] if pid in other and pivot_tokens[pid] and other[pid]]
+        if pairs:
+            out[f"{pivot}-{lang}"] = pairs
     return out
+
+
+def tlm_rows(parallel: dict[str, list[tuple]], max_length: int, cls_id: int, sep_id: int) -> dict[str, list[np.ndarray]]:
+    """``pivot-other`` -> TLM rows ``[CLS] pivot [SEP] other [SEP]``, each side cut to half of ``max_length``."""
+    half = (max_length - 3) // 2
+    return {name: [np.asarray([cls_id, *a[:half], sep_id, *b[:half], sep_id], dtype=np.int32) for a, b in pairs]
+            for name, pairs in parallel.items()}
+
+
+def alignment_loss(pivot_vectors, other_vectors, temperature: float):
+    """Symmetric InfoNCE: row i of each side is the translation of row i of the other; every other row of
+    the batch is a negative. Cosine similarities divided by ``temperature``."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b = F.normalize(pivot_vectors.float(), dim=-1), F.normalize(other_vectors.float(), dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def pooled(model, ids, attention, pool: str = ALIGN_POOL):
+    """The encoder's last-layer vector of each row: the first token's (``cls``) or the mean over tokens."""
+    hidden = model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state
+    if pool == "cls":
+        return hidden[:, 0]
+    weights = attention.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
+def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
+    """Masked-LM loss on ``batch_size`` rows drawn from ``rows`` (15 % masked, BERT's 80/10/10)."""
+    import torch
+
+    picks = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
+    inputs, labels = [], []
+    for index in picks:
+        seq = rows[index].astype(np.int64)
+        masked_ids, masked = mask_sequence(seq, np.isin(seq, special_ids), rng, 0.15, tokenizer.mask_token_id, pool)
+        inputs.append(masked_ids)
+        labels.append(np.where(masked, seq, -100))
+    ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
+    label_ids = torch.from_numpy(pad_batch(labels, -100)[0])
+    masked = label_ids != -100
+    logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), masked)
+    return torch.nn.functional.cross_entropy(logits.float(), label_ids[masked])
+
+
+def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pad_id: int):
+    """InfoNCE between ``batch_size`` paragraphs and their translations, each side encoded unmasked on its own."""
+    import torch
+
+    picks = rng.choice(len(pairs), size=min(train["batch_size"], len(pairs)), replace=False)
+    keep = train["max_length"] - 2
+    sides = []
+    for side in (0, 1):
+        rows = [np.asarray([cls_id, *pairs[i][side][:keep], sep_id], dtype=np.int64) for i in picks]
+        ids, attention = pad_batch(rows, pad_id)
+        sides.append(pooled(model, torch.from_numpy(ids), torch.from_numpy(attention)))
+    return alignment_loss(sides[0], sides[1], train["align_temperature"])
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -166,13 +238,13 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     for lang in card.languages:
         tokens[lang] = tokenizer(texts[lang], add_special_tokens=False)["input_ids"]
         sequences[lang] = pack(tokens[lang], train["max_length"], cls_id, sep_id)
-    tlm_fraction = float(train["tlm_fraction"])
-    pairs = tlm_pairs({lang: paragraphs[lang][0] for lang in card.languages}, tokens, train["tlm_pivot"], train["max_length"],
-                      cls_id, sep_id) if tlm_fraction > 0 else {}
-    if tlm_fraction > 0 and not pairs:
-        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction > 0 but no paragraph of {train['tlm_pivot']} has a "
+    tlm_fraction, align_fraction = float(train["tlm_fraction"]), float(train["align_fraction"])
+    parallel = parallel_pairs({lang: paragraphs[lang][0] for lang in card.languages}, tokens, train["pivot"]) if uses_parallel(train) else {}
+    if uses_parallel(train) and not parallel:
+        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction/align_fraction > 0 but no paragraph of {train['pivot']} has a "
                         f"translation among the first {train['max_paragraphs']} of another language; raise max_paragraphs")
-    pair_names = sorted(pairs)
+    pairs = tlm_rows(parallel, train["max_length"], cls_id, sep_id) if tlm_fraction > 0 else {}
+    pair_names = sorted(parallel)
     langs = list(card.languages)
     sizes = np.array([len(sequences[lang]) for lang in langs], dtype=np.float64)
     probs = sizes ** train["sampling_alpha"]
@@ -203,24 +275,18 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     bar = tqdm(range(start, steps), desc=f"build {card.name}", disable=not progress, initial=start, total=steps)
     for step in bar:
         rng = example_rng(seed, card.name, "batch", step)
-        if tlm_fraction > 0 and rng.random() < tlm_fraction:  # no draw without TLM: MLM-only builds are unchanged
+        draw = rng.random() if uses_parallel(train) else 1.0  # no draw without parallel steps: MLM-only builds are unchanged
+        if draw >= tlm_fraction and draw < tlm_fraction + align_fraction:
             lang = pair_names[rng.choice(len(pair_names))]
-            rows = pairs[lang]
+            loss = _alignment_step(model, parallel[lang], rng, train, cls_id, sep_id, tokenizer.pad_token_id)
         else:
-            lang = langs[rng.choice(len(langs), p=probs)]
-            rows = sequences[lang]
-        picks = rng.choice(len(rows), size=min(train["batch_size"], len(rows)), replace=False)
-        inputs, labels = [], []
-        for index in picks:
-            seq = rows[index].astype(np.int64)
-            masked_ids, masked = mask_sequence(seq, np.isin(seq, special_ids), rng, 0.15, tokenizer.mask_token_id, pool)
-            inputs.append(masked_ids)
-            labels.append(np.where(masked, seq, -100))
-        ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
-        label_ids = torch.from_numpy(pad_batch(labels, -100)[0])
-        masked = label_ids != -100
-        logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), masked)
-        loss = torch.nn.functional.cross_entropy(logits.float(), label_ids[masked])
+            if draw < tlm_fraction:
+                lang = pair_names[rng.choice(len(pair_names))]
+                rows = pairs[lang]
+            else:
+                lang = langs[rng.choice(len(langs), p=probs)]
+                rows = sequences[lang]
+            loss = _mlm_step(model, rows, rng, train["batch_size"], special_ids, tokenizer, pool)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -238,6 +304,7 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     save_pretrained_teacher(model, tokenizer, out_dir)
     io.write_manifest(out_dir, fp, card=card.name, steps=steps, seed=seed, languages=langs,
                       parameters=sum(p.numel() for p in model.parameters()), sequences={lang: len(sequences[lang]) for lang in langs},
-                      tlm_rows={name: len(rows) for name, rows in pairs.items()})
+                      parallel_pairs={name: len(rows) for name, rows in parallel.items()}, tlm_fraction=tlm_fraction,
+                      align_fraction=align_fraction)
     shutil.rmtree(work, ignore_errors=True)
     return out_dir

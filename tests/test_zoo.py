@@ -66,27 +66,51 @@ def test_fingerprint_follows_the_recipe_and_errors(tmp_path):
         build_teacher(card(tmp_path, train={"stepz": 3}))
 
 
-def test_tlm_pairs_join_each_paragraph_to_its_translation_only():
-    from mergedistill.zoo import tlm_pairs
+def test_tlm_rows_join_each_paragraph_to_its_translation_only():
+    from mergedistill.zoo import parallel_pairs, tlm_rows
 
     ids = {"en": ["a", "b", "c"], "de": ["c", "a"], "fr": ["z"]}
     tokens = {"en": [[10, 11], [12], [13, 14, 15, 16]], "de": [[20, 21, 22, 23], [24]], "fr": [[30]]}
-    pairs = tlm_pairs(ids, tokens, "en", max_length=7, cls_id=1, sep_id=2)
-    assert sorted(pairs) == ["en-de"]  # fr shares no paragraph with en; no de-fr rows without the pivot
-    rows = [r.tolist() for r in pairs["en-de"]]
-    # pivot order (a, then c); each side cut to (7 - 3) // 2 = 2 pieces
-    assert rows == [[1, 10, 11, 2, 24, 2], [1, 13, 14, 2, 20, 21, 2]]
+    parallel = parallel_pairs(ids, tokens, "en")
+    assert sorted(parallel) == ["en-de"]  # fr shares no paragraph with en; no de-fr pairs without the pivot
+    assert parallel["en-de"] == [([10, 11], [24]), ([13, 14, 15, 16], [20, 21, 22, 23])]  # pivot order: a, then c
+    rows = [r.tolist() for r in tlm_rows(parallel, max_length=7, cls_id=1, sep_id=2)["en-de"]]
+    assert rows == [[1, 10, 11, 2, 24, 2], [1, 13, 14, 2, 20, 21, 2]]  # each side cut to (7 - 3) // 2 = 2 pieces
 
 
-def test_tlm_build_trains_on_aligned_rows_and_leaves_mlm_only_fingerprints_alone(tmp_path):
+def test_alignment_loss_is_low_for_matched_translations_and_high_for_swapped_ones():
+    import torch
+
+    from mergedistill.zoo import alignment_loss
+
+    pivot = torch.eye(4) * 3
+    other = pivot + 0.1 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    matched = alignment_loss(pivot, other, temperature=0.05)
+    swapped = alignment_loss(pivot, other[[1, 0, 3, 2]], temperature=0.05)
+    assert matched < 0.01 < 10 < swapped
+    assert torch.isclose(alignment_loss(pivot, other, 0.05), alignment_loss(other, pivot, 0.05))  # symmetric
+
+
+@pytest.mark.parametrize("objective", ["tlm_fraction", "align_fraction"])
+def test_parallel_builds_train_on_aligned_pairs_and_leave_mlm_only_fingerprints_alone(tmp_path, objective):
     plain = card(tmp_path)
-    explicit_off = card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.0, "tlm_pivot": "de"})
+    explicit_off = card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.0, "align_fraction": 0.0, "pivot": "de"})
     assert build_fingerprint(plain, seed=0) == build_fingerprint(explicit_off, seed=0)
-    tlm = card(tmp_path, name="tlm", train={**RECIPE["train"], "tlm_fraction": 0.5})
-    assert build_fingerprint(tlm, seed=0) != build_fingerprint(plain, seed=0)
-    out = build_teacher(tlm, progress=False, log=lambda m: None)
-    assert io.read_manifest(out)["tlm_rows"]["en-de"] > 10
-    with pytest.raises(UserError, match="tlm_pivot 'ja'"):
-        build_teacher(card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.5, "tlm_pivot": "ja"}))
-    with pytest.raises(UserError, match="tlm_fraction must be in"):
-        build_teacher(card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 1.5}))
+    parallel = card(tmp_path, name="parallel", train={**RECIPE["train"], objective: 0.5})
+    assert build_fingerprint(parallel, seed=0) != build_fingerprint(plain, seed=0)
+    out = build_teacher(parallel, progress=False, log=lambda m: None)
+    manifest = io.read_manifest(out)
+    assert manifest["parallel_pairs"]["en-de"] > 10 and manifest[objective] == 0.5
+    assert not torch_equal(state(out), state(build_teacher(plain, progress=False, log=lambda m: None)))
+    with pytest.raises(UserError, match="pivot 'ja'"):
+        build_teacher(card(tmp_path, train={**RECIPE["train"], objective: 0.5, "pivot": "ja"}))
+    with pytest.raises(UserError, match=f"{objective} must be in"):
+        build_teacher(card(tmp_path, train={**RECIPE["train"], objective: 1.5}))
+    with pytest.raises(UserError, match="must be <= 1"):
+        build_teacher(card(tmp_path, train={**RECIPE["train"], "tlm_fraction": 0.6, "align_fraction": 0.6}))
+
+
+def torch_equal(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

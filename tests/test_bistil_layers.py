@@ -93,3 +93,30 @@ def test_short_phase1_run_improves_eval_loss(tokenizer, corpus_texts):
     student, history = train_phase1(teacher, student, tokenizer, train, valid, cfg, log=lambda _: None)
     assert history[-1]["best_eval_loss"] < history[0]["eval_loss"]
     assert len([h for h in history if "eval_loss" in h]) == 3
+
+
+def test_masked_batch_labels_hold_the_original_tokens_at_masked_positions_only(tokenizer, corpus_texts):
+    from mergedistill.bistil.phase1 import masked_batch
+
+    seqs = pack_language(tokenizer, corpus_texts["en"]["train"][:20], 32)[:4]
+    batch = masked_batch(seqs, tokenizer, 0.3, 0, "t")
+    for row, seq in enumerate(seqs):
+        labels = batch["labels"][row, : len(seq)]
+        masked = batch["masked"][row, : len(seq)]
+        assert masked.any() and torch.equal(labels[masked], torch.as_tensor(seq, dtype=torch.long)[masked])
+        assert (labels[~masked] == -100).all() and (batch["labels"][row, len(seq):] == -100).all()
+
+
+def test_scratch_phase1_learns_masked_lm_without_a_teacher(tokenizer, corpus_texts):
+    """The paper's from-scratch baseline: random weights, gold masked-LM, no teacher anywhere."""
+    teacher = tiny_mlm("bert", tokenizer, layers=2, seed=4, dropout=0.0)
+    student = make_student(teacher, stride=2, from_scratch=True)
+    train = {lang: pack_language(tokenizer, corpus_texts[lang]["train"][:60], 32) for lang in ("en", "de")}
+    valid = {lang: pack_language(tokenizer, corpus_texts[lang]["valid"][:20], 32) for lang in ("en", "de")}
+    cfg = SimpleNamespace(lr=3e-3, weight_decay=0.0, warmup_steps=2, steps=12, w_attn=1.0, w_hidden=1.0, w_logit=0.0, temperature=1.0,
+                          eval_every=6, eval_batches=1, batch_size=4, mlm_probability=0.15)
+    student, history = train_phase1(None, student, tokenizer, train, valid, cfg, log=lambda _: None, objective="mlm")
+    assert history[-1]["best_eval_loss"] < history[0]["eval_loss"]
+    assert "mlm" in history[1] and "hidden" not in history[1]  # the logged terms are masked-LM only
+    with pytest.raises(ValueError, match="distil or mlm"):
+        train_phase1(None, student, tokenizer, train, valid, cfg, objective="tlm")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.bistil.evaluate import f1_scores, flops_per_sequence, task_metrics
+from mergedistill.bistil.evaluate import example_scores, f1_scores, flops_per_sequence, paired_bootstrap, task_metrics
 from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, encode, keyterm_tags, words_of
 from mergedistill.cli import main as cli_main
 from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
@@ -45,6 +45,36 @@ def test_metrics_and_flops():
     assert flops_per_sequence(config, 4, 3, False) == 2 * (2 * (4 * 4 * 64 + 2 * 4 * 8 * 16 + 2 * 16 * 8) + 64 + 24)
 
 
+def test_example_scores_sum_to_the_task_score_and_the_paired_bootstrap_brackets_the_gain():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 4, 600)
+    examples = np.repeat(np.arange(100), 6)  # token task: 100 examples of 6 labelled tokens
+    good = np.where(rng.random(600) < 0.8, gold, rng.integers(0, 4, 600))
+    poor = np.where(rng.random(600) < 0.5, gold, rng.integers(0, 4, 600))
+    for kind, rows in (("token", examples), ("sequence", np.arange(600))):
+        num, den = example_scores(good, gold, rows, rows.max() + 1, kind)
+        assert num.sum() / den.sum() == pytest.approx(task_metrics(good, gold, kind, 4)["score"])
+    a, b = (example_scores(p, gold, examples, 100, "token") for p in (good, poor))
+    gain = paired_bootstrap(a, b, samples=500)
+    assert gain["diff"] == pytest.approx(task_metrics(good, gold, "token", 4)["score"] - task_metrics(poor, gold, "token", 4)["score"])
+    assert 0 < gain["low"] < gain["diff"] < gain["high"]
+    same = paired_bootstrap(a, a, samples=50)
+    assert same["diff"] == same["low"] == same["high"] == 0.0  # paired: one resample serves both models
+
+
+def test_verdict_calls_far_above_scratch_only_with_the_margin_and_a_positive_interval():
+    from mergedistill.bistil.report import verdict
+
+    def rows(diff, low):
+        return [{"model": "teacher", "target": 0.5, "target_ratio": 1.0, "speedup": 1.0},
+                {"model": "bistil", "target": 0.5, "target_ratio": 1.0, "speedup": 3.0},
+                {"model": "scratch", "target": 0.5 - diff, "target_ratio": 0.9, "speedup": 3.0, "bistil_minus": {"diff": diff, "low": low, "high": diff + 0.02}}]
+
+    assert "goal ≥ +0.050 with the interval above 0: met" in verdict(rows(0.08, 0.04), 0.95, 2.0, 0.05)
+    assert "interval above 0: NOT met" in verdict(rows(0.04, 0.01), 0.95, 2.0, 0.05)  # too small a gain
+    assert "interval above 0: NOT met" in verdict(rows(0.06, -0.01), 0.95, 2.0, 0.05)  # not significant
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, corpus_texts):
     texts = corpus_texts["en"]["train"][:200] + corpus_texts["de"]["train"][:200] + corpus_texts["ja"]["train"][:100]
@@ -68,8 +98,10 @@ eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
 """)
     assert cli_main(["bistil", "run", str(config)]) == 0
     report = (out / "report" / "report.md").read_text()
-    for name in ("task teacher", "BiStil (phase 1", "dense KD", "self-taught", "scratch student"):
+    for name in ("task teacher", "BiStil (phase 1", "dense KD", "self-taught", "scratch student", "random-init student", "95 % CI"):
         assert name in report
+    assert json.loads((out / "phase1-scratch" / "manifest.json").read_text())["objective"] == "mlm"
+    assert json.loads((out / "phase1-random-init" / "manifest.json").read_text())["objective"] == "distil"
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["trim"]["kept_vocab"] < results["trim"]["original_vocab"]
     assert results["student_layers"] == 1 and results["teacher_layers"] == 2

@@ -8,7 +8,7 @@ from typing import List, Optional
 from mergedistill.config import _non_negative, _one_of, _positive
 
 TASKS = ("topic", "keyterms")
-VARIANTS = ("bistil", "dense", "self-taught", "scratch")
+VARIANTS = ("bistil", "dense", "self-taught", "scratch", "random-init")
 
 
 @dataclass
@@ -96,9 +96,10 @@ class BistilEvalConfig:
     latency_repeats: int = 10
     target_ratio: float = 0.95  # the report marks the student OK when target accuracy >= this x teacher's
     min_speedup: float = 2.0
+    min_gain_over_scratch: float = 0.05  # "far above scratch": BiStil − scratch >= this, and its 95 % bootstrap interval above 0
 
     def problems(self):
-        return _positive(self, "latency_batch_size", "latency_repeats", "target_ratio", "min_speedup")
+        return _positive(self, "latency_batch_size", "latency_repeats", "target_ratio", "min_speedup") + _non_negative(self, "min_gain_over_scratch")
 
 
 @dataclass

@@ -8,22 +8,28 @@ import time
 import numpy as np
 
 
-def predict(model, batches) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, gold) over scored rows: examples (sequence tasks) or labelled tokens (token tasks)."""
+def predict(model, batches, with_examples: bool = False):
+    """(predictions, gold) over scored rows: examples (sequence tasks) or labelled tokens (token tasks);
+    ``with_examples`` adds each row's example index (for bootstrapping over examples)."""
     import torch
 
-    preds, golds = [], []
+    preds, golds, examples, offset = [], [], [], 0
     model.eval()
     with torch.inference_mode():
         for batch in batches:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"]
+            rows = torch.arange(offset, offset + len(labels))
+            offset += len(labels)
             if labels.dim() > 1:
                 keep = labels != -100
+                rows = rows.unsqueeze(1).expand_as(labels)[keep]
                 logits, labels = logits[keep], labels[keep]
             preds.append(logits.argmax(-1).numpy())
             golds.append(labels.numpy())
-    return np.concatenate(preds), np.concatenate(golds)
+            examples.append(rows.numpy())
+    out = np.concatenate(preds), np.concatenate(golds)
+    return (*out, np.concatenate(examples)) if with_examples else out
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -52,6 +58,34 @@ def task_metrics(pred, gold, kind: str, num_labels: int) -> dict:
         return {"score": accuracy(pred, gold), "accuracy": accuracy(pred, gold), "macro_f1": f1["macro"], "n": int(len(gold))}
     f1 = f1_scores(pred, gold, range(num_labels), ignore=(0,))
     return {"score": f1["micro"], "micro_f1": f1["micro"], "accuracy": accuracy(pred, gold), "n": int(len(gold))}
+
+
+def example_scores(pred: np.ndarray, gold: np.ndarray, examples: np.ndarray, n_examples: int, kind: str) -> tuple:
+    """Per-example (numerator, denominator) whose sums give the task score: accuracy = correct / 1 (sequence),
+    micro-F1 over the non-O labels = 2·tp / (2·tp + fp + fn) (token)."""
+    if kind == "sequence":
+        num, den = (pred == gold).astype(np.float64), np.ones(len(gold))
+    else:
+        tp = (pred == gold) & (gold != 0)
+        fp = (pred != 0) & (pred != gold)
+        fn = (gold != 0) & (pred != gold)
+        num, den = 2.0 * tp, 2.0 * tp + fp + fn
+    return np.bincount(examples, num, n_examples), np.bincount(examples, den, n_examples)
+
+
+def paired_bootstrap(a: tuple, b: tuple, samples: int = 1000, seed: int = 0) -> dict:
+    """Score(a) − score(b) on the same examples, and its 95 % percentile interval over ``samples`` resamples
+    of the examples (Efron & Tibshirani; paired: one resample serves both models)."""
+    idx = np.random.default_rng(seed).integers(0, len(a[0]), size=(samples, len(a[0])))
+
+    def point(stats):
+        return stats[0].sum() / max(stats[1].sum(), 1e-12)
+
+    def resampled(stats):
+        return stats[0][idx].sum(1) / np.maximum(stats[1][idx].sum(1), 1e-12)
+
+    diffs = resampled(a) - resampled(b)
+    return {"diff": float(point(a) - point(b)), "low": float(np.percentile(diffs, 2.5)), "high": float(np.percentile(diffs, 97.5))}
 
 
 def parameter_counts(model) -> dict:
@@ -142,9 +176,14 @@ def evaluate_all(run) -> dict:
         speed_batch = collate(speed_examples, tokenizer.pad_token_id)
         mean_length = float(speed_batch["attention_mask"].sum(1).float().mean())
         latencies = interleaved_latency(models, speed_batch, cfg.eval.latency_repeats)
-        rows = []
+        rows, target_examples = [], {}
         for name, model in models.items():
-            scores = {lang: task_metrics(*predict(model, b), kind, num_labels) for lang, b in batches.items()}
+            scores = {}
+            for lang, b in batches.items():
+                pred, gold, examples = predict(model, b, with_examples=True)
+                scores[lang] = task_metrics(pred, gold, kind, num_labels)
+                if lang == cfg.target:
+                    target_examples[name] = example_scores(pred, gold, examples, len(target.ids), kind)
             manifest = manifests.get(name)
             rows.append({"model": name, "source": scores[cfg.source]["score"], "target": scores[cfg.target]["score"],
                          "metrics": scores, "params": parameter_counts(model)["total"],
@@ -156,10 +195,12 @@ def evaluate_all(run) -> dict:
         for row in rows:
             row["target_ratio"] = row["target"] / teacher_row["target"] if teacher_row["target"] else 0.0
             row["speedup"] = latencies["teacher"] / latencies[row["model"]]
+            if row["model"] != "bistil" and "bistil" in target_examples:  # BiStil minus this model, 95 % interval
+                row["bistil_minus"] = paired_bootstrap(target_examples["bistil"], target_examples[row["model"]], seed=cfg.seed)
         from mergedistill.bistil.report import verdict
 
         results["mean_length"] = mean_length
         results["tasks"][task] = {"metric": "accuracy" if kind == "sequence" else "micro-F1 (PRODUCT/KEY/NUM)", "rows": rows,
                                   "n_train": len(run.task_data(task).ids), "n_source_test": len(source.ids), "n_target_test": len(target.ids),
-                                  "verdict": verdict(rows, cfg.eval.target_ratio, cfg.eval.min_speedup)}
+                                  "verdict": verdict(rows, cfg.eval.target_ratio, cfg.eval.min_speedup, cfg.eval.min_gain_over_scratch)}
     return results

@@ -4,6 +4,10 @@ Batches are monolingual and the languages alternate, so each language gets the s
 Teacher and student see the same masked input. Loss = w_attn · Σ_i MSE(student attention i, teacher
 attention (i+1)s−1) + w_hidden · Σ_i MSE(student hidden i, teacher hidden i·s) (+ w_logit · soft CE on
 the masked positions' MLM logits); every term excludes padding. The checkpoint with the lowest eval loss wins.
+
+``objective="mlm"`` trains the same student on the same batches with masked-LM cross-entropy to the gold
+tokens and no teacher: the paper's "bilingual model trained from scratch" baseline when the student
+starts from random weights.
 """
 
 from __future__ import annotations
@@ -61,9 +65,12 @@ def masked_batch(sequences: Sequence[np.ndarray], tokenizer, prob: float, seed: 
         masks.append(masked)
     ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
     masked = np.zeros_like(attention, dtype=bool)
-    for row, m in enumerate(masks):
+    originals = np.full_like(ids, -100)
+    for row, (m, seq) in enumerate(zip(masks, sequences)):
         masked[row, : len(m)] = m
-    return {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(attention), "masked": torch.as_tensor(masked)}
+        originals[row, : len(m)] = np.where(m, seq, -100)
+    return {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(attention), "masked": torch.as_tensor(masked),
+            "labels": torch.as_tensor(originals, dtype=torch.long)}
 
 
 def balanced_schedule(sizes: Mapping[str, int], batch_size: int, steps: int, seed: int) -> list[tuple[str, list[int]]]:
@@ -94,9 +101,22 @@ def _forward(model, batch, need_logits: bool) -> tuple:
     return getattr(model, model.base_model_prefix)(**inputs), None
 
 
-def _loss(student, teacher, batch, stride, weights) -> tuple:
+def mlm_loss(student, batch) -> tuple:
+    """(masked-LM cross-entropy to the gold tokens at the masked positions, {"mlm": float}); no teacher."""
     import torch
 
+    from mergedistill.heads import masked_lm_logits
+
+    logits, _ = masked_lm_logits(student, batch["input_ids"], batch["attention_mask"], batch["masked"])
+    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"][batch["masked"]])
+    return loss, {"mlm": float(loss.detach())}
+
+
+def _loss(student, teacher, batch, stride, weights, objective: str = "distil") -> tuple:
+    import torch
+
+    if objective == "mlm":
+        return mlm_loss(student, batch)
     need_logits = weights["w_logit"] > 0
     with torch.no_grad():
         t_out, t_logits = _forward(teacher, batch, need_logits)
@@ -105,22 +125,26 @@ def _loss(student, teacher, batch, stride, weights) -> tuple:
 
 
 def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: Mapping[str, list], cfg, seed: int = 0,
-                 log: Callable[[str], None] = print) -> tuple:
-    """Distil ``teacher`` into ``student`` (both eager-attention masked-LMs over ``tokenizer``).
+                 log: Callable[[str], None] = print, objective: str = "distil") -> tuple:
+    """Distil ``teacher`` into ``student`` (both eager-attention masked-LMs over ``tokenizer``), or with
+    ``objective="mlm"`` train ``student`` on masked-LM alone (``teacher`` unused).
 
     ``train``/``valid``: language -> packed sequences. Returns (student with the best weights, history rows).
     """
+    if objective not in ("distil", "mlm"):
+        raise ValueError(f"phase 1 objective must be distil or mlm, got {objective!r}")
     import torch
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - step / cfg.steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers
+    stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers if teacher is not None else 1
     weights = dict(w_attn=cfg.w_attn, w_hidden=cfg.w_hidden, w_logit=cfg.w_logit, temperature=cfg.temperature)
     eval_batches = [masked_batch(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], tokenizer, cfg.mlm_probability, seed, "eval", lang, b)
                     for lang, seqs in sorted(valid.items()) for b in range(min(cfg.eval_batches, math.ceil(len(seqs) / cfg.batch_size)))]
@@ -130,7 +154,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
         total = 0.0
         with torch.no_grad():
             for batch in eval_batches:
-                total += _loss(student, teacher, batch, stride, weights)[0].item()
+                total += _loss(student, teacher, batch, stride, weights, objective)[0].item()
         student.train()
         return total / max(1, len(eval_batches))
 
@@ -140,7 +164,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     plan = balanced_schedule({lang: len(seqs) for lang, seqs in train.items()}, cfg.batch_size, cfg.steps, seed)
     for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False, disable=None), start=1):
         batch = masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step)
-        loss, terms = _loss(student, teacher, batch, stride, weights)
+        loss, terms = _loss(student, teacher, batch, stride, weights, objective)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

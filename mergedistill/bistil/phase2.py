@@ -6,7 +6,8 @@ predictions at temperature T (× T²), optional gold-label CE and the phase-1 at
 LT-SFT. Phase-1 weights that are not eligible for the diff (the word embeddings unless
 ``include_embeddings``) stay frozen in every variant, so diff + head always rebuild the trained model.
 Variants: ``bistil`` (that), ``dense`` (same losses, full fine-tuning of the eligible body), ``self-taught`` (gold labels
-only, LT-SFT), ``scratch`` (BiStil on a student whose phase 1 started from random weights).
+only, LT-SFT), ``scratch`` (the same phase 2 on the paper's from-scratch bilingual model: random weights, phase 1
+masked-LM without the teacher), ``random-init`` (the same phase 2 on a random-weight student distilled in phase 1).
 """
 
 from __future__ import annotations

@@ -7,32 +7,43 @@ NAMES = {
     "bistil": "BiStil (phase 1 + KD + LT-SFT)",
     "dense": "BiStil without SFT (dense KD)",
     "self-taught": "self-taught (gold labels only, LT-SFT)",
-    "scratch": "scratch student (random init, bilingual phase 1 + KD + LT-SFT)",
+    "scratch": "scratch student (random init, bilingual MLM without teacher, then KD + LT-SFT)",
+    "random-init": "random-init student (random init, bilingual phase-1 distillation, then KD + LT-SFT)",
 }
 
 
-def verdict(rows: list[dict], target_ratio: float, min_speedup: float) -> str:
+def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_over_scratch: float | None = None) -> str:
     by = {r["model"]: r for r in rows}
     if "bistil" not in by or "teacher" not in by:
         return "no BiStil row"
     b = by["bistil"]
     ok_acc = b["target_ratio"] >= target_ratio
     ok_speed = b["speedup"] >= min_speedup
+    out = (f"BiStil keeps {b['target_ratio']:.1%} of the teacher's zero-shot target score (goal ≥ {target_ratio:.0%}: "
+           f"{'met' if ok_acc else 'NOT met'}) at {b['speedup']:.2f}x CPU speed-up (goal ≥ {min_speedup:.1f}x: "
+           f"{'met' if ok_speed else 'NOT met'})")
     scratch = by.get("scratch")
-    margin = f"; scratch {scratch['target']:.3f}, BiStil − scratch = {b['target'] - scratch['target']:+.3f}" if scratch else ""
-    return (f"BiStil keeps {b['target_ratio']:.1%} of the teacher's zero-shot target score (goal ≥ {target_ratio:.0%}: "
-            f"{'met' if ok_acc else 'NOT met'}) at {b['speedup']:.2f}x CPU speed-up (goal ≥ {min_speedup:.1f}x: "
-            f"{'met' if ok_speed else 'NOT met'}){margin}.")
+    if scratch:
+        gain = scratch.get("bistil_minus") or {"diff": b["target"] - scratch["target"], "low": None, "high": None}
+        interval = f" (95 % CI {gain['low']:+.3f} to {gain['high']:+.3f})" if gain["low"] is not None else ""
+        out += f"; scratch {scratch['target']:.3f}, BiStil − scratch = {gain['diff']:+.3f}{interval}"
+        if min_gain_over_scratch is not None and gain["low"] is not None:
+            far = gain["diff"] >= min_gain_over_scratch and gain["low"] > 0
+            out += f" (goal ≥ {min_gain_over_scratch:+.3f} with the interval above 0: {'met' if far else 'NOT met'})"
+    return out + "."
 
 
 def table(rows: list[dict], metric: str, source: str, target: str) -> str:
     head = (f"| model | {source} (in-language) {metric} | {target} zero-shot {metric} | % of teacher ({target}) | params | "
             f"body params changed | GFLOPs/seq | latency ms | speed-up |")
-    lines = [head, "|" + "---|" * 9]
+    head += f" BiStil − model ({target}, 95 % CI) |"
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         changed = "—" if r.get("changed") is None else f"{r['changed']:,} ({r['changed_fraction']:.1%})"
+        gain = r.get("bistil_minus")
+        gain_text = "—" if gain is None else f"{gain['diff']:+.3f} ({gain['low']:+.3f} to {gain['high']:+.3f})"
         lines.append(f"| {NAMES.get(r['model'], r['model'])} | {r['source']:.3f} | {r['target']:.3f} | {r['target_ratio']:.1%} | "
-                     f"{r['params']:,} | {changed} | {r['flops'] / 1e9:.3f} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x |")
+                     f"{r['params']:,} | {changed} | {r['flops'] / 1e9:.3f} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {gain_text} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """The BiStil stages as fingerprinted output directories under ``output_dir``:
 
-trim/ -> phase1/ (+ phase1-scratch/) -> phase2/<task>/{teacher,<variant>}/ -> report/.
+trim/ -> phase1/ (+ phase1-scratch/, phase1-random-init/ for those baselines) -> phase2/<task>/{teacher,<variant>}/ -> report/.
 Each is written atomically with a manifest; a stage whose fingerprint matches is skipped.
 """
 
@@ -15,6 +15,15 @@ from mergedistill.errors import UserError
 from mergedistill.io import atomic_dir, file_fingerprint, fingerprint, is_current, read_manifest, write_json_atomic, write_manifest
 
 STAGES = ("trim", "phase1", "phase2", "report")
+# phase-1 kind -> (student initialisation, objective): BiStil copies the teacher's layers and distils; the
+# paper's scratch baseline starts from random weights and learns bilingual masked-LM without the teacher;
+# the random-init ablation starts from random weights and is distilled like BiStil.
+PHASE1_KINDS = {"bistil": (False, "distil"), "scratch": (True, "mlm"), "random-init": (True, "distil")}
+
+
+def phase1_kind(variant: str) -> str:
+    """The phase-1 model a phase-2 variant starts from."""
+    return variant if variant in PHASE1_KINDS else "bistil"
 
 
 def log(message: str) -> None:
@@ -115,29 +124,36 @@ class Run:
         return self._run("trim", self.out / "trim", self.trim_fp(), build)
 
     # ---- phase 1
-    def phase1_fp(self, scratch: bool) -> str:
-        return fingerprint("phase1", self.trim_fp(), _section(self.cfg, "phase1"), self.cfg.seed, scratch)
+    def phase1_fp(self, kind: str = "bistil") -> str:
+        # BiStil's fingerprint keeps its pre-baseline form, so existing phase-1 outputs stay current
+        return fingerprint("phase1", self.trim_fp(), _section(self.cfg, "phase1"), self.cfg.seed, kind if kind != "bistil" else False)
 
-    def phase1(self, scratch: bool = False) -> dict:
+    def phase1_dir(self, kind: str = "bistil") -> Path:
+        return self.out / ("phase1" if kind == "bistil" else f"phase1-{kind}")
+
+    def phase1(self, kind: str = "bistil") -> dict:
         from mergedistill.bistil.layers import make_student
         from mergedistill.bistil.phase1 import pack_language, train_phase1
 
         c, p = self.cfg, self.cfg.phase1
         self.trim()
-        name = "phase1-scratch" if scratch else "phase1"
+        name = self.phase1_dir(kind).name
+        random_init, objective = PHASE1_KINDS[kind]
 
         def build(tmp):
             teacher, tokenizer = _load_mlm(self.out / "trim")
-            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=scratch, seed=c.seed)
+            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=random_init, seed=c.seed)
             train = {lang: pack_language(tokenizer, _texts(c, lang, "train", p.max_paragraphs), p.max_length) for lang in (c.source, c.target)}
             valid = {lang: pack_language(tokenizer, _texts(c, lang, "valid", None), p.max_length) for lang in (c.source, c.target)}
-            student, history = train_phase1(teacher, student, tokenizer, train, valid, p, seed=c.seed, log=lambda m: log(f"{name}: {m.removeprefix('phase1: ')}"))
+            student, history = train_phase1(teacher if objective == "distil" else None, student, tokenizer, train, valid, p, seed=c.seed,
+                                            log=lambda m: log(f"{name}: {m.removeprefix('phase1: ')}"), objective=objective)
             student.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / "history.json", history)
-            return {"best": history[-1], "layers": student.config.num_hidden_layers, "teacher_layers": teacher.config.num_hidden_layers}
+            return {"best": history[-1], "layers": student.config.num_hidden_layers, "teacher_layers": teacher.config.num_hidden_layers,
+                    "init": "random" if random_init else "teacher", "objective": objective}
 
-        return self._run(name, self.out / name, self.phase1_fp(scratch), build)
+        return self._run(name, self.phase1_dir(kind), self.phase1_fp(kind), build)
 
     # ---- phase 2
     def task_data(self, task: str):
@@ -182,7 +198,7 @@ class Run:
         return self.out / "phase2" / task / "teacher"
 
     def variant_fp(self, task: str, variant: str) -> str:
-        return fingerprint("phase2", self.teacher_fp(task), self.phase1_fp(variant == "scratch"), _section(self.cfg, "phase2"), task, variant)
+        return fingerprint("phase2", self.teacher_fp(task), self.phase1_fp(phase1_kind(variant)), _section(self.cfg, "phase2"), task, variant)
 
     def phase2(self, task: str, variant: str) -> Path:
         from safetensors.torch import save_file
@@ -191,10 +207,9 @@ class Run:
         from mergedistill.bistil.phase2 import train_student
 
         c, p = self.cfg, self.cfg.phase2
-        scratch = variant == "scratch"
-        self.phase1(scratch=scratch)
+        self.phase1(phase1_kind(variant))
         teacher_path = self.task_teacher(task)
-        phase1_dir = self.out / ("phase1-scratch" if scratch else "phase1")
+        phase1_dir = self.phase1_dir(phase1_kind(variant))
 
         def build(tmp):
             tokenizer = AutoTokenizer.from_pretrained(str(phase1_dir))

@@ -18,7 +18,7 @@ def add_arguments(parser):
         p = sub.add_parser(action, help=help_text, description=help_text)
         add_config_arguments(p)
         p.add_argument("--force", nargs="*", default=None, metavar="STAGE",
-                       help="re-run these stages even if current (trim phase1 phase1-scratch phase2 report); no names = this action's stage")
+                       help="re-run these stages even if current (trim phase1 phase1-scratch phase1-random-init phase2 report); no names = this action's stage")
 
 
 def main(args):
@@ -37,9 +37,10 @@ def main(args):
     if args.action == "trim":
         run.trim()
     elif args.action == "phase1":
-        run.phase1()
-        if "scratch" in cfg.phase2.variants:
-            run.phase1(scratch=True)
+        from mergedistill.bistil.stages import phase1_kind
+
+        for kind in dict.fromkeys(["bistil", *map(phase1_kind, cfg.phase2.variants)]):
+            run.phase1(kind)
     elif args.action == "phase2":
         for task in cfg.phase2.tasks:
             for variant in cfg.phase2.variants:

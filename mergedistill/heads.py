@@ -35,3 +35,13 @@ def masked_lm_logits(model, input_ids, attention_mask, masked, output_hidden_sta
     outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
     hidden = outputs[0][masked]
     return head(hidden), outputs
+
+
+def masked_lm_loss(model, input_ids, attention_mask, labels):
+    """Masked-LM cross-entropy to ``labels`` (the gold token where masked, -100 elsewhere), projected at
+    the masked positions only."""
+    import torch
+
+    masked = labels != -100
+    logits, _ = masked_lm_logits(model, input_ids, attention_mask, masked)
+    return torch.nn.functional.cross_entropy(logits.float(), labels[masked])

@@ -17,7 +17,7 @@ of the steps translation-LM steps (XLM, Lample & Conneau 2019): each row is one 
 translation, ``[CLS] pivot [SEP] other [SEP]``, masked like MLM. ``align_fraction`` > 0 makes that share
 sentence-alignment steps (as in Pan et al. 2021, "Multilingual BERT Post-Pretraining Alignment"): a batch
 of paragraphs and their translations, encoded separately, with a symmetric InfoNCE loss that pulls each
-paragraph's pooled last-layer vector to its translation's and away from the batch's other translations.
+paragraph's last-layer [CLS] vector (what a sequence classifier reads) to its translation's and away from the batch's other translations.
 A teacher this small and this briefly trained aligns its languages through shared pieces only; the
 parallel steps give it the cross-lingual transfer that real multilingual teachers get from scale and
 that a BiStil student can inherit.
@@ -45,7 +45,7 @@ import numpy as np
 
 from mergedistill import io
 from mergedistill.errors import UserError
-from mergedistill.heads import masked_lm_logits
+from mergedistill.heads import masked_lm_loss
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
 ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unigram", "deberta-v2": "unigram", "electra": "wordpiece",
@@ -54,7 +54,6 @@ DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "max_length": 128, "lr": 1e-3, 
                  "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01,
                  "beta2": 0.999, "tlm_fraction": 0.0, "align_fraction": 0.0, "align_temperature": 0.05, "pivot": "en"}
 PARALLEL_KEYS = ("tlm_fraction", "align_fraction", "align_temperature", "pivot")  # fingerprinted only when used: older builds stay current
-ALIGN_POOL = "cls"
 
 
 def recipe(card) -> dict[str, Any]:
@@ -149,15 +148,6 @@ def alignment_loss(pivot_vectors, other_vectors, temperature: float):
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def pooled(model, ids, attention, pool: str = ALIGN_POOL):
-    """The encoder's last-layer vector of each row: the first token's (``cls``) or the mean over tokens."""
-    hidden = model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state
-    if pool == "cls":
-        return hidden[:, 0]
-    weights = attention.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1)
-
-
 def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
     """Masked-LM loss on ``batch_size`` rows drawn from ``rows`` (15 % masked, BERT's 80/10/10)."""
     import torch
@@ -170,10 +160,7 @@ def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
         inputs.append(masked_ids)
         labels.append(np.where(masked, seq, -100))
     ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
-    label_ids = torch.from_numpy(pad_batch(labels, -100)[0])
-    masked = label_ids != -100
-    logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), masked)
-    return torch.nn.functional.cross_entropy(logits.float(), label_ids[masked])
+    return masked_lm_loss(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(pad_batch(labels, -100)[0]).long())
 
 
 def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pad_id: int):
@@ -186,7 +173,7 @@ def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pa
     for side in (0, 1):
         rows = [np.asarray([cls_id, *pairs[i][side][:keep], sep_id], dtype=np.int64) for i in picks]
         ids, attention = pad_batch(rows, pad_id)
-        sides.append(pooled(model, torch.from_numpy(ids), torch.from_numpy(attention)))
+        sides.append(model.base_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(attention)).last_hidden_state[:, 0])
     return alignment_loss(sides[0], sides[1], train["align_temperature"])
 
 
@@ -275,8 +262,8 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     bar = tqdm(range(start, steps), desc=f"build {card.name}", disable=not progress, initial=start, total=steps)
     for step in bar:
         rng = example_rng(seed, card.name, "batch", step)
-        draw = rng.random() if uses_parallel(train) else 1.0  # no draw without parallel steps: MLM-only builds are unchanged
-        if draw >= tlm_fraction and draw < tlm_fraction + align_fraction:
+        draw = rng.random() if parallel else 1.0  # no draw without parallel steps: MLM-only builds are unchanged
+        if tlm_fraction <= draw < tlm_fraction + align_fraction:
             lang = pair_names[rng.choice(len(pair_names))]
             loss = _alignment_step(model, parallel[lang], rng, train, cls_id, sep_id, tokenizer.pad_token_id)
         else:

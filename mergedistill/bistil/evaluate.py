@@ -8,9 +8,9 @@ import time
 import numpy as np
 
 
-def predict(model, batches, with_examples: bool = False):
-    """(predictions, gold) over scored rows: examples (sequence tasks) or labelled tokens (token tasks);
-    ``with_examples`` adds each row's example index (for bootstrapping over examples)."""
+def predict(model, batches):
+    """(predictions, gold, example index) over scored rows: examples (sequence tasks) or labelled tokens
+    (token tasks); the example index lets the bootstrap resample whole examples."""
     import torch
 
     preds, golds, examples, offset = [], [], [], 0
@@ -28,8 +28,7 @@ def predict(model, batches, with_examples: bool = False):
             preds.append(logits.argmax(-1).numpy())
             golds.append(labels.numpy())
             examples.append(rows.numpy())
-    out = np.concatenate(preds), np.concatenate(golds)
-    return (*out, np.concatenate(examples)) if with_examples else out
+    return np.concatenate(preds), np.concatenate(golds), np.concatenate(examples)
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -180,7 +179,7 @@ def evaluate_all(run) -> dict:
         for name, model in models.items():
             scores = {}
             for lang, b in batches.items():
-                pred, gold, examples = predict(model, b, with_examples=True)
+                pred, gold, examples = predict(model, b)
                 scores[lang] = task_metrics(pred, gold, kind, num_labels)
                 if lang == cfg.target:
                     target_examples[name] = example_scores(pred, gold, examples, len(target.ids), kind)

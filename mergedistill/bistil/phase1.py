@@ -103,12 +103,9 @@ def _forward(model, batch, need_logits: bool) -> tuple:
 
 def mlm_loss(student, batch) -> tuple:
     """(masked-LM cross-entropy to the gold tokens at the masked positions, {"mlm": float}); no teacher."""
-    import torch
+    from mergedistill.heads import masked_lm_loss
 
-    from mergedistill.heads import masked_lm_logits
-
-    logits, _ = masked_lm_logits(student, batch["input_ids"], batch["attention_mask"], batch["masked"])
-    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"][batch["masked"]])
+    loss = masked_lm_loss(student, batch["input_ids"], batch["attention_mask"], batch["labels"])
     return loss, {"mlm": float(loss.detach())}
 
 

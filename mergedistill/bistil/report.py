@@ -12,7 +12,7 @@ NAMES = {
 }
 
 
-def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_over_scratch: float | None = None) -> str:
+def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_over_scratch: float) -> str:
     by = {r["model"]: r for r in rows}
     if "bistil" not in by or "teacher" not in by:
         return "no BiStil row"
@@ -24,12 +24,10 @@ def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_
            f"{'met' if ok_speed else 'NOT met'})")
     scratch = by.get("scratch")
     if scratch:
-        gain = scratch.get("bistil_minus") or {"diff": b["target"] - scratch["target"], "low": None, "high": None}
-        interval = f" (95 % CI {gain['low']:+.3f} to {gain['high']:+.3f})" if gain["low"] is not None else ""
-        out += f"; scratch {scratch['target']:.3f}, BiStil − scratch = {gain['diff']:+.3f}{interval}"
-        if min_gain_over_scratch is not None and gain["low"] is not None:
-            far = gain["diff"] >= min_gain_over_scratch and gain["low"] > 0
-            out += f" (goal ≥ {min_gain_over_scratch:+.3f} with the interval above 0: {'met' if far else 'NOT met'})"
+        gain = scratch["bistil_minus"]
+        far = gain["diff"] >= min_gain_over_scratch and gain["low"] > 0
+        out += (f"; scratch {scratch['target']:.3f}, BiStil − scratch = {gain['diff']:+.3f} (95 % CI {gain['low']:+.3f} to "
+                f"{gain['high']:+.3f}) (goal ≥ {min_gain_over_scratch:+.3f} with the interval above 0: {'met' if far else 'NOT met'})")
     return out + "."
 
 

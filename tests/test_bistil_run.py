@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mergedistill.bistil.evaluate import example_scores, f1_scores, flops_per_sequence, paired_bootstrap, task_metrics
-from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, encode, keyterm_tags, words_of
+from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, drop_copies, encode, keyterm_tags, words_of
 from mergedistill.cli import main as cli_main
 from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
 
@@ -31,6 +31,18 @@ def test_topic_task_and_token_label_alignment():
     first = [i for i, w in enumerate(enc.word_ids()) if w is not None and (i == 0 or enc.word_ids()[i - 1] != w)]
     assert [example["labels"][i] for i in first] == terms.labels[0]  # each word's label on its first piece
     assert sum(label != -100 for label in example["labels"]) == len(terms.inputs[0])
+
+
+def test_topic_nocopy_drops_words_shared_with_the_translation():
+    assert drop_copies("Wählen Sie Format - Zellen in Calc 7.4.", "Choose Format - Cells in Calc 7.4.") == "Wählen Sie - Zellen .."
+    records = [{"id": "a", "module": "scalc", "text": "Rufen Sie FormatCellBorder auf"},
+               {"id": "b", "module": "scalc", "text": "Calc"}, {"id": "c", "module": "sbasic", "text": "ohne Partner"}]
+    partner = {"a": "Call FormatCellBorder", "b": "Calc"}
+    task = build_task("topic-nocopy", "de", records, partner)
+    assert task.ids == ["a"] and task.inputs == ["Rufen Sie auf"] and task.kind == "sequence"  # b empties, c unpaired
+    assert build_task("topic", "de", records).inputs[0] == records[0]["text"]  # plain topic keeps every word
+    with pytest.raises(ValueError, match="partner"):
+        build_task("topic-nocopy", "de", records)
 
 
 def test_metrics_and_flops():

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from mergedistill.bistil.tasks import TASK_NAMES
 from mergedistill.config import _non_negative, _one_of, _positive
 
-TASKS = ("topic", "keyterms")
+TASKS = ("topic", "keyterms")  # the default; TASK_NAMES lists all
 VARIANTS = ("bistil", "dense", "self-taught", "scratch", "random-init")
 
 
@@ -80,7 +81,7 @@ class Phase2Config:
         out += _non_negative(self, "w_soft", "w_gold", "w_attn", "w_hidden", "sparse_steps")
         if not 0 < self.density <= 1:
             out.append(("density", f"must be in (0, 1], got {self.density}"))
-        out += [("tasks", f"has unknown task {t!r}; choose from {', '.join(TASKS)}") for t in self.tasks if t not in TASKS]
+        out += [("tasks", f"has unknown task {t!r}; choose from {', '.join(TASK_NAMES)}") for t in self.tasks if t not in TASK_NAMES]
         out += [("variants", f"has unknown variant {v!r}; choose from {', '.join(VARIANTS)}") for v in self.variants if v not in VARIANTS]
         if not self.tasks:
             out.append(("tasks", "must name at least one task"))

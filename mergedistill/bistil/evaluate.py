@@ -157,8 +157,8 @@ def evaluate_all(run) -> dict:
                "phase1_best": phase1["best"], "student_layers": phase1["layers"], "teacher_layers": phase1["teacher_layers"],
                "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "tasks": {}}
     for task in cfg.phase2.tasks:
-        source = load_task(task, cfg.source, "test", cfg.eval.max_test_examples, cfg.corpus_dir)
-        target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir)
+        source = load_task(task, cfg.source, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.target)
+        target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.source)
         kind, num_labels = source.kind, source.num_labels
         cls = AutoModelForSequenceClassification if kind == "sequence" else AutoModelForTokenClassification
         models = {"teacher": cls.from_pretrained(str(run.task_teacher(task))).eval()}

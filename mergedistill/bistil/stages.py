@@ -160,7 +160,7 @@ class Run:
         from mergedistill.bistil.tasks import load_task
 
         c = self.cfg
-        return load_task(task, c.source, "train", c.phase2.max_train_examples, c.corpus_dir)
+        return load_task(task, c.source, "train", c.phase2.max_train_examples, c.corpus_dir, partner=c.target)
 
     def batches(self, task: str, tokenizer, steps: int, salt: str):
         from mergedistill.bistil.tasks import encode, train_batches

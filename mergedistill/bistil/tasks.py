@@ -1,6 +1,9 @@
 """The two cross-lingual tasks built from the embedded corpus (aligned LibreOffice help paragraphs).
 
 ``topic``: sequence classification of a paragraph's help module (its corpus ``module`` field).
+``topic-nocopy``: the same, with every word that also occurs verbatim in the aligned paragraph of the other
+language removed (UI and function names, numbers, product names), so what transfers is meaning, not strings
+both languages share: a model without cross-lingual alignment sits near the majority class.
 ``keyterms``: word-level tagging with silver labels from small per-language lists: PRODUCT (LibreOffice
 application names), KEY (keyboard keys, localized: en Ctrl/Shift, de Strg/Umschalt/Eingabetaste, ...)
 and NUM (words with a digit). Trained on the source language, it transfers only if the model relates
@@ -29,10 +32,19 @@ KEYS = {
     "zh": {"Ctrl", "Shift", "Alt", "Esc", "Fn"},
 }
 WORD = re.compile(r"\w+|[^\w\s]")
+TASK_NAMES = ("topic", "topic-nocopy", "keyterms")
+SEQUENCE_TASKS = ("topic", "topic-nocopy")
 
 
 def words_of(text: str) -> list[str]:
     return WORD.findall(text)
+
+
+def drop_copies(text: str, other_text: str) -> str:
+    """``text`` without the words (\\w+ runs) that also occur verbatim in ``other_text``; spaces collapsed."""
+    shared = set(re.findall(r"\w+", other_text))
+    kept = re.sub(r"\w+", lambda match: "" if match.group(0) in shared else match.group(0), text)
+    return " ".join(kept.split())
 
 
 def keyterm_tags(words: list[str], lang: str) -> list[int]:
@@ -62,42 +74,58 @@ class TaskData:
 
     @property
     def kind(self) -> str:
-        return "sequence" if self.task == "topic" else "token"
+        return "sequence" if self.task in SEQUENCE_TASKS else "token"
 
     @property
     def num_labels(self) -> int:
-        return len(MODULES) if self.task == "topic" else len(KEYTERM_LABELS)
+        return len(MODULES) if self.task in SEQUENCE_TASKS else len(KEYTERM_LABELS)
 
 
-def build_task(task: str, lang: str, records) -> TaskData:
-    """Pure core: ``records`` = dicts with id, module, text."""
+def build_task(task: str, lang: str, records, partner_texts: dict | None = None) -> TaskData:
+    """Pure core: ``records`` = dicts with id, module, text; ``partner_texts`` (id -> text of the aligned
+    paragraph in the other language) is required by ``topic-nocopy`` and drops records without a partner."""
+    if task not in TASK_NAMES:
+        raise UserError(f"phase2.tasks: unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+    if task == "topic-nocopy" and partner_texts is None:
+        raise ValueError("topic-nocopy needs the aligned paragraphs of the other language (partner_texts)")
     ids, inputs, labels = [], [], []
     for record in records:
-        if task == "topic":
+        if task in SEQUENCE_TASKS:
             if record["module"] not in MODULES:
                 continue
+            text = record["text"]
+            if task == "topic-nocopy":
+                if record["id"] not in partner_texts:
+                    continue
+                text = drop_copies(text, partner_texts[record["id"]])
+                if not text.strip():
+                    continue
             ids.append(record["id"])
-            inputs.append(record["text"])
+            inputs.append(text)
             labels.append(MODULES.index(record["module"]))
-        elif task == "keyterms":
+        else:
             words = words_of(record["text"])
             if not words:
                 continue
             ids.append(record["id"])
             inputs.append(words)
             labels.append(keyterm_tags(words, lang))
-        else:
-            raise UserError(f"phase2.tasks: unknown task {task!r}; choose topic or keyterms")
     return TaskData(task, lang, ids, inputs, labels)
 
 
-def load_task(task: str, lang: str, split: str, limit: int | None = None, corpus_dir: str | None = None) -> TaskData:
+def load_task(task: str, lang: str, split: str, limit: int | None = None, corpus_dir: str | None = None,
+              partner: str | None = None) -> TaskData:
+    """``partner``: the other language of the pair, whose aligned paragraphs ``topic-nocopy`` reads."""
     from mergedistill.corpus import load_split
 
     dataset = load_split(lang, split, corpus_dir or None)
     if limit is not None:
         dataset = dataset.shuffle(seed=0).select(range(min(limit, len(dataset))))
-    return build_task(task, lang, dataset)
+    partner_texts = None
+    if task == "topic-nocopy":
+        other = load_split(partner, split, corpus_dir or None)
+        partner_texts = dict(zip(other["id"], other["text"]))
+    return build_task(task, lang, dataset, partner_texts)
 
 
 def encode(data: TaskData, tokenizer, max_length: int) -> list[dict]:

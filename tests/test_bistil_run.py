@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.bistil.evaluate import example_scores, f1_scores, flops_per_sequence, paired_bootstrap, task_metrics
+from mergedistill.bistil.evaluate import example_scores, f1_scores, flops_per_sequence, majority_accuracy, paired_bootstrap, task_metrics
 from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, drop_copies, encode, keyterm_tags, words_of
 from mergedistill.cli import main as cli_main
 from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
@@ -51,6 +51,7 @@ def test_metrics_and_flops():
     assert f1["per_label"][1] == pytest.approx(2 / 3) and f1["per_label"][2] == pytest.approx(0.5)
     assert f1["micro"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
     assert task_metrics(pred, gold, "sequence", 3)["accuracy"] == pytest.approx(0.6)
+    assert majority_accuracy([2, 0, 2, 1], [2, 2, 0, 1, 1]) == pytest.approx(0.4)
     from transformers import BertConfig
 
     config = BertConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2)
@@ -85,6 +86,7 @@ def test_verdict_calls_far_above_scratch_only_with_the_margin_and_a_positive_int
     assert "goal ≥ +0.050 with the interval above 0: met" in verdict(rows(0.08, 0.04), 0.95, 2.0, 0.05)
     assert "interval above 0: NOT met" in verdict(rows(0.04, 0.01), 0.95, 2.0, 0.05)  # too small a gain
     assert "interval above 0: NOT met" in verdict(rows(0.06, -0.01), 0.95, 2.0, 0.05)  # not significant
+    assert "the teacher itself is +0.040 over scratch" in verdict(rows(0.04, 0.01), 0.95, 2.0, 0.05)  # the ceiling on the gain
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,8 @@ eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["trim"]["kept_vocab"] < results["trim"]["original_vocab"]
     assert results["student_layers"] == 1 and results["teacher_layers"] == 2
+    assert 0 < results["tasks"]["topic"]["majority"] <= 1 and results["tasks"]["keyterms"]["majority"] is None
+    assert "Always predicting the most frequent en training label" in report and "the teacher itself is" in report
     for task in ("topic", "keyterms"):
         rows = {r["model"]: r for r in results["tasks"][task]["rows"]}
         eligible = json.loads((out / "phase2" / task / "bistil" / "manifest.json").read_text())["eligible"]

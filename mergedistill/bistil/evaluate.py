@@ -35,6 +35,12 @@ def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
     return float((pred == gold).mean()) if len(gold) else 0.0
 
 
+def majority_accuracy(train_labels, test_labels) -> float:
+    """Accuracy of always predicting the most frequent training label: the floor a sequence task's scores sit on."""
+    most = np.bincount(np.asarray(train_labels)).argmax()
+    return float(np.mean(np.asarray(test_labels) == most))
+
+
 def f1_scores(pred: np.ndarray, gold: np.ndarray, labels, ignore=()) -> dict:
     """Per-label F1, their macro mean, and micro F1 over the labels not in ``ignore``."""
     per, tp_all, fp_all, fn_all = {}, 0, 0, 0
@@ -199,7 +205,9 @@ def evaluate_all(run) -> dict:
         from mergedistill.bistil.report import verdict
 
         results["mean_length"] = mean_length
+        train = run.task_data(task)
         results["tasks"][task] = {"metric": "accuracy" if kind == "sequence" else "micro-F1 (PRODUCT/KEY/NUM)", "rows": rows,
-                                  "n_train": len(run.task_data(task).ids), "n_source_test": len(source.ids), "n_target_test": len(target.ids),
+                                  "n_train": len(train.ids), "n_source_test": len(source.ids), "n_target_test": len(target.ids),
+                                  "majority": majority_accuracy(train.labels, target.labels) if kind == "sequence" else None,
                                   "verdict": verdict(rows, cfg.eval.target_ratio, cfg.eval.min_speedup, cfg.eval.min_gain_over_scratch)}
     return results

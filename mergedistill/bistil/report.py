@@ -28,6 +28,8 @@ def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_
         far = gain["diff"] >= min_gain_over_scratch and gain["low"] > 0
         out += (f"; scratch {scratch['target']:.3f}, BiStil − scratch = {gain['diff']:+.3f} (95 % CI {gain['low']:+.3f} to "
                 f"{gain['high']:+.3f}) (goal ≥ {min_gain_over_scratch:+.3f} with the interval above 0: {'met' if far else 'NOT met'})")
+        # a student keeping the teacher's score cannot be further above scratch than the teacher is
+        out += f"; the teacher itself is {by['teacher']['target'] - scratch['target']:+.3f} over scratch"
     return out + "."
 
 
@@ -61,5 +63,8 @@ def render(results: dict) -> str:
         out += [f"## Task `{task}` ({entry['metric']}; {entry['n_train']:,} {cfg['source']} training examples, "
                 f"{entry['n_source_test']:,} {cfg['source']} / {entry['n_target_test']:,} {cfg['target']} test examples)", "",
                 table(entry["rows"], entry["metric"], cfg["source"], cfg["target"]), "", entry["verdict"], ""]
+        if entry.get("majority") is not None:
+            out += [f"Always predicting the most frequent {cfg['source']} training label scores {entry['majority']:.3f} on "
+                    f"{cfg['target']}.", ""]
     out += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results.get("times", {}).items()), ""]
     return "\n".join(out)

@@ -20,6 +20,11 @@ TOKENIZER_FAMILIES = ("wordpiece", "bytelevel", "unigram")
 # sequences still handles longer ones, and small models learn to use context in far fewer steps than BERT.
 DEBERTA_RELATIVE = dict(relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False)
 ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2")
+FAMILY_SPECIALS = {
+    "wordpiece": dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"),
+    "bytelevel": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>"),
+}
+FAMILY_SPECIALS["unigram"] = FAMILY_SPECIALS["bytelevel"]
 
 
 def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercase: bool = False, model_max_length: int = 512):
@@ -39,7 +44,6 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercas
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
         )
-        specials = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     elif family in ("bytelevel", "unigram"):
         if family == "bytelevel":
             tok = Tokenizer(models.BPE())
@@ -58,10 +62,27 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercas
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
             special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
         )
-        specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
     else:
         raise UserError(f"unknown tokenizer family {family!r}; choose one of {', '.join(TOKENIZER_FAMILIES)}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **FAMILY_SPECIALS[family])
+
+
+def tokenizer_from_file(family: str, path: str | Path, model_max_length: int = 512, where: str = "tokenizer file"):
+    """A tokenizer ``train_tokenizer`` trained earlier and saved as ``tokenizer.json``: the way to make a build
+    reproducible, since the ``tokenizers`` trainers break count ties differently from run to run."""
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in FAMILY_SPECIALS:
+        raise UserError(f"unknown tokenizer family {family!r}; choose one of {', '.join(TOKENIZER_FAMILIES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{where}: {path} does not exist; give the path of a tokenizer.json (relative to the working directory)")
+    from tokenizers import Tokenizer
+
+    missing = {t for t in FAMILY_SPECIALS[family].values() if Tokenizer.from_file(str(path)).token_to_id(t) is None}
+    if missing:
+        raise UserError(f"{where}: {path} lacks the {family} special token(s) {', '.join(sorted(missing))}; is it a {family} tokenizer?")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), model_max_length=model_max_length, **FAMILY_SPECIALS[family])
 
 
 def tiny_mlm(arch: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64,

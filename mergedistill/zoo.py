@@ -30,7 +30,9 @@ manifest; a build whose manifest matches the card, the corpus and the seed is sk
 
 Tokenizer training in the ``tokenizers`` library is not reproducible from run to run for WordPiece and
 Unigram (hash-map iteration breaks ties between equal counts), so the tokenizer is trained once per
-build, kept in the partial directory and reused on resume; everything after it is deterministic.
+build, kept in the partial directory and reused on resume; everything after it is deterministic. A card
+whose ``build.tokenizer.file`` names a shipped ``tokenizer.json`` skips training, so its builds are the
+same on every machine.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ def build_fingerprint(card, seed: int, corpus_dir=None) -> str:
         spec["train"] = {k: v for k, v in spec["train"].items() if k not in PARALLEL_KEYS}
         if "train" in fields.get("build", {}):
             fields["build"] = {**fields["build"], "train": {k: v for k, v in fields["build"]["train"].items() if k not in PARALLEL_KEYS}}
+    tokenizer_file = spec["tokenizer"].get("file")
+    if tokenizer_file:  # the shipped tokenizer's content, not just its path
+        spec["tokenizer"]["file_sha"] = io.file_fingerprint(tokenizer_file) if Path(tokenizer_file).is_file() else None
     return io.fingerprint("zoo-teacher", fields, spec, seed, corpus_fingerprint(corpus_dir))
 
 
@@ -192,7 +197,7 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, tokenizer_from_file, train_tokenizer
 
     spec = recipe(card)
     out_dir = Path(card.source)
@@ -210,7 +215,10 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     texts = {lang: paragraphs[lang][1] for lang in card.languages}
 
     tok_spec = spec["tokenizer"]
-    if (work / "tokenizer" / "tokenizer.json").exists():
+    if tok_spec.get("file"):
+        family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])
+        tokenizer = tokenizer_from_file(family, tok_spec["file"], card.max_length, where=f"teacher card {card.name}: build.tokenizer.file")
+    elif (work / "tokenizer" / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     else:
         family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])

@@ -114,3 +114,26 @@ def torch_equal(a: dict, b: dict) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_shipped_tokenizer_file_makes_builds_reproducible(tmp_path):
+    """Two builds from the same tokenizer.json give identical weights; the file's content is fingerprinted."""
+    import shutil
+
+    import torch
+
+    first = build_teacher(card(tmp_path / "a"), progress=False, log=lambda m: None)
+    shipped = tmp_path / "shipped.tokenizer.json"
+    shutil.copy(first / "tokenizer.json", shipped)
+    pinned = {"family": "wordpiece", "vocab_size": 400, "file": str(shipped)}
+    builds = [build_teacher(card(tmp_path / d, tokenizer=pinned), progress=False, log=lambda m: None) for d in ("b", "c")]
+    a, b, c = state(first), state(builds[0]), state(builds[1])
+    assert all(torch.equal(b[k], c[k]) and torch.equal(a[k], b[k]) for k in b)  # and the same as the build that trained it
+    assert (builds[0] / "tokenizer.json").read_text() == (builds[1] / "tokenizer.json").read_text()
+    before = build_fingerprint(card(tmp_path / "b", tokenizer=pinned), seed=0)
+    shipped.write_text(shipped.read_text().replace('"[MASK]"', '"[MASK]" ', 1))  # same path, other bytes
+    assert build_fingerprint(card(tmp_path / "b", tokenizer=pinned), seed=0) != before
+    with pytest.raises(UserError, match="build.tokenizer.file: .*missing.json does not exist"):
+        build_teacher(card(tmp_path / "d", tokenizer={**pinned, "file": str(tmp_path / "missing.json")}), progress=False)
+    with pytest.raises(UserError, match="lacks the bytelevel special token"):
+        build_teacher(card(tmp_path / "e", tokenizer={**pinned, "family": "bytelevel"}), progress=False)

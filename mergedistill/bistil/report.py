@@ -29,7 +29,7 @@ def verdict(rows: list[dict], target_ratio: float, min_speedup: float, min_gain_
         out += (f"; scratch {scratch['target']:.3f}, BiStil − scratch = {gain['diff']:+.3f} (95 % CI {gain['low']:+.3f} to "
                 f"{gain['high']:+.3f}) (goal ≥ {min_gain_over_scratch:+.3f} with the interval above 0: {'met' if far else 'NOT met'})")
         # a student keeping the teacher's score cannot be further above scratch than the teacher is
-        out += f"; the teacher itself is {by['teacher']['target'] - scratch['target']:+.3f} over scratch"
+        out += f"; teacher − scratch = {by['teacher']['target'] - scratch['target']:+.3f} (about the most a faithful student can gain)"
     return out + "."
 
 

@@ -70,6 +70,7 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercas
 def tokenizer_from_file(family: str, path: str | Path, model_max_length: int = 512, where: str = "tokenizer file"):
     """A tokenizer ``train_tokenizer`` trained earlier and saved as ``tokenizer.json``: the way to make a build
     reproducible, since the ``tokenizers`` trainers break count ties differently from run to run."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     if family not in FAMILY_SPECIALS:
@@ -77,12 +78,11 @@ def tokenizer_from_file(family: str, path: str | Path, model_max_length: int = 5
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{where}: {path} does not exist; give the path of a tokenizer.json (relative to the working directory)")
-    from tokenizers import Tokenizer
-
-    missing = {t for t in FAMILY_SPECIALS[family].values() if Tokenizer.from_file(str(path)).token_to_id(t) is None}
+    tok = Tokenizer.from_file(str(path))
+    missing = {t for t in FAMILY_SPECIALS[family].values() if tok.token_to_id(t) is None}
     if missing:
         raise UserError(f"{where}: {path} lacks the {family} special token(s) {', '.join(sorted(missing))}; is it a {family} tokenizer?")
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), model_max_length=model_max_length, **FAMILY_SPECIALS[family])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **FAMILY_SPECIALS[family])
 
 
 def tiny_mlm(arch: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64,

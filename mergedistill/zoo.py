@@ -215,13 +215,12 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     texts = {lang: paragraphs[lang][1] for lang in card.languages}
 
     tok_spec = spec["tokenizer"]
+    family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])
     if tok_spec.get("file"):
-        family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])
         tokenizer = tokenizer_from_file(family, tok_spec["file"], card.max_length, where=f"teacher card {card.name}: build.tokenizer.file")
     elif (work / "tokenizer" / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     else:
-        family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])
         all_texts = [t for lang in card.languages for t in texts[lang]]
         tokenizer = train_tokenizer(family, all_texts, tok_spec.get("vocab_size", 8000), tok_spec.get("lowercase", False), card.max_length)
         tokenizer.save_pretrained(work / "tokenizer")

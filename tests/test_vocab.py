@@ -64,6 +64,14 @@ def test_pruning_and_cap():
     assert (everything.id_maps["t"][1:] >= 0).all()
 
 
+def test_min_freq_drops_pieces_rarer_than_the_threshold():
+    vocab = NormalizedVocab("sentencepiece", (None, "▁a", "▁b", "▁c", "▁d"), {"unk": 0}, False)
+    counts = {"t": np.array([0, 90, 9, 0, 1])}  # probabilities 0.9, 0.09, 0, 0.01
+    assert merge_vocabs({"t": vocab}, counts, min_freq=0.05).id_maps["t"].tolist()[1:] == [5, 6, -1, -1]  # ▁d occurs, but rarer
+    assert merge_vocabs({"t": vocab}, counts, min_freq=0.01).id_maps["t"].tolist()[1:] == [5, 6, -1, 7]
+    assert (merge_vocabs({"t": vocab}, counts, min_freq=0.0).id_maps["t"][1:] >= 0).all()  # 0 keeps even unseen ▁c
+
+
 def test_map_topk_drops_unmapped_and_renormalizes():
     id_map = np.array([0, 7, -1, 9], dtype=np.int32)
     ids = torch.tensor([[1, 2, 3]])

@@ -227,12 +227,13 @@ def stage_cache(ctx: StageContext):
 
 
 def _targets(cfg, ctx, plan, teachers, merged):
-    from mergedistill.cache import OfflineTargets, OnlineTargets
+    from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
         return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
-    manifest = io.read_manifest(ctx.inputs["cache"])
-    return OfflineTargets(ctx.inputs["cache"] / "topk", manifest["cache_fingerprint"])
+    # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
+    expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
+    return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
 
 
 def _student(cfg, merged, teachers):

@@ -82,6 +82,15 @@ def test_map_topk_drops_unmapped_and_renormalizes():
     assert torch.allclose(probs[0, [0, 2]], torch.softmax(torch.tensor([2.0, 0.0]), -1)) and probs[0, 1] == 0
 
 
+def test_map_topk_drops_ids_past_the_end_of_the_id_map():
+    id_map = np.array([0, 7, -1, 9], dtype=np.int32)  # a tokenizer of 4 ids; the output layer has 6 rows
+    ids, logits = torch.tensor([[5, 1, 4]]), torch.tensor([[3.0, 2.0, 1.0]])
+    student_ids, student_logits = map_topk(ids, logits, id_map)
+    assert student_ids.tolist() == [[-1, 7, -1]] and torch.isinf(student_logits[0, [0, 2]]).all() and student_logits[0, 1] == 2.0
+    np_ids, np_logits = map_topk(ids.numpy(), logits.numpy(), id_map)
+    assert np_ids.tolist() == [[-1, 7, -1]] and np.isinf(np_logits[0, [0, 2]]).all()
+
+
 def test_build_is_byte_identical_and_reloads(tmp_path, teachers, texts, merged):
     for out in ("a", "b"):
         again = build_vocab(teachers, ASSIGNMENT, texts)

@@ -116,16 +116,23 @@ def merge_vocabs(
 
 def map_topk(teacher_ids, logits, id_map):
     """Map top-k teacher ids to student ids: unmapped entries get id -1 and logit -inf (shape kept), so a
-    softmax over each row renormalizes over the kept ids. Works on torch tensors or numpy arrays."""
+    softmax over each row renormalizes over the kept ids. Ids at or past the end of the id map (an output
+    layer wider than the tokenizer, e.g. DeBERTa-v3's 128,100 logits for 128,001 tokens) are dropped too.
+    Works on torch tensors or numpy arrays."""
     try:
         import torch
     except ImportError:  # pragma: no cover
         torch = None
     if torch is not None and isinstance(teacher_ids, torch.Tensor):
         table = torch.from_numpy(np.array(id_map, dtype=np.int64))  # a copy: id maps are read-only memory maps
-        student = table[teacher_ids.long()]
+        ids = teacher_ids.long()
+        inside = ids < len(table)
+        student = torch.where(inside, table[ids.clamp(max=len(table) - 1)], torch.full_like(ids, -1))
         dropped = student < 0
         return student.masked_fill(dropped, -1), logits.masked_fill(dropped, float("-inf"))
-    student = np.asarray(id_map)[np.asarray(teacher_ids)]
+    table = np.asarray(id_map)
+    ids = np.asarray(teacher_ids)
+    inside = ids < len(table)
+    student = np.where(inside, table[np.minimum(ids, len(table) - 1)], -1)
     dropped = student < 0
     return np.where(dropped, -1, student), np.where(dropped, -np.inf, logits)

@@ -157,7 +157,7 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         t_correct += float((t_top == gold_t).sum())
         s_correct += float((s_logp.argmax(-1) == gold_s).sum())
         s_nll -= float(s_logp.gather(1, gold_s.long().unsqueeze(1)).sum())
-        agree += int((torch.from_numpy(id_map)[t_top].long() == s_logp.argmax(-1)).sum())
+        agree += int((map_topk(t_top[:, None], t_top[:, None].float(), id_map)[0][:, 0] == s_logp.argmax(-1)).sum())
         vals, ids = torch.topk(t_logits, k, -1)
         s_ids_k, t_vals_k = map_topk(ids, vals, id_map)
         p = torch.nan_to_num(torch.softmax(t_vals_k, -1))

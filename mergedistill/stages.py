@@ -66,7 +66,25 @@ def teacher_inputs(cfg):
     or changed source file re-runs select and later stages only."""
     from mergedistill.corpus import resolve_dir
 
-    return {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+    out = {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+    checkpoints = local_checkpoints(cfg)
+    return {**out, "checkpoints": checkpoints} if checkpoints else out  # none (demo, hub teachers): fingerprint as before
+
+
+def local_checkpoints(cfg) -> dict:
+    """Card path -> fingerprint of its local checkpoint directory, for cards without a build recipe (a teacher
+    retrained in place must re-run the pipeline; built demo teachers are outputs of the teachers stage)."""
+    from mergedistill.teachers import checkpoint_fingerprint, load_card, looks_local
+
+    out = {}
+    for path in cfg.teachers.cards:
+        if not Path(path).is_file():
+            continue
+        card = load_card(path)
+        source = Path(card.source).expanduser()
+        if not card.build and looks_local(card.source) and source.is_dir():
+            out[path] = checkpoint_fingerprint(source)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -227,12 +245,13 @@ def stage_cache(ctx: StageContext):
 
 
 def _targets(cfg, ctx, plan, teachers, merged):
-    from mergedistill.cache import OfflineTargets, OnlineTargets
+    from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
         return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
-    manifest = io.read_manifest(ctx.inputs["cache"])
-    return OfflineTargets(ctx.inputs["cache"] / "topk", manifest["cache_fingerprint"])
+    # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
+    expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
+    return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
 
 
 def _student(cfg, merged, teachers):

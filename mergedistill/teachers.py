@@ -81,6 +81,21 @@ def check_local_checkpoint(directory: Path) -> None:
         raise UserError(f"{directory}: model {architectures[0]} has no masked-LM head; use a *ForMaskedLM checkpoint")
 
 
+FULLY_HASHED_BYTES = 64 << 20
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """A cheap identity of a local checkpoint directory: each file's name and size, plus the bytes of files up to
+    64 MiB (config, tokenizer, small weights) and the modification time of larger ones (big weights). A checkpoint
+    retrained or replaced in place changes it without hashing gigabytes; a mere copy may change it too (a re-run)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(directory)}\0{stat.st_size}\0".encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest() if stat.st_size <= FULLY_HASHED_BYTES else str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
 def resolve_dtype(dtype: str, device: str):
     import torch
 

@@ -127,3 +127,25 @@ def test_stale_truncated_and_corrupted_caches_are_refused(tmp_path, streams, tea
     chunk.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # one flipped byte
     with pytest.raises(UserError, match="checksum"):
         OfflineTargets(tmp_path / "c", fp)
+
+
+def test_train_checks_the_cache_against_its_own_plan_and_short_targets_raise(tmp_path, streams, teachers, merged):
+    from types import SimpleNamespace
+
+    from mergedistill import io
+    from mergedistill.stages import _targets
+
+    plan = plan_of(streams, n=60)
+    io.write_manifest(tmp_path / "vocab", "vocab-fp")
+    fp = cache_fingerprint(plan, teachers, "vocab-fp", k=4)
+    build_cache(tmp_path / "cache" / "topk", plan, teachers, merged.id_maps, 4, fp, progress=False)
+    finalize_cache(tmp_path / "cache" / "topk", fp, plan)
+    io.write_manifest(tmp_path / "cache", "stage-fp", cache_fingerprint=fp)  # the cache stage records its own fingerprint
+    cfg = SimpleNamespace(cache=SimpleNamespace(mode="offline", top_k=4))
+    ctx = SimpleNamespace(inputs={"cache": tmp_path / "cache", "vocab": tmp_path / "vocab"})
+    assert _targets(cfg, ctx, plan, teachers, merged)(0)[0].shape[1] == 4
+    with pytest.raises(UserError, match="stale fingerprint"):  # train's plan differs from the one the cache was built for
+        _targets(cfg, ctx, plan_of(streams, n=60, seed=5), teachers, merged)
+    ids, logits = OfflineTargets(tmp_path / "cache" / "topk", fp)(0)
+    with pytest.raises(ValueError, match="rows"):
+        kd_soft_ce(torch.zeros(ids.shape[0] + 3, len(merged)), ids, logits)

@@ -35,9 +35,11 @@ def load_cards(cfg):
 
 
 def load_teachers(cfg, names=None):
+    from mergedistill.device import resolve_device
     from mergedistill.teachers import Teacher
 
-    return {c.name: Teacher.load(c, device=cfg.teachers.device) for c in load_cards(cfg) if names is None or c.name in names}
+    device = str(resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"))
+    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 
 def read_json(path: Path):
@@ -287,7 +289,7 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
         internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)
+    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
     student = unpartitioned_student(student, result)
     student.save_pretrained(ctx.out / "model")
     for name in ("metrics.jsonl", "tensorboard"):
@@ -308,6 +310,7 @@ def stage_baseline(ctx):
 def stage_eval(ctx: StageContext):
     from transformers import AutoModelForMaskedLM
 
+    from mergedistill.device import resolve_device
     from mergedistill.evaluation import compare_student, latency_ms
 
     cfg = ctx.cfg
@@ -316,10 +319,11 @@ def stage_eval(ctx: StageContext):
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
-    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").eval()
+    device = resolve_device(cfg.device)
+    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").to(device).eval()
     baseline = None
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
-        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
     for lang in sorted(assignment):
@@ -386,7 +390,9 @@ def stage_export(ctx: StageContext):
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
     if (ctx.out / "tokenizer.json").exists():
-        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=-1)
+        from mergedistill.device import resolve_device
+
+        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []

@@ -62,3 +62,17 @@ def test_masked_only_head_equals_the_full_head(arch, tiny_teachers):
         full = model(input_ids=ids, attention_mask=attention).logits[masked]
         fast, _ = masked_lm_logits(model, ids, attention, masked)
     assert torch.allclose(full, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_speed_measurement_never_builds_full_vocabulary_logits(arch, tiny_teachers):
+    from transformers import AutoModelForMaskedLM
+
+    from mergedistill.evaluation import latency_ms
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_teachers[arch]).eval()
+    projected = []  # rows that reach the vocabulary projection, per call
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: projected.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    assert latency_ms(model, model.config.vocab_size, batch_size=4, length=32, repeats=2) > 0
+    assert projected and max(projected) < 4 * 32 / 2  # about 15 % of the 128 positions, never all of them
+

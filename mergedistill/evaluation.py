@@ -21,7 +21,8 @@ def load_teacher(spec: str | Path | TeacherCard, **kwargs) -> Teacher:
 def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_eval.EvalSet:
     """Held-out sequences; special tokens AND unknown pieces are never scored (predicting <unk> for text
     the tokenizer cannot represent would look like skill)."""
-    return mlm_eval.make_eval_set(texts, teacher.encode, set(teacher.tokenizer.all_special_ids), teacher.card.max_length)
+    ids, covered = teacher.encode_covered(list(texts))
+    return mlm_eval.make_eval_set(texts, ids, set(teacher.tokenizer.all_special_ids), covered)
 
 
 def teacher_metrics(teacher: Teacher, texts: Sequence[str], pll_paragraphs: int | None = None) -> dict:
@@ -108,7 +109,11 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         sequences.append(packed[0] if packed else None)
     kept = [i for i, seq in enumerate(sequences) if seq is not None]
     sequences = [sequences[i] for i in kept]
-    chars, words = [len(texts[i]) for i in kept], [len(texts[i].split()) for i in kept]
+    # characters scored: up to the end of the last student piece in the (first) packed sequence
+    offsets = student_tokenizer([texts[i] for i in kept], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    pieces = [int((seq.student_groups >= 0).sum()) for seq in sequences]
+    chars = [len(texts[i]) if n >= len(spans) else (spans[n - 1][1] if n else 0) for i, n, spans in zip(kept, pieces, offsets)]
+    words = [len(texts[i][:c].split()) for i, c in zip(kept, chars)]
     s_masked, t_masked = [], []
     for index, seq in enumerate(sequences):
         pairs = one_to_one(seq.student_groups, seq.teacher_groups)

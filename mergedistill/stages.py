@@ -178,7 +178,7 @@ def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[
                 n = int(masked[i].sum())
                 gold = eval_set.sequences[i][masked[i]]
                 nll = -float(log_probs[offset: offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum())
-                ce[i, j] = nll / max(len(texts[i]), 1) if n else np.nan
+                ce[i, j] = nll / max(eval_set.chars[i], 1) if n else np.nan  # per character of the text this teacher scored
                 offset += n
     choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
     return {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate(names)}

@@ -284,7 +284,8 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
         from mergedistill.internals import TeacherInternals
 
-        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
+        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log,
+                                     configured_stride=cfg.student.layer_stride)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
     result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)

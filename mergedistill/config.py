@@ -146,11 +146,15 @@ class StudentConfig:
     dropout: float = 0.1
     init: str = "scratch"  # scratch | teacher
     init_teacher: str = ""  # teacher name when init == teacher
-    layer_stride: int = 2  # copy teacher layers s, 2s, ... when init == teacher
+    # student layers 1, 2, ... stand for teacher layers s, 2s, ... (copied when init == teacher; paired by the
+    # train.alpha_hidden/alpha_attn terms); null = teacher layers // student layers (mergedistill/layers.py)
+    layer_stride: Optional[int] = None
     new_piece_init: str = "mean"  # mean | random: embeddings of pieces the init teacher does not own
 
     def problems(self):
-        out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position", "layer_stride")
+        out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position")
+        if self.layer_stride is not None and self.layer_stride <= 0:
+            out.append(("layer_stride", f"must be > 0 or null, got {self.layer_stride}"))
         if self.hidden % max(self.heads, 1):
             out.append(("hidden", f"must be divisible by heads ({self.heads}), got {self.hidden}"))
         out += _one_of(self.arch, ("bert", "deberta-v2"), "arch")

@@ -4,9 +4,11 @@ A *stream* is one (language, teacher) pair: that language's training paragraphs 
 teacher (routed mode, MergeDistill's) and packed into sequences of at most ``max_length`` teacher ids.
 Per-example teacher selection (min-ce) simply splits a language's paragraphs over several streams.
 
-The *plan* fixes, for every micro-batch index, which stream and which examples it holds: the stream is
-drawn with p ∝ w·n^α over stream sizes (n = sequences; α = ``data.sampling_alpha``; w = the stream language's
-``data.language_weights`` entry, default 1), and each stream is
+The *plan* fixes, for every micro-batch index, which stream and which examples it holds: a language is
+drawn with p ∝ w·n^α (n = the language's training characters, a tokenizer-independent size; α =
+``data.sampling_alpha``; w = its ``data.language_weights`` entry, default 1), then one of its streams in
+proportion to their sizes (sequences), so neither a teacher's fertility nor a min-ce split over several
+teachers moves a language's share (``sampling_probabilities``); each stream is
 walked through a fresh seeded permutation per epoch. Masking happens in TEACHER id space with an RNG
 seeded by (mask seed, stream, example, epoch), and the student input is the masked teacher sequence
 mapped through the id map, so teacher and student positions align 1:1. ``batch(i)`` is therefore a
@@ -49,6 +51,7 @@ class Stream:
     mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
     aligned: list | None = None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
     student_pool: np.ndarray | None = None  # unified mode: student ids allowed as random replacements
+    chars: int = 0  # characters of the stream's texts: the language's size for sampling (0 = unknown: sequences are used)
 
     def fingerprint(self) -> str:
         unified = [] if self.aligned is None else ["unified", [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
@@ -83,7 +86,7 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
     return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool)
+                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool, sum(len(t) for t in texts))
 
 
 def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
@@ -126,6 +129,18 @@ def kd_rows(batch: dict):
     return None if kd is None else kd[batch["labels"] != -100]
 
 
+def sampling_probabilities(streams: list[Stream], alpha: float, language_weights: dict[str, float]) -> np.ndarray:
+    """Per stream: its language's p ∝ w·n^α (n = the language's characters, or its sequences when a stream does not
+    know its characters) shared among the language's streams in proportion to their sequences."""
+    by_chars = all(s.chars > 0 for s in streams)
+    langs = sorted({s.lang for s in streams})
+    sizes = {lang: sum(s.chars if by_chars else len(s.sequences) for s in streams if s.lang == lang) for lang in langs}
+    lang_p = np.array([language_weights.get(lang, 1.0) * float(sizes[lang]) ** alpha for lang in langs])
+    lang_p /= lang_p.sum()
+    sequences = {lang: sum(len(s.sequences) for s in streams if s.lang == lang) for lang in langs}
+    return np.array([lang_p[langs.index(s.lang)] * len(s.sequences) / sequences[s.lang] for s in streams], dtype=np.float64)
+
+
 @dataclass
 class DataPlan:
     streams: list[Stream]
@@ -141,9 +156,7 @@ class DataPlan:
     def __post_init__(self):
         if not self.streams:
             raise UserError("no data streams: every language needs a teacher and text")
-        sizes = np.array([len(s.sequences) for s in self.streams], dtype=np.float64)
-        weights = np.array([self.language_weights.get(s.lang, 1.0) for s in self.streams], dtype=np.float64)
-        self.probabilities = weights * sizes**self.alpha / (weights * sizes**self.alpha).sum()
+        self.probabilities = sampling_probabilities(self.streams, self.alpha, self.language_weights)
         cursors = [0] * len(self.streams)
         epochs = [0] * len(self.streams)
         orders = [self._order(i, 0) for i in range(len(self.streams))]
@@ -165,7 +178,8 @@ class DataPlan:
     def fingerprint(self) -> str:
         weights = sorted(self.language_weights.items())  # empty (the default) keeps earlier plans' fingerprints
         return fingerprint("plan", [s.fingerprint() for s in self.streams], self.batch_size, self.n_batches, self.seed, self.alpha,
-                           self.mlm_probability, self.mask_seed, *([weights] if weights else []))
+                           self.mlm_probability, self.mask_seed, *([weights] if weights else []),
+                           ["per-language", [s.chars for s in self.streams]])  # the sampling rule and its sizes
 
     def served(self) -> dict[str, int]:
         """Examples each teacher serves over the whole plan."""

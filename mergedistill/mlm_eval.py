@@ -27,15 +27,17 @@ class EvalSet:
 
     sequences: list[np.ndarray]
     special: list[np.ndarray]  # bool per position: never masked
-    chars: list[int]  # characters of each source text
-    words: list[int]  # whitespace words of each source text
+    chars: list[int]  # characters of each source text that its sequence covers (a truncated text: its scored prefix)
+    words: list[int]  # whitespace words in those characters
 
 
-def make_eval_set(texts: Sequence[str], encode, special_ids: set[int], max_length: int = 128) -> EvalSet:
-    """Encode each text separately (no packing) with ``encode(texts, max_length)`` -> id lists."""
-    sequences = [np.asarray(ids, dtype=np.int64) for ids in encode(list(texts), max_length)]
+def make_eval_set(texts: Sequence[str], ids: Sequence[Sequence[int]], special_ids: set[int], covered: Sequence[int] | None = None) -> EvalSet:
+    """One sequence per text (no packing). ``covered``: per text, the leading characters its ids stand for (a
+    text cut at the model's length is scored on that prefix; default: the whole text); chars and words count them."""
+    sequences = [np.asarray(row, dtype=np.int64) for row in ids]
     special = [np.isin(s, list(special_ids)) for s in sequences]  # includes unk: never scored
-    return EvalSet(sequences, special, [len(t) for t in texts], [len(t.split()) for t in texts])
+    covered = [len(t) for t in texts] if covered is None else list(covered)
+    return EvalSet(sequences, special, covered, [len(t[:n].split()) for t, n in zip(texts, covered)])
 
 
 def eval_positions(eval_set: EvalSet, seed: int, prob: float) -> list[np.ndarray]:

@@ -180,7 +180,7 @@ def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[
                 n = int(masked[i].sum())
                 gold = eval_set.sequences[i][masked[i]]
                 nll = -float(log_probs[offset: offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum())
-                ce[i, j] = nll / max(len(texts[i]), 1) if n else np.nan
+                ce[i, j] = nll / max(eval_set.chars[i], 1) if n else np.nan  # per character of the text this teacher scored
                 offset += n
     choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
     return {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate(names)}
@@ -286,7 +286,8 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
         from mergedistill.internals import TeacherInternals
 
-        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
+        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log,
+                                     configured_stride=cfg.student.layer_stride)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
     result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)

@@ -179,6 +179,18 @@ class Teacher:
         limit = min(max_length or self.card.max_length, self.card.max_length)
         return self.tokenizer(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
 
+    def encode_covered(self, texts: list[str], max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
+        """``encode``, and per text how many leading characters its (possibly truncated) ids stand for: scores per
+        character or word divide by the text actually scored, not the whole text."""
+        limit = min(max_length or self.card.max_length, self.card.max_length)
+        texts = list(texts)
+        encoded = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True, return_offsets_mapping=True)
+        covered = []
+        for text, offsets in zip(texts, encoded["offset_mapping"]):
+            end = max((stop for _, stop in offsets), default=0)
+            covered.append(len(text) if not text[end:].strip() else end)  # untruncated: the whole text, trailing space too
+        return encoded["input_ids"], covered
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 

@@ -20,13 +20,31 @@ def plan_of(streams, n=12, seed=0, **kw):
 
 def test_sampling_follows_n_alpha(streams):
     plan = plan_of(streams, n=4000, alpha=0.5)
-    sizes = np.array([len(s.sequences) for s in streams], dtype=float)
+    sizes = np.array([s.chars for s in streams], dtype=float)  # one stream per language: n = its characters
     expected = sizes**0.5 / (sizes**0.5).sum()
     assert np.allclose(plan.probabilities, expected)
     counts = np.bincount([s for s, _, _ in plan.schedule], minlength=len(streams)) / 4000
     assert np.abs(counts - expected).max() < 0.03
     flat = plan_of(streams, n=10, alpha=0.0)
     assert np.allclose(flat.probabilities, 1 / len(streams))
+
+
+def test_a_languages_share_depends_neither_on_a_split_nor_on_the_tokenizer(teachers, texts, merged):
+    def stream(lang, teacher, part):
+        return make_stream(lang, teachers[teacher], part, merged.id_maps[teacher], max_length=64)
+
+    def probabilities(streams):
+        return DataPlan(streams, batch_size=4, n_batches=10, seed=0, alpha=0.3).probabilities
+
+    en, de = texts["en"], texts["de"]
+    whole = [stream("en", "bert", en), stream("de", "roberta", de)]
+    split = [stream("en", "bert", en[::2]), stream("en", "xlm-roberta", en[1::2]), stream("de", "roberta", de)]  # min-ce: en over two
+    other = [stream("en", "bert", en), stream("de", "bert", de)]  # de read by a teacher with another fertility
+    assert len(other[1].sequences) != len(whole[1].sequences)
+    p_whole, p_split = probabilities(whole), probabilities(split)
+    assert p_split[:2].sum() == pytest.approx(p_whole[0]) and p_split[2] == pytest.approx(p_whole[1])
+    assert p_split[0] / p_split[1] == pytest.approx(len(split[0].sequences) / len(split[1].sequences))  # within en: by size
+    assert np.allclose(probabilities(other), p_whole)
 
 
 def test_language_weights_scale_a_languages_share(streams):

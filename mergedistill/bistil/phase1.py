@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mergedistill.bistil.layers import attention_pairs, hidden_pairs
+from mergedistill.layers import attention_pairs, hidden_pairs, layer_stride
 from mergedistill.losses import attention_mse, hidden_mse
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
@@ -145,7 +145,9 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - step / cfg.steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers if teacher is not None else 1
+    stride = 1
+    if teacher is not None:
+        stride = layer_stride(teacher.config.num_hidden_layers, student.config.num_hidden_layers, getattr(cfg, "layer_stride", None))
     weights = dict(w_attn=cfg.w_attn, w_hidden=cfg.w_hidden, w_logit=cfg.w_logit, temperature=cfg.temperature)
     on = device_of(student)  # the teacher is on the same device (the run's ``device``)
     eval_batches = [masked_batch(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], tokenizer, cfg.mlm_probability, seed, "eval", lang, b)

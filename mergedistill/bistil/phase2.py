@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mergedistill.bistil.ltsft import SparseDiff, lt_sft, snapshot, train_steps
 from mergedistill.bistil.phase1 import phase1_loss
+from mergedistill.layers import layer_stride
 
 
 def task_model(source, kind: str, num_labels: int, seed: int = 0, eager: bool = True):
@@ -117,7 +118,7 @@ def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str,
     from mergedistill.device import device_of
 
     student = task_model(phase1_dir, kind, num_labels, seed=seed).to(device_of(teacher))
-    stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers
+    stride = layer_stride(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
     gold_only = variant == "self-taught"
     loss_fn = distill_loss_fn(teacher, stride, cfg.temperature, 0.0 if gold_only else cfg.w_soft, 1.0 if gold_only else cfg.w_gold,
                               0.0 if gold_only else cfg.w_attn, 0.0 if gold_only else cfg.w_hidden)

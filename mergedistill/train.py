@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from mergedistill.io import write_text_atomic
 from mergedistill.losses import combine, kd_soft_ce, mlm_ce
 
 LATEST = "latest"
+KILL_AT = "MERGEDISTILL_TEST_KILL_AT"  # test hook, see _kill_point
 
 
 def free_port() -> int:
@@ -118,11 +120,21 @@ def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> 
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+    _kill_point(step, "written")
     if rank == 0:
         write_text_atomic(checkpoint_dir / LATEST, tag + "\n")
+        _kill_point(step, "published")
         tags = sorted((p for p in checkpoint_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
         for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _kill_point(step: int, phase: str) -> None:
+    """Test hook: ``MERGEDISTILL_TEST_KILL_AT=save:<step>:<phase>`` makes the process SIGKILL itself inside the
+    save of that step, at ``written`` (every checkpoint file written, ``latest`` not moved yet) or ``published``
+    (``latest`` moved, older checkpoints not pruned yet), so a test can land a real kill there every time."""
+    if os.environ.get(KILL_AT) == f"save:{step}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def trim_metrics(path: Path, last_step: int) -> None:

@@ -163,8 +163,12 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     gives the teacher's hidden states/attentions for the ``alpha_hidden``/``alpha_attn`` terms.
     ``stop_at_step`` simulates a kill (tests)."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
     from tqdm import tqdm
 
+    if train_cfg.precision == "fp16" and not get_accelerator().is_fp16_supported():  # else DeepSpeed raises a bare ValueError
+        raise UserError(f"train.precision: fp16 is not supported by DeepSpeed on {get_accelerator().device_name()}; "
+                        "use train.precision: bf16 (or fp32), or train on a GPU")
     rank, world = setup_distributed()
     if world == 1:
         skip_shared_memory_collectives()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from mergedistill.io import write_text_atomic
 from mergedistill.losses import combine, kd_soft_ce, mlm_ce
 
 LATEST = "latest"
+KILL_AT = "MERGEDISTILL_TEST_KILL_AT"  # test hook, see _kill_point
 
 
 def free_port() -> int:
@@ -121,11 +123,21 @@ def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> 
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+    _kill_point(step, "written")
     if rank == 0:
         write_text_atomic(checkpoint_dir / LATEST, tag + "\n")
+        _kill_point(step, "published")
         tags = sorted((p for p in checkpoint_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
         for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _kill_point(step: int, phase: str) -> None:
+    """Test hook: ``MERGEDISTILL_TEST_KILL_AT=save:<step>:<phase>`` makes the process SIGKILL itself inside the
+    save of that step, at ``written`` (every checkpoint file written, ``latest`` not moved yet) or ``published``
+    (``latest`` moved, older checkpoints not pruned yet), so a test can land a real kill there every time."""
+    if os.environ.get(KILL_AT) == f"save:{step}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
@@ -165,6 +177,11 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     else:
         torch.cuda.set_device(placed)
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if train_cfg.precision == "fp16" and not get_accelerator().is_fp16_supported():  # else DeepSpeed raises a bare ValueError
+        raise UserError(f"train.precision: fp16 is not supported by DeepSpeed on {get_accelerator().device_name()}; "
+                        "use train.precision: bf16 (or fp32), or train on a GPU")
 
     if world == 1:
         skip_shared_memory_collectives()

@@ -30,7 +30,8 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 export PYTHONPATH="$ROOT:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$PY" -c 'import deepspeed, omegaconf, datasets, transformers, torch; print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)'
+"$PY" -c 'import deepspeed, omegaconf, datasets, transformers, torch; print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' \
+  || { echo "gpu_check: a dependency is missing (above); install mergedistill's requirements, or give WHEELS=<folder of wheels>" >&2; exit 2; }
 
 # Small copies of the demo teacher cards (fewer build steps, built under $WORK): the check is about the GPU path.
 "$PY" - "$WORK" "$TEACHER_STEPS" <<'EOF'

@@ -6,8 +6,9 @@
 - ``to_device(obj, device)``: every tensor that reaches a model goes through here, with the device of
   that model (``device_of(model)``), never a device assumed elsewhere. Dicts, lists and tuples are
   moved element by element; non-tensors pass unchanged. On the CPU it returns the same tensors.
-- ``autocast(device, precision)``: bf16/fp16 autocast for inference on a GPU; a no-op on the CPU and in
-  fp32, so CPU runs stay bit for bit what they were.
+
+Precision on a GPU: DeepSpeed runs the student in ``train.precision`` (bf16/fp16), and teachers load in bf16
+there (their card's ``dtype: auto``, ``teachers.resolve_dtype``). On the CPU nothing changes: fp32 as before.
 
 ``TRACK_TRANSFERS`` (tests only) tags each tensor ``to_device`` returns with the device it was moved to,
 so a forward pre-hook can check that every model input came through here with the model's device.
@@ -15,7 +16,6 @@ so a forward pre-hook can check that every model input came through here with th
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from mergedistill.errors import UserError
@@ -83,12 +83,3 @@ def to_device(obj, device):
         return type(obj)(to_device(value, device) for value in obj)
     return obj
 
-
-def autocast(device, precision: str = "bf16"):
-    """bf16/fp16 autocast on a GPU for inference; a no-op context on the CPU or for ``fp32``."""
-    import torch
-
-    device = torch.device(device)
-    if device.type != "cuda" or precision not in ("bf16", "fp16"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

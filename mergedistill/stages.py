@@ -418,6 +418,7 @@ def stage_export(ctx: StageContext):
 
 
 def stage_report(ctx: StageContext):
+    from mergedistill.device import resolve_device
     from mergedistill.report import ReportFacts, write_report
 
     cfg = ctx.cfg
@@ -443,7 +444,8 @@ def stage_report(ctx: StageContext):
         metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
         stage_seconds=seconds,
         notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
-               "Speed-ups compare the student with the teachers it replaces on the same CPU input shape (median of 5 runs)."],
+               f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
+               "input shape (median of 5 runs)."],
     )
     write_report(ctx.out, facts)
     return {}

@@ -181,7 +181,7 @@ def evaluate_all(run) -> dict:
     phase1 = read_manifest(run.out / "phase1")
     results = {"config": to_dict(cfg), "trim": {k: trim[k] for k in ("original_vocab", "kept_vocab", "theta", "params_before", "params_after")},
                "phase1_best": phase1["best"], "student_layers": phase1["layers"], "teacher_layers": phase1["teacher_layers"],
-               "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "tasks": {}}
+               "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "device": str(run.device), "tasks": {}}
     for task in cfg.phase2.tasks:
         source = load_task(task, cfg.source, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.target)
         target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.source)

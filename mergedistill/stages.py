@@ -50,10 +50,12 @@ def train_texts(cfg, lang):
     return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
 
 
-def eval_texts(cfg, lang, limit=None):
+def eval_texts(cfg, lang, limit=None, split="valid"):
+    """Held-out paragraphs: ``valid`` for what is chosen on them (teacher selection), ``test`` for the final
+    evaluation and the report, so reported scores are not measured on the text the teachers were selected on."""
     from mergedistill.corpus import load_texts
 
-    return load_texts(lang, "valid", cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
+    return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
 
 
 def card_fingerprints(cfg):
@@ -326,7 +328,7 @@ def stage_eval(ctx: StageContext):
     for lang in sorted(assignment):
         name = assignment[lang][0]
         ctx.log(f"[eval] {lang}: student vs {name}")
-        texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
+        texts = eval_texts(cfg, lang, cfg.eval.paragraphs, split="test")
         row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
                                                                  pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)}
         if baseline is not None:  # the same positions and paragraphs
@@ -391,7 +393,7 @@ def stage_export(ctx: StageContext):
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
-            for text in eval_texts(cfg, lang, 40):
+            for text in eval_texts(cfg, lang, 40, split="test"):
                 words = text.split()
                 if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
                     if lang in ("ja", "zh"):

@@ -239,7 +239,7 @@ def stage_cache(ctx: StageContext):
     if cfg.cache.mode == "online":
         return {"mode": "online"}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
-    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp)  # resumable in the work dir
+    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp, batch_size=cfg.cache.batch_size)  # resumable
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
@@ -250,7 +250,7 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size)
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)

@@ -67,6 +67,10 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
     eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}
+    served = json.loads((out / "cache" / "plan.json").read_text())["served_by_language"]
+    assert set(served) == {"en", "de", "ja"} and all(r["teacher"] in served[r["lang"]] for r in eval_rows)
+    routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
+    assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
     # the export loads with plain transformers, no mergedistill import
     code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"

@@ -30,18 +30,19 @@ CHUNK = 50
 CHUNK_NAME = "chunk-{:05d}.arrow"
 
 
-def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
-    """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16."""
+def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None):
+    """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
+    ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch)."""
     import torch
 
     from mergedistill.data import teacher_view
 
-    ids, logits = teacher.topk(*teacher_view(batch), k)
+    ids, logits = teacher.topk(*teacher_view(batch), k, batch_size=batch_size)
     student_ids, student_logits = map_topk(ids, logits, id_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
-def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
+def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -57,7 +58,7 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
     counts = torch.bincount(row_of, minlength=masked.shape[0]).clamp_min(1).double()
     log_probs, ce = [], []
     for teacher in teachers:
-        lp = torch.log_softmax(teacher.logits_at(teacher_ids, teacher_attention, masked), -1)
+        lp = torch.log_softmax(teacher.logits_at(teacher_ids, teacher_attention, masked, batch_size), -1)
         nll = -lp.gather(1, gold[:, None]).squeeze(1).double()
         ce.append(torch.zeros(masked.shape[0], dtype=torch.float64).index_add_(0, row_of, nll) / counts)
         log_probs.append(lp)
@@ -71,15 +72,15 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
-    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int):
-        self.teachers, self.id_maps, self.k = dict(teachers), dict(id_maps), k
+    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, batch_size: int | None = None):
+        self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
 
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
-            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k)
+            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size)
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k)
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size)
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
@@ -109,8 +110,10 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> No
 
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> None:
-    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable)."""
+                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
+                batch_size: int | None = None) -> None:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); ``batch_size``:
+    sequences per teacher forward (``cache.batch_size``)."""
     import torch
     from tqdm import tqdm
 
@@ -121,7 +124,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
         for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
             stale.unlink()
     io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
-    online = OnlineTargets(teachers, id_maps, k)
+    online = OnlineTargets(teachers, id_maps, k, batch_size)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
     written = 0

@@ -127,7 +127,7 @@ class CacheConfig:
 
     mode: str = "offline"  # offline | online
     top_k: int = 8
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per teacher forward when computing targets (bounds teacher memory; the plan's batches are split)
 
     def problems(self):
         return _one_of(self.mode, ("offline", "online"), "mode") + _positive(self, "top_k", "batch_size")

@@ -189,6 +189,16 @@ class DataPlan:
             out[teacher] = out.get(teacher, 0) + len(examples)
         return out
 
+    def served_by_language(self) -> dict[str, dict[str, int]]:
+        """Examples each teacher (or mixture) serves per language over the whole plan: which teacher a language's
+        evaluation and export go through (``selection.primary_teacher``)."""
+        out: dict[str, dict[str, int]] = {}
+        for stream_index, examples, _ in self.schedule:
+            stream = self.streams[stream_index]
+            counts = out.setdefault(stream.lang, {})
+            counts[stream.teacher] = counts.get(stream.teacher, 0) + len(examples)
+        return out
+
     def batch(self, index: int) -> dict:
         """The micro-batch ``index`` (see CONTRIBUTING.md: batch dict), as torch tensors."""
         import torch

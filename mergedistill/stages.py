@@ -52,10 +52,12 @@ def train_texts(cfg, lang):
     return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
 
 
-def eval_texts(cfg, lang, limit=None):
+def eval_texts(cfg, lang, limit=None, split="valid"):
+    """Held-out paragraphs: ``valid`` for what is chosen on them (teacher selection), ``test`` for the final
+    evaluation and the report, so reported scores are not measured on the text the teachers were selected on."""
     from mergedistill.corpus import load_texts
 
-    return load_texts(lang, "valid", cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
+    return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
 
 
 def card_fingerprints(cfg):
@@ -235,11 +237,12 @@ def stage_cache(ctx: StageContext):
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
     io.write_json_atomic(ctx.out / "plan.json", {"streams": {s.name: len(s.sequences) for s in plan.streams},
                                                  "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
-                                                 "served_examples": plan.served(), "batches": plan.n_batches})
+                                                 "served_examples": plan.served(), "served_by_language": plan.served_by_language(),
+                                                 "batches": plan.n_batches})
     if cfg.cache.mode == "online":
         return {"mode": "online"}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
-    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp)  # resumable in the work dir
+    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp, batch_size=cfg.cache.batch_size)  # resumable
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
@@ -250,7 +253,7 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size)
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
@@ -313,6 +316,7 @@ def stage_eval(ctx: StageContext):
 
     from mergedistill.device import resolve_device
     from mergedistill.evaluation import compare_student, latency_ms
+    from mergedistill.selection import primary_teacher
 
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
@@ -327,10 +331,14 @@ def stage_eval(ctx: StageContext):
         baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
+    served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
+    scores = read_scores(ctx.inputs["select"])
     for lang in sorted(assignment):
-        name = assignment[lang][0]
+        names = assignment[lang]  # min-ce/weighted: the teacher that served most of the language (or scored best)
+        name = primary_teacher(names, served.get(lang), {n: scores[(lang, n)] for n in names if (lang, n) in scores},
+                               cfg.select.fertility_penalty, cfg.select.unk_penalty)
         ctx.log(f"[eval] {lang}: student vs {name}")
-        texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
+        texts = eval_texts(cfg, lang, cfg.eval.paragraphs, split="test")
         row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
                                                                  pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)}
         if baseline is not None:  # the same positions and paragraphs
@@ -375,6 +383,18 @@ def model_card(cfg, eval_data, assignment) -> str:
     ])
 
 
+def route_through_evaluated_teachers(routed_dir: Path, routes: dict) -> None:
+    """Point each language of an exported routed tokenizer at the teacher it was evaluated through (the vocab
+    stage routes through the first candidate; min-ce/weighted languages are served mostly by another)."""
+    from mergedistill.vocab.tokenize import ROUTED_CONFIG
+
+    config = read_json(routed_dir / ROUTED_CONFIG)
+    wanted = {lang: name for lang, name in routes.items() if name in config["teachers"]}
+    if any(config["routes"].get(lang) != name for lang, name in wanted.items()):
+        config["routes"] = {**config["routes"], **wanted}
+        io.write_text_atomic(routed_dir / ROUTED_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def stage_export(ctx: StageContext):
     from transformers import AutoModelForMaskedLM, pipeline
 
@@ -388,6 +408,7 @@ def stage_export(ctx: StageContext):
     if (ctx.inputs["vocab"] / "unified").exists():
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")
+    route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
     if (ctx.out / "tokenizer.json").exists():
@@ -397,7 +418,7 @@ def stage_export(ctx: StageContext):
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
-            for text in eval_texts(cfg, lang, 40):
+            for text in eval_texts(cfg, lang, 40, split="test"):
                 words = text.split()
                 if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
                     if lang in ("ja", "zh"):
@@ -469,7 +490,7 @@ def pipeline_stages(cfg) -> list[Stage]:
                             doc="the same student with gold MLM only (no teachers)"))
     after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
     stages += [
-        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval, doc="student vs teachers per language"),
+        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval + ("cache",), doc="student vs teachers per language"),
         Stage("export", stage_export, sections=("export", "name"), after=("train", "vocab", "select", "eval"), doc="HF checkpoint + model card"),
         Stage("report", stage_report, sections=("name",), after=("teachers", "select", "vocab", "cache", "train", "eval", "export"), doc="report"),
     ]

@@ -194,24 +194,30 @@ class Teacher:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def logits_at(self, input_ids, attention_mask, positions):
+    def logits_at(self, input_ids, attention_mask, positions, batch_size: int | None = None):
         """Full-vocabulary logits (float32) at the True entries of ``positions`` [B,T], row-major order.
 
         The vocabulary projection runs at those positions only (``heads.masked_lm_logits``): for a small
-        teacher with a large vocabulary it is most of the forward's cost."""
+        teacher with a large vocabulary it is most of the forward's cost. ``batch_size``: at most that many
+        sequences per forward (``cache.batch_size``, bounds the teacher's memory); None = all B at once."""
         import torch
 
         from mergedistill.heads import masked_lm_logits
 
+        step = batch_size or max(1, input_ids.shape[0])
+        parts = []
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(self.model, input_ids, attention_mask, positions)  # moved to the model's device there
-            return logits.float().cpu()
+            for start in range(0, max(1, input_ids.shape[0]), step):
+                rows = slice(start, start + step)  # moved to the model's device in masked_lm_logits
+                logits, _ = masked_lm_logits(self.model, input_ids[rows], attention_mask[rows], positions[rows])
+                parts.append(logits.float().cpu())
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def topk(self, input_ids, attention_mask, positions, k: int):
+    def topk(self, input_ids, attention_mask, positions, k: int, batch_size: int | None = None):
         """(ids int64 [n,k], logits float32 [n,k]) of the k most likely pieces at each True position."""
         import torch
 
-        rows = self.logits_at(input_ids, attention_mask, positions)
+        rows = self.logits_at(input_ids, attention_mask, positions, batch_size)
         values, ids = torch.topk(rows, k=min(k, rows.shape[-1]), dim=-1)
         return ids, values
 

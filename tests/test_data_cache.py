@@ -167,3 +167,24 @@ def test_train_checks_the_cache_against_its_own_plan_and_short_targets_raise(tmp
     ids, logits = OfflineTargets(tmp_path / "cache" / "topk", fp)(0)
     with pytest.raises(ValueError, match="rows"):
         kd_soft_ce(torch.zeros(ids.shape[0] + 3, len(merged)), ids, logits)
+
+
+def test_cache_batch_size_bounds_the_teacher_forward_and_keeps_the_targets(tmp_path, streams, teachers, merged):
+    plan = plan_of(streams, n=30)
+    sizes = []  # sequences per teacher forward
+    hooks = [getattr(t.model, t.model.base_model_prefix).register_forward_pre_hook(  # the encoder (masked-only head, heads.py)
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True) for t in teachers.values()]
+    try:
+        whole, split = OnlineTargets(teachers, merged.id_maps, 4), OnlineTargets(teachers, merged.id_maps, 4, batch_size=3)
+        for i in (0, 5):
+            batch = plan.batch(i)
+            sizes.clear()
+            full_ids, full_logits = whole(i, batch)
+            assert max(sizes) == 4  # the plan's micro-batch
+            sizes.clear()
+            ids, logits = split(i, batch)
+            assert max(sizes) == 3 and len(sizes) == 2  # 4 sequences: 3 + 1
+            assert torch.equal(ids, full_ids) and torch.allclose(logits, full_logits, atol=1e-2)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -65,7 +65,7 @@ class Phase2Config:
     batch_size: int = 32
     max_length: int = 128
     lr: float = 1e-3
-    head_lr: float = 1e-3
+    head_lr: float = 1e-3  # the students' new task head (the body learns at lr; the task teacher at teacher_lr throughout)
     temperature: float = 2.0
     w_soft: float = 1.0
     w_gold: float = 0.0  # BiStil: soft targets only; "self-taught" uses gold labels alone

@@ -128,11 +128,16 @@ def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str,
         if name in base and name not in eligible:
             param.requires_grad_(False)
     theta0 = snapshot(student, eligible)
+
+    def param_groups():  # the new task head learns at phase2.head_lr, the body at phase2.lr
+        named = list(student.named_parameters())
+        return [{"params": [p for n, p in named if n in base], "lr": cfg.lr}, {"params": [p for n, p in named if n not in base], "lr": cfg.head_lr}]
+
     if variant == "dense":
-        losses = {"dense": train_steps(student, list(student.parameters()), loss_fn, list(dense_batches) + list(sparse_batches), cfg.lr, 0.01,
+        losses = {"dense": train_steps(student, param_groups(), loss_fn, list(dense_batches) + list(sparse_batches), cfg.lr, 0.01,
                                        desc="dense student")}
     else:
-        _, _, losses = lt_sft(student, eligible, loss_fn, dense_batches, sparse_batches, cfg.density, cfg.lr, 0.01)
+        _, _, losses = lt_sft(student, eligible, loss_fn, dense_batches, sparse_batches, cfg.density, cfg.lr, 0.01, param_groups)
     diff = SparseDiff.between(theta0, snapshot(student, eligible))
     head = {n: p.detach().cpu().clone() for n, p in student.named_parameters() if n not in base}
     return student.eval(), diff, head, losses

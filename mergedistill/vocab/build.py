@@ -57,7 +57,7 @@ def write_vocab_dir(directory: str | Path, merged: MergedVocab, teachers: Mappin
     directory = Path(directory)
     save_vocab(merged, directory)
     routes = {lang: names[0] for lang, names in assignment.items()}
-    used = sorted(set(routes.values()))
+    used = sorted({name for names in assignment.values() for name in names})  # export re-routes to the teacher evaluated through
     RoutedTokenizer(routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length).save(directory / "routed")
     if unified:
         build_unified_tokenizer(merged, max_length).save_pretrained(directory / "unified")

@@ -210,6 +210,9 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     from mergedistill.mlm_head import head_parameter_names
     from mergedistill.zoo import _mlm_step, _save_state
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per save/load would drown the build's own
     recipe = adapt_recipe(card)
     train = recipe["adapt"]
     out_dir = Path(card.source)

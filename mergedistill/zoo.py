@@ -195,6 +195,10 @@ def _save_state(path: Path, state: dict) -> None:
 def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, stop_at_step: int | None = None,
                   log: Callable[[str], None] = print) -> Path:
     """Build ``card`` into ``card.source``; skip when current. ``stop_at_step`` simulates a kill (tests)."""
+    from mergedistill.adapt import build_adapted_teacher, is_adapt_card
+
+    if is_adapt_card(card):  # a pretrained encoder given a masked-LM head (build.base), not a model trained here
+        return build_adapted_teacher(card, seed=seed, corpus_dir=corpus_dir, progress=progress, stop_at_step=stop_at_step, log=log)
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer

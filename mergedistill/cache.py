@@ -8,7 +8,8 @@ targets are rounded to float16 too: the two modes give bit-identical targets and
 The offline cache holds the targets of every planned micro-batch, in Arrow IPC chunk files of
 ``CHUNK`` batches (flat int32 ids + float16 logits + per-batch offsets). Each chunk is written to a temp
 file and renamed, so a killed build loses at most the chunk in progress and a re-run continues with
-the missing chunks; with several processes, rank r builds chunks r, r+W, ... The manifest records the
+the missing chunks; with several processes, rank r builds chunks r, r+W, ... (temp names per rank) and
+rank 0 seals the cache (``finalize_cache``) once every rank is done. The manifest records the
 fingerprint of everything the targets depend on (teachers, tokenizers, vocabulary, plan, masking, k)
 and each chunk's sha256: a stale, truncated or corrupted cache is refused with a clear message.
 """
@@ -93,7 +94,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0) -> None:
     import pyarrow as pa
 
     offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
@@ -103,10 +104,22 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> No
     table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
     meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode()}
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
+
+
+def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
+    """Start or continue a build for ``fp``: chunks a build for other inputs left are deleted. With several
+    ranks, rank 0 calls it before any rank writes a chunk (``build_cache`` does it itself for one process)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = io.read_manifest(directory)
+    if state is not None and state.get("fingerprint") != fp:
+        for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
+            stale.unlink()
+    io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
 
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
@@ -118,12 +131,9 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
     from tqdm import tqdm
 
     directory = Path(directory)
+    if world == 1:
+        prepare_cache(directory, plan, k, fp)
     directory.mkdir(parents=True, exist_ok=True)
-    state = io.read_manifest(directory)
-    if state is not None and state.get("fingerprint") != fp:
-        for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
-            stale.unlink()
-    io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
     online = OnlineTargets(teachers, id_maps, k, batch_size)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
@@ -134,7 +144,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
             for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, plan.n_batches)):
                 ids, logits = online(index, plan.batch(index))
                 rows.append((ids.numpy(), logits.to(torch.float16).numpy()))
-            _write_chunk(directory / CHUNK_NAME.format(chunk), rows)
+            _write_chunk(directory / CHUNK_NAME.format(chunk), rows, rank)
             written += 1
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
@@ -147,6 +157,8 @@ def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
     missing = [c for c in range(n_chunks) if not (directory / CHUNK_NAME.format(c)).exists()]
     if missing:
         raise UserError(f"{directory}: chunks {missing[:5]} missing; re-run `mergedistill cache build` to finish it")
+    for partial in directory.glob("chunk-*.tmp"):  # a chunk a killed attempt was writing (maybe another rank's)
+        partial.unlink(missing_ok=True)
     sums = {CHUNK_NAME.format(c): _sha256(directory / CHUNK_NAME.format(c)) for c in range(n_chunks)}
     nbytes = sum((directory / name).stat().st_size for name in sums)
     io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes)

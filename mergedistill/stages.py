@@ -21,6 +21,7 @@ from mergedistill import io
 from mergedistill.config import to_dict, to_yaml
 from mergedistill.errors import UserError
 from mergedistill.pipeline import Stage, StageContext, run_stages
+from mergedistill.ranks import world_from_env
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -231,7 +232,7 @@ def vocab_fingerprint(vocab_dir: Path) -> str:
 
 
 def stage_cache(ctx: StageContext):
-    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache
+    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
@@ -242,7 +243,13 @@ def stage_cache(ctx: StageContext):
     if cfg.cache.mode == "online":
         return {"mode": "online"}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
-    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp, batch_size=cfg.cache.batch_size)  # resumable
+    ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
+    ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
+    ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
+                                                rank=ranks.rank, world=ranks.world, progress=ranks.main,
+                                                batch_size=cfg.cache.batch_size))  # resumable in the work dir
+    if not ranks.main:
+        return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
@@ -294,6 +301,8 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
     result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
+    if not ctx.ranks.main:  # every rank trained on its own micro-batches; rank 0 writes the output
+        return {}
     student = unpartitioned_student(student, result)
     student.save_pretrained(ctx.out / "model")
     for name in ("metrics.jsonl", "tensorboard"):
@@ -481,13 +490,13 @@ def pipeline_stages(cfg) -> list[Stage]:
         Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
         Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
         Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
-              after=("vocab", "select"), doc="teacher top-k cache"),
+              after=("vocab", "select"), doc="teacher top-k cache", sharded=True),
         Stage("train", stage_train, sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"), after=("cache", "vocab", "select"),
-              doc="distil the student under DeepSpeed"),
+              doc="distil the student under DeepSpeed", sharded=True),
     ]
     if cfg.eval.baseline:
         stages.append(Stage("baseline", stage_baseline, sections=("student", "train", "data", "seed"), after=("cache", "vocab", "select"),
-                            doc="the same student with gold MLM only (no teachers)"))
+                            doc="the same student with gold MLM only (no teachers)", sharded=True))
     after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
     stages += [
         Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval + ("cache",), doc="student vs teachers per language"),
@@ -508,6 +517,6 @@ def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), unt
     results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
                          log=lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(cfg.output_dir)
-    if (out / "report" / "report.md").exists() and until is None:
+    if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:
         print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")
     return results

@@ -54,9 +54,10 @@ def setup_distributed() -> tuple[int, int]:
 
 
 def skip_shared_memory_collectives() -> None:
-    """One process needs no collectives, but DeepSpeed's CPU backend compiles its shared-memory all-reduce
-    op at init anyway: 25-60 s of C++ on every new virtual environment (the build is keyed by its paths).
-    Only for a world of one; the hook is left alone if a DeepSpeed version no longer has it."""
+    """DeepSpeed's CPU backend compiles its shared-memory all-reduce op at init: 25-60 s of C++ on every new
+    virtual environment (the build is keyed by its paths), for ``inference_all_reduce`` only, which training
+    never calls (its all-reduces go through torch.distributed), so it is skipped for any world size. The
+    hook is left alone if a DeepSpeed version no longer has it; on CUDA the op does not exist."""
     import importlib
 
     backend = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is also torch itself
@@ -183,8 +184,7 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
         raise UserError(f"train.precision: fp16 is not supported by DeepSpeed on {get_accelerator().device_name()}; "
                         "use train.precision: bf16 (or fp32), or train on a GPU")
 
-    if world == 1:
-        skip_shared_memory_collectives()
+    skip_shared_memory_collectives()
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

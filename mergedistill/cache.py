@@ -30,18 +30,34 @@ CHUNK = 50
 CHUNK_NAME = "chunk-{:05d}.arrow"
 
 
-def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
+def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarray | None = None):
+    """Teacher top-k ids -> student ids. Unified mode: where no space precedes the student's piece
+    (``teacher_glued``), through ``glued_map``: a WordPiece ``▁.`` there is the student's ``.``."""
+    import torch
+
+    student_ids, student_values = map_topk(ids, values, id_map)
+    glued = batch.get("teacher_glued")
+    if glued is not None and glued_map is not None:
+        from mergedistill.data import teacher_view
+
+        rows = glued[teacher_view(batch)[2]][:, None]
+        glued_ids, glued_values = map_topk(ids, values, glued_map)
+        student_ids, student_values = torch.where(rows, glued_ids, student_ids), torch.where(rows, glued_values, student_values)
+    return student_ids, student_values
+
+
+def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, glued_map: np.ndarray | None = None):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16."""
     import torch
 
     from mergedistill.data import teacher_view
 
     ids, logits = teacher.topk(*teacher_view(batch), k)
-    student_ids, student_logits = map_topk(ids, logits, id_map)
+    student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
-def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
+def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, glued_map: np.ndarray | None = None):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -64,22 +80,23 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
     weights = torch.from_numpy(mixture_weights(torch.stack(ce, 1).numpy())).float()  # [B, teachers]
     mixed = mix_log_probs(log_probs, weights[row_of])
     values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
-    student_ids, student_logits = map_topk(ids, values, id_map)
+    student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
-    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int):
+    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, glued_maps: Mapping[str, np.ndarray] | None = None):
         self.teachers, self.id_maps, self.k = dict(teachers), dict(id_maps), k
+        self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
 
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
-            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k)
+            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.glued_maps.get(mixture[0]))
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k)
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.glued_maps.get(name))
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
@@ -109,7 +126,8 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> No
 
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> None:
+                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
+                glued_maps: Mapping[str, np.ndarray] | None = None) -> None:
     """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable)."""
     import torch
     from tqdm import tqdm
@@ -121,7 +139,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
         for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
             stale.unlink()
     io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
-    online = OnlineTargets(teachers, id_maps, k)
+    online = OnlineTargets(teachers, id_maps, k, glued_maps)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
     written = 0
@@ -205,4 +223,5 @@ class OfflineTargets:
 
 
 def targets_fn(mode: str, **kwargs) -> Callable:
-    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])
+    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"],
+                                                                                                            kwargs.get("glued_maps"))

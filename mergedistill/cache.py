@@ -31,7 +31,24 @@ CHUNK = 50
 CHUNK_NAME = "chunk-{:05d}.arrow"
 
 
-def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None):
+def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarray | None = None):
+    """Teacher top-k ids -> student ids. Unified mode: where no space precedes the student's piece
+    (``teacher_glued``), through ``glued_map``: a WordPiece ``▁.`` there is the student's ``.``."""
+    import torch
+
+    student_ids, student_values = map_topk(ids, values, id_map)
+    glued = batch.get("teacher_glued")
+    if glued is not None and glued_map is not None:
+        from mergedistill.data import teacher_view
+
+        rows = glued[teacher_view(batch)[2]][:, None]
+        glued_ids, glued_values = map_topk(ids, values, glued_map)
+        student_ids, student_values = torch.where(rows, glued_ids, student_ids), torch.where(rows, glued_values, student_values)
+    return student_ids, student_values
+
+
+def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
+                    glued_map: np.ndarray | None = None):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
     ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch)."""
     import torch
@@ -39,11 +56,12 @@ def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size
     from mergedistill.data import teacher_view
 
     ids, logits = teacher.topk(*teacher_view(batch), k, batch_size=batch_size)
-    student_ids, student_logits = map_topk(ids, logits, id_map)
+    student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
-def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None):
+def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
+                  glued_map: np.ndarray | None = None):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -66,22 +84,25 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch
     weights = torch.from_numpy(mixture_weights(torch.stack(ce, 1).numpy())).float()  # [B, teachers]
     mixed = mix_log_probs(log_probs, weights[row_of])
     values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
-    student_ids, student_logits = map_topk(ids, values, id_map)
+    student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
-    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, batch_size: int | None = None):
+    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, batch_size: int | None = None,
+                 glued_maps: Mapping[str, np.ndarray] | None = None):
         self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
+        self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
 
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
-            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size)
+            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size,
+                                 self.glued_maps.get(mixture[0]))
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size)
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size, self.glued_maps.get(name))
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
@@ -124,9 +145,9 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
                 rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
-                batch_size: int | None = None) -> None:
+                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> None:
     """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); ``batch_size``:
-    sequences per teacher forward (``cache.batch_size``)."""
+    sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
     import torch
     from tqdm import tqdm
 
@@ -134,7 +155,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
     if world == 1:
         prepare_cache(directory, plan, k, fp)
     directory.mkdir(parents=True, exist_ok=True)
-    online = OnlineTargets(teachers, id_maps, k, batch_size)
+    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
     written = 0
@@ -217,7 +238,3 @@ class OfflineTargets:
         topk_ids = torch.from_numpy(ids[start:end].astype(np.int64).reshape(shape))
         topk_logits = torch.from_numpy(logits[start:end].reshape(shape).astype(np.float32))
         return topk_ids, topk_logits
-
-
-def targets_fn(mode: str, **kwargs) -> Callable:
-    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])

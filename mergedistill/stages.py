@@ -144,14 +144,14 @@ def read_scores(select_dir: Path) -> dict:
 def stage_vocab(ctx: StageContext):
     from mergedistill.vocab import build_unified_tokenizer
     from mergedistill.vocab.build import build_vocab, write_vocab_dir
-    from mergedistill.vocab.report import fertility_rows, fertility_table, merged_examples, overlap_table
+    from mergedistill.vocab.report import agreement_rows, agreement_table, fertility_rows, fertility_table, merged_examples, overlap_table
 
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
-    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer)
+    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer, log=ctx.log)
     write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
     held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}
     unified = build_unified_tokenizer(merged) if cfg.vocab.unified_tokenizer else None
@@ -160,6 +160,13 @@ def stage_vocab(ctx: StageContext):
               "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):", "",
               fertility_table(fertility_rows(held_out, teachers, unified)), "", "Examples of pieces merged from several teachers:", ""]
     report += [f"- `{line}`" for line in merged_examples(merged, {n: t.tokenizer for n, t in teachers.items()})]
+    if unified is not None:
+        rows = agreement_rows(held_out, {lang: (names[0], teachers[names[0]]) for lang, names in assignment.items()}, unified, merged)
+        io.write_json_atomic(ctx.out / "agreement.json", rows)
+        report += ["", "The unified tokenizer against each language's teacher on held-out text (the teacher's pieces in the "
+                   "student convention: `▁` only where the text has a space): whitespace words and whole paragraphs segmented "
+                   "the same, byte-fallback pieces, and student pieces that get a distillation target (one teacher piece over "
+                   "the same characters that maps to it):", "", agreement_table(rows)]
     io.write_text_atomic(ctx.out / "report.md", "\n".join(report) + "\n")
     return {"size": len(merged)}
 
@@ -247,7 +254,7 @@ def stage_cache(ctx: StageContext):
     ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
     ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
                                                 rank=ranks.rank, world=ranks.world, progress=ranks.main,
-                                                batch_size=cfg.cache.batch_size))  # resumable in the work dir
+                                                batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable in the work dir
     if not ranks.main:
         return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
@@ -260,7 +267,7 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size)
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps)
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
@@ -381,13 +388,22 @@ def model_card(cfg, eval_data, assignment) -> str:
         f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
         f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
         "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
-        "Load it with plain `transformers` (no mergedistill needed):", "",
-        "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
-        *(["The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
-            "trained on (`data.tokenization: unified`)."] if cfg.data.tokenization == "unified" else
-          ["The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
-           "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
-           "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly."]), "",
+        *(["Load it with plain `transformers` (no mergedistill needed):", "",
+            "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
+            "The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
+            "trained on (`data.tokenization: unified`): it segments each language as that language's teacher does."]
+          if cfg.data.tokenization == "unified" else
+          ["The student was trained on routed tokenization (MergeDistill's): each language's text through its teacher's",
+           "tokenizer, mapped to the student's ids. So it needs the language of its input, and this export ships no",
+           "top-level tokenizer (`AutoTokenizer` would segment differently from training). `routed/` holds the teachers'",
+           "tokenizers and id maps; load them with mergedistill:", "",
+           "```python", "import torch", "from transformers import AutoModelForMaskedLM",
+           "from mergedistill.vocab import load_routed_tokenizer", "",
+           "tokenizer = load_routed_tokenizer('PATH')  # language -> teacher tokenizer + id map",
+           "model = AutoModelForMaskedLM.from_pretrained('PATH').eval()",
+           f"ids = tokenizer.encode('Click here to save.', lang='{langs[0]}')  # student ids, as in training",
+           "ids[2] = 4  # the student's [MASK] id",
+           "top = model(torch.tensor([ids])).logits[0, 2].argmax()", "```"]), "",
         "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
     ])
 
@@ -414,8 +430,11 @@ def stage_export(ctx: StageContext):
     eval_data = read_json(ctx.inputs["eval"] / "eval.json")
     model = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model")
     model.save_pretrained(ctx.out)
-    if (ctx.inputs["vocab"] / "unified").exists():
+    if cfg.data.tokenization == "unified":  # the top-level tokenizer is the one the student was trained on
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
+    else:
+        ctx.log(f"[export] routed student: no top-level tokenizer in {ctx.out} (AutoTokenizer would not segment as in training); "
+                "load its routed/ tokenizers with mergedistill.vocab.load_routed_tokenizer(PATH) and pass the language")
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")
     route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))

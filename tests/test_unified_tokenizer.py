@@ -132,3 +132,15 @@ def test_autotokenizer_ids_equal_training_ids_without_mergedistill(unified, tmp_
     for lang, lang_texts in sentences.items():
         trained = [[2] + list(s_ids) + [3] for s_ids, *_ in aligned_paragraphs(lang_texts, unified, unified)]
         assert loaded[lang] == trained, lang
+
+
+def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
+    from mergedistill.config import ExperimentConfig, from_dict
+    from mergedistill.stages import model_card
+
+    assignment = {"en": ["bert"], "ja": ["xlm-roberta"]}
+    cards = {"teachers": {"cards": ["t.yaml"]}}
+    routed = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "routed"}}), {"rows": []}, assignment)
+    unified = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "unified"}}), {"rows": []}, assignment)
+    assert "load_routed_tokenizer('PATH')" in routed and "pipeline('fill-mask'" not in routed
+    assert "pipeline('fill-mask'" in unified and "load_routed_tokenizer" not in unified

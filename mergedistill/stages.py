@@ -439,7 +439,23 @@ def stage_export(ctx: StageContext):
     route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
-    if (ctx.out / "tokenizer.json").exists():
+    if cfg.data.tokenization == "routed":  # through the tokenizers the student was trained on, language by language
+        from mergedistill.device import resolve_device
+        from mergedistill.evaluation import routed_fill_mask
+        from mergedistill.vocab import load_routed_tokenizer, load_vocab
+
+        routed, pieces = load_routed_tokenizer(ctx.out), load_vocab(ctx.inputs["vocab"]).pieces
+        model.to(resolve_device(cfg.device)).eval()
+        for lang in sorted(assignment):
+            items = []
+            for text in eval_texts(cfg, lang, 40, split="test"):
+                example = routed_fill_mask(model, routed, pieces, text, lang)
+                if example is not None:
+                    items.append(example)
+                if len(items) >= cfg.export.fill_mask_examples:
+                    break
+            examples[lang] = items
+    elif (ctx.out / "tokenizer.json").exists():
         from mergedistill.device import resolve_device
 
         fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there

@@ -81,6 +81,25 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     assert not (out / "export" / "tokenizer.json").exists() and (out / "export" / "routed").is_dir()
     card = (out / "export" / "README.md").read_text()
     assert "pipeline_tag: fill-mask" in card and "load_routed_tokenizer('PATH')" in card
+    # the report's fill-mask examples read the text as the student was trained on it (routed) and show its top-1
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab
+
+    examples = json.loads((out / "export" / "fill_mask_examples.json").read_text())
+    routed, pieces = load_routed_tokenizer(out / "export"), load_vocab(out / "vocab").pieces
+    model = AutoModelForMaskedLM.from_pretrained(out / "export").eval()
+    assert set(examples) == {"en", "de", "ja"} and all(examples.values())
+    for lang, items in examples.items():
+        for item in items:
+            encoded = routed.encode(item["source"], lang)
+            position = [i for i, piece in enumerate(encoded) if piece >= 5][len([i for i in encoded if i >= 5]) // 2]
+            assert pieces[encoded[position]] == item["masked"] and "[MASK]" in item["text"]
+            encoded[position] = SPECIAL_IDS["mask"]
+            with torch.inference_mode():
+                top1 = int(model(input_ids=torch.tensor([encoded])).logits[0, position].argmax())
+            assert pieces[top1] == item["predictions"][0]["token"], (lang, item)
 
     # second run: every stage skipped
     capsys.readouterr()

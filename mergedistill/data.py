@@ -51,6 +51,7 @@ class Stream:
     mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
     aligned: list | None = None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
     student_pool: np.ndarray | None = None  # unified mode: student ids allowed as random replacements
+    student_word_start: np.ndarray | None = None  # unified mode: per student id, the piece starts with ▁ (a space before it)
     chars: int = 0  # characters of the stream's texts: the language's size for sampling (0 = unknown: sequences are used)
 
     def fingerprint(self) -> str:
@@ -79,6 +80,7 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
         aligned = aligned_sequences(texts, student_tokenizer, tokenizer, max_length, length, teacher)
         sequences = [a.teacher_ids for a in aligned]
         student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
+        student_word_start = np.array([t.startswith("▁") for t in student_tokenizer.convert_ids_to_tokens(list(range(len(student_tokenizer))))])
     else:
         ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
@@ -86,7 +88,8 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
     return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool, sum(len(t) for t in texts))
+                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool,
+                  student_word_start if student_tokenizer is not None else None, sum(len(t) for t in texts))
 
 
 def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
@@ -241,7 +244,7 @@ class DataPlan:
 
         from mergedistill.align import mask_aligned, one_to_one
 
-        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd = [], [], [], [], [], []
+        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd, t_glued = [], [], [], [], [], [], []
         for example in examples:
             seq = stream.aligned[int(example)]
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
@@ -254,12 +257,15 @@ class DataPlan:
             s_kd.append(np.isin(seq.student_groups, paired))
             t_kd.append(np.isin(seq.teacher_groups, paired))
             t_labels.append(np.where(t_kd[-1], seq.teacher_ids, -100))
+            t_glued.append(np.zeros(len(t_in), bool))  # paired one to one, in group order on both sides:
+            t_glued[-1][t_kd[-1]] = ~stream.student_word_start[seq.student_ids[s_kd[-1]]]  # no space before the student piece
         student_ids, attention = pad_batch(s_inputs, SPECIAL_IDS["pad"])
         teacher_ids, teacher_attention = pad_batch(t_inputs, stream.pad_id)
         labels, _ = pad_batch(s_labels, -100)
         gold_teacher, _ = pad_batch(t_labels, -100)
         kd, _ = pad_batch([k.astype(np.int64) for k in s_kd], 0)
         tq, _ = pad_batch([k.astype(np.int64) for k in t_kd], 0)
+        glued, _ = pad_batch([g.astype(np.int64) for g in t_glued], 0)
         return {
             "input_ids": torch.from_numpy(student_ids.astype(np.int64)),
             "attention_mask": torch.from_numpy(attention),
@@ -269,6 +275,7 @@ class DataPlan:
             "teacher_labels": torch.from_numpy(gold_teacher),
             "teacher_positions": torch.from_numpy(tq.astype(bool)),
             "kd_positions": torch.from_numpy(kd.astype(bool)),
+            "teacher_glued": torch.from_numpy(glued.astype(bool)),  # targets there map through the vocabulary's glued_maps
             "lang": stream.lang,
             "teacher": stream.teacher,
             "mixture": stream.mixture,

@@ -21,6 +21,7 @@ from mergedistill import io
 from mergedistill.config import to_dict, to_yaml
 from mergedistill.errors import UserError
 from mergedistill.pipeline import Stage, StageContext, run_stages
+from mergedistill.ranks import world_from_env
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -35,9 +36,11 @@ def load_cards(cfg):
 
 
 def load_teachers(cfg, names=None):
+    from mergedistill.device import resolve_device
     from mergedistill.teachers import Teacher
 
-    return {c.name: Teacher.load(c, device=cfg.teachers.device) for c in load_cards(cfg) if names is None or c.name in names}
+    device = str(resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"))
+    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 
 def read_json(path: Path):
@@ -141,14 +144,14 @@ def read_scores(select_dir: Path) -> dict:
 def stage_vocab(ctx: StageContext):
     from mergedistill.vocab import build_unified_tokenizer
     from mergedistill.vocab.build import build_vocab, write_vocab_dir
-    from mergedistill.vocab.report import fertility_rows, fertility_table, merged_examples, overlap_table
+    from mergedistill.vocab.report import agreement_rows, agreement_table, fertility_rows, fertility_table, merged_examples, overlap_table
 
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
-    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer)
+    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer, log=ctx.log)
     write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
     held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}
     unified = build_unified_tokenizer(merged) if cfg.vocab.unified_tokenizer else None
@@ -157,6 +160,13 @@ def stage_vocab(ctx: StageContext):
               "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):", "",
               fertility_table(fertility_rows(held_out, teachers, unified)), "", "Examples of pieces merged from several teachers:", ""]
     report += [f"- `{line}`" for line in merged_examples(merged, {n: t.tokenizer for n, t in teachers.items()})]
+    if unified is not None:
+        rows = agreement_rows(held_out, {lang: (names[0], teachers[names[0]]) for lang, names in assignment.items()}, unified, merged)
+        io.write_json_atomic(ctx.out / "agreement.json", rows)
+        report += ["", "The unified tokenizer against each language's teacher on held-out text (the teacher's pieces in the "
+                   "student convention: `▁` only where the text has a space): whitespace words and whole paragraphs segmented "
+                   "the same, byte-fallback pieces, and student pieces that get a distillation target (one teacher piece over "
+                   "the same characters that maps to it):", "", agreement_table(rows)]
     io.write_text_atomic(ctx.out / "report.md", "\n".join(report) + "\n")
     return {"size": len(merged)}
 
@@ -232,7 +242,7 @@ DROPPED_SAMPLE_BATCHES = 20
 
 
 def stage_cache(ctx: StageContext):
-    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, sample_dropped
+    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache, sample_dropped
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
@@ -242,10 +252,16 @@ def stage_cache(ctx: StageContext):
                                                  "batches": plan.n_batches})
     if cfg.cache.mode == "online":  # the dropped top-k mass, measured on the plan's first batches
         n = min(plan.n_batches, DROPPED_SAMPLE_BATCHES)
-        return {"mode": "online", "dropped_topk_mass": sample_dropped(plan, teachers, merged.id_maps, cfg.cache.top_k, n, cfg.cache.batch_size),
-                "dropped_topk_mass_batches": n}
+        dropped = sample_dropped(plan, teachers, merged.id_maps, cfg.cache.top_k, n, cfg.cache.batch_size, merged.glued_maps)
+        return {"mode": "online", "dropped_topk_mass": dropped, "dropped_topk_mass_batches": n}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
-    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp, batch_size=cfg.cache.batch_size)  # resumable
+    ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
+    ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
+    ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
+                                                rank=ranks.rank, world=ranks.world, progress=ranks.main,
+                                                batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable in the work dir
+    if not ranks.main:
+        return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
@@ -256,7 +272,7 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size)
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps)
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
@@ -296,7 +312,9 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
                                      configured_stride=cfg.student.layer_stride)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)
+    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
+    if not ctx.ranks.main:  # every rank trained on its own micro-batches; rank 0 writes the output
+        return {}
     student = unpartitioned_student(student, result)
     student.save_pretrained(ctx.out / "model")
     for name in ("metrics.jsonl", "tensorboard"):
@@ -317,6 +335,7 @@ def stage_baseline(ctx):
 def stage_eval(ctx: StageContext):
     from transformers import AutoModelForMaskedLM
 
+    from mergedistill.device import resolve_device
     from mergedistill.evaluation import compare_student, latency_ms
     from mergedistill.selection import primary_teacher
 
@@ -326,10 +345,11 @@ def stage_eval(ctx: StageContext):
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
-    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").eval()
+    device = resolve_device(cfg.device)
+    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").to(device).eval()
     baseline = None
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
-        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
     served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
@@ -373,13 +393,22 @@ def model_card(cfg, eval_data, assignment) -> str:
         f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
         f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
         "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
-        "Load it with plain `transformers` (no mergedistill needed):", "",
-        "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
-        *(["The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
-            "trained on (`data.tokenization: unified`)."] if cfg.data.tokenization == "unified" else
-          ["The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
-           "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
-           "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly."]), "",
+        *(["Load it with plain `transformers` (no mergedistill needed):", "",
+            "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
+            "The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
+            "trained on (`data.tokenization: unified`): it segments each language as that language's teacher does."]
+          if cfg.data.tokenization == "unified" else
+          ["The student was trained on routed tokenization (MergeDistill's): each language's text through its teacher's",
+           "tokenizer, mapped to the student's ids. So it needs the language of its input, and this export ships no",
+           "top-level tokenizer (`AutoTokenizer` would segment differently from training). `routed/` holds the teachers'",
+           "tokenizers and id maps; load them with mergedistill:", "",
+           "```python", "import torch", "from transformers import AutoModelForMaskedLM",
+           "from mergedistill.vocab import load_routed_tokenizer", "",
+           "tokenizer = load_routed_tokenizer('PATH')  # language -> teacher tokenizer + id map",
+           "model = AutoModelForMaskedLM.from_pretrained('PATH').eval()",
+           f"ids = tokenizer.encode('Click here to save.', lang='{langs[0]}')  # student ids, as in training",
+           "ids[2] = 4  # the student's [MASK] id",
+           "top = model(torch.tensor([ids])).logits[0, 2].argmax()", "```"]), "",
         "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
     ])
 
@@ -406,14 +435,19 @@ def stage_export(ctx: StageContext):
     eval_data = read_json(ctx.inputs["eval"] / "eval.json")
     model = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model")
     model.save_pretrained(ctx.out)
-    if (ctx.inputs["vocab"] / "unified").exists():
+    if cfg.data.tokenization == "unified":  # the top-level tokenizer is the one the student was trained on
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
+    else:
+        ctx.log(f"[export] routed student: no top-level tokenizer in {ctx.out} (AutoTokenizer would not segment as in training); "
+                "load its routed/ tokenizers with mergedistill.vocab.load_routed_tokenizer(PATH) and pass the language")
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")
     route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
     if (ctx.out / "tokenizer.json").exists():
-        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=-1)
+        from mergedistill.device import resolve_device
+
+        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
@@ -438,6 +472,7 @@ def stage_export(ctx: StageContext):
 
 
 def stage_report(ctx: StageContext):
+    from mergedistill.device import resolve_device
     from mergedistill.report import ReportFacts, write_report
 
     cfg = ctx.cfg
@@ -464,7 +499,8 @@ def stage_report(ctx: StageContext):
         stage_seconds=seconds,
         notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
                dropped_note(io.read_manifest(ctx.inputs["cache"]) or {}),
-               "Speed-ups compare the student with the teachers it replaces on the same CPU input shape (median of 5 runs)."],
+               f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
+               "input shape (median of 5 runs)."],
     )
     write_report(ctx.out, facts)
     return {}
@@ -489,13 +525,13 @@ def pipeline_stages(cfg) -> list[Stage]:
         Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
         Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
         Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
-              after=("vocab", "select"), doc="teacher top-k cache"),
+              after=("vocab", "select"), doc="teacher top-k cache", sharded=True),
         Stage("train", stage_train, sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"), after=("cache", "vocab", "select"),
-              doc="distil the student under DeepSpeed"),
+              doc="distil the student under DeepSpeed", sharded=True),
     ]
     if cfg.eval.baseline:
         stages.append(Stage("baseline", stage_baseline, sections=("student", "train", "data", "seed"), after=("cache", "vocab", "select"),
-                            doc="the same student with gold MLM only (no teachers)"))
+                            doc="the same student with gold MLM only (no teachers)", sharded=True))
     after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
     stages += [
         Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval + ("cache",), doc="student vs teachers per language"),
@@ -516,6 +552,6 @@ def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), unt
     results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
                          log=lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(cfg.output_dir)
-    if (out / "report" / "report.md").exists() and until is None:
+    if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:
         print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")
     return results

@@ -208,9 +208,8 @@ class Teacher:
         parts = []
         with torch.inference_mode():
             for start in range(0, max(1, input_ids.shape[0]), step):
-                rows = slice(start, start + step)
-                logits, _ = masked_lm_logits(self.model, input_ids[rows].to(self.device), attention_mask[rows].to(self.device),
-                                             positions[rows].to(self.device))
+                rows = slice(start, start + step)  # moved to the model's device in masked_lm_logits
+                logits, _ = masked_lm_logits(self.model, input_ids[rows], attention_mask[rows], positions[rows])
                 parts.append(logits.float().cpu())
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -69,3 +69,6 @@ def merged(teachers, texts):
     from mergedistill.vocab.build import build_vocab
 
     return build_vocab(teachers, ASSIGNMENT, texts)
+
+
+from tests.helpers.tiny_runs import tiny_runs  # noqa: E402,F401  (fixture: finished tiny pipeline runs per student arch and tokenization)

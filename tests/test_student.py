@@ -1,4 +1,4 @@
-import glob
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +8,8 @@ from mergedistill.config import StudentConfig, load_config
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
 from mergedistill.student import build_student, init_from_teacher, teacher_layers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_layer_map_copies_teacher_layers_s_2s_3s():
@@ -62,8 +64,16 @@ def test_deberta_student_has_relative_positions_only_and_refuses_teacher_init(te
         init_from_teacher(cfg, teachers["bert"].model, teachers["bert"].tokenizer, merged.id_maps["bert"], merged.pieces)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("experiments/**/*.yaml", recursive=True)))
-def test_shipped_experiment_configs_validate_and_name_their_command(path):
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("experiments/**/*.yaml"))
+
+
+def test_shipped_experiment_configs_are_found():
+    assert "experiments/demo.yaml" in CONFIGS and "experiments/bistil/demo.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_experiment_configs_validate_and_name_their_command(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # a config's paths (cards, base) are relative to the working directory: the repository root
     first = open(path, encoding="utf-8").readline()
     assert first.startswith("# ") and "mergedistill" in first  # the config opens with the command that runs it
     if "/bistil/" in path:  # BiStil experiments have their own schema

@@ -34,6 +34,8 @@ class MergedVocab:
     id_maps: dict[str, np.ndarray]  # teacher name -> int32 [teacher vocab size]: student id or -1
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # student id -> corpus count
     metadata: dict = field(default_factory=dict)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # student id -> unified Unigram score (empty: from counts)
+    glued_maps: dict[str, np.ndarray] = field(default_factory=dict)  # teacher -> student id where no space precedes (vocab.build)
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -70,8 +72,10 @@ def merge_vocabs(
     min_freq: float = 1e-6,
     max_size: int | None = None,
     add_byte_pieces: bool = False,
+    extra_counts: Mapping[str, int] | None = None,
 ) -> MergedVocab:
-    """Build the student vocabulary and the id maps. ``counts`` = teacher name -> id counts on its text."""
+    """Build the student vocabulary and the id maps. ``counts`` = teacher name -> id counts on its text;
+    ``extra_counts``: further required pieces (the unified tokenizer's student-convention pieces) -> count."""
     counts = counts or {}
     totals: dict[str, int] = {}
     required: set[str] = set()
@@ -84,6 +88,9 @@ def merge_vocabs(
             totals[key] = totals.get(key, 0) + (int(teacher_counts[teacher_id]) if teacher_counts is not None else 0)
             if teacher_counts is not None and teacher_counts[teacher_id] > 0:
                 required.add(key)
+    for key, count in sorted((extra_counts or {}).items()):
+        totals[key] = max(totals.get(key, 0), int(count))
+        required.add(key)
     if add_byte_pieces:  # byte fallback of the unified tokenizer needs all 256 byte pieces
         for piece in BYTE_PIECES:
             totals.setdefault(piece, 0)

@@ -10,7 +10,7 @@ A teacher card whose ``build:`` names a ``base`` encoder instead of a model to t
               checkpoint_every: 50, eval_paragraphs: 50, prior_bias: true}
 
 The build: (1) import the base (``pkg:`` sources are converted once into ``<zoo dir>/imports/<package>``);
-(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``bistil.trim``: rows of
+(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``vocab.trim``: rows of
 the embedding matrix, which the tied decoder shares, so the masked-LM softmax and the optimizer state
 shrink with it); (3) attach a fresh head (``mlm_head``), its output bias set to the log unigram prior of
 those paragraphs (``prior_bias``); (4) ``head_steps`` steps train the head alone (encoder frozen), then
@@ -132,8 +132,8 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from mergedistill.bistil.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
     from mergedistill.mlm_head import attach_mlm_head, log_prior, set_output_bias
+    from mergedistill.vocab.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, model_max_length=max_length)
     if tokenizer.mask_token_id is None:

@@ -161,12 +161,10 @@ def masked_accuracy(model, tokenizer, texts: dict[str, list[str]], max_length: i
     model.eval()
     special = set(tokenizer.all_special_ids)
 
-    def encode(batch, limit):
-        return tokenizer(batch, truncation=True, max_length=limit)["input_ids"]
-
     out = {}
     for lang, lang_texts in texts.items():
-        result = masked_token_accuracy(model, make_eval_set(lang_texts, encode, special, max_length), tokenizer.mask_token_id,
+        ids = tokenizer(list(lang_texts), truncation=True, max_length=max_length)["input_ids"]
+        result = masked_token_accuracy(model, make_eval_set(lang_texts, ids, special), tokenizer.mask_token_id,
                                        tokenizer.pad_token_id, seed=seed)
         out[lang] = {"acc": round(result["acc"], 4), "ce": round(result["ce"], 4)}
     return out

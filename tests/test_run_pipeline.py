@@ -58,7 +58,8 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     monkeypatch.setattr(corpus, "load_texts", recording)
     assert main(["run", str(root / "exp.yaml")]) == 0
     monkeypatch.setattr(corpus, "load_texts", real_load)
-    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == splits["stage_export"] == {"test"}  # select on valid, report on test
+    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == {"test"}  # select on valid, report on test
+    assert splits.get("stage_export", {"test"}) == {"test"}  # fill-mask examples (unified exports only) too
     out = root / "out"
     for stage in ("teachers", "select", "vocab", "cache", "train", "baseline", "eval", "export", "report"):
         assert read_manifest(out / stage) is not None, stage

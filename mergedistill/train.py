@@ -71,7 +71,9 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
         "gradient_accumulation_steps": train_cfg.grad_accum,
         "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum * world_size,
         "gradient_clipping": train_cfg.grad_clip,
-        "zero_optimization": {"stage": train_cfg.zero_stage},
+        # memory_efficient_linear off: ZeRO-3 would swap torch.nn.functional.linear for DeepSpeed's own for the rest of
+        # the process, so every later run in it (baseline, ablation variants, tests) would round differently
+        "zero_optimization": {"stage": train_cfg.zero_stage, "memory_efficient_linear": False},
         "optimizer": {"type": "AdamW", "params": {"lr": train_cfg.lr, "betas": [0.9, train_cfg.adam_beta2], "weight_decay": train_cfg.weight_decay,
                                                         "torch_adam": True, "foreach": True}},  # foreach: 2x faster step on CPU
         "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": train_cfg.steps, "warmup_num_steps": train_cfg.warmup_steps,

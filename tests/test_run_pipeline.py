@@ -74,15 +74,15 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
     assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
-    # the export loads with plain transformers, no mergedistill import
-    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
-            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
-            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
-            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    # routed training (the default): the model loads with plain transformers, but no top-level tokenizer is
+    # shipped (it would not segment as in training); the card says how to load the routed one
+    code = ("import sys; from transformers import AutoModelForMaskedLM; m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]);"
+            "assert 'mergedistill' not in sys.modules; print(m.config.vocab_size)")
     result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "5"
-    assert "pipeline_tag: fill-mask" in (out / "export" / "README.md").read_text()
+    assert not (out / "export" / "tokenizer.json").exists() and (out / "export" / "routed").is_dir()
+    card = (out / "export" / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "load_routed_tokenizer('PATH')" in card
 
     # second run: every stage skipped
     capsys.readouterr()
@@ -136,6 +136,14 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
     served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]
     assert sum(served.values()) == 6 * 4
     assert "unified tokenization" in (out / "export" / "README.md").read_text()
+    # the export loads with plain transformers, no mergedistill import, and fills masks
+    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
+            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
+            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
+            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "5"
     tokenizer, model = AutoTokenizer.from_pretrained(out / "export"), AutoModelForMaskedLM.from_pretrained(out / "export")
     from mergedistill.stages import unified_tokenizer
 

@@ -10,7 +10,7 @@ A teacher card whose ``build:`` names a ``base`` encoder instead of a model to t
               checkpoint_every: 50, eval_paragraphs: 50, prior_bias: true}
 
 The build: (1) import the base (``pkg:`` sources are converted once into ``<zoo dir>/imports/<package>``);
-(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``bistil.trim``: rows of
+(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``vocab.trim``: rows of
 the embedding matrix, which the tied decoder shares, so the masked-LM softmax and the optimizer state
 shrink with it); (3) attach a fresh head (``mlm_head``), its output bias set to the log unigram prior of
 those paragraphs (``prior_bias``); (4) ``head_steps`` steps train the head alone (encoder frozen), then
@@ -132,8 +132,8 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from mergedistill.bistil.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
     from mergedistill.mlm_head import attach_mlm_head, log_prior, set_output_bias
+    from mergedistill.vocab.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, model_max_length=max_length)
     if tokenizer.mask_token_id is None:
@@ -161,12 +161,10 @@ def masked_accuracy(model, tokenizer, texts: dict[str, list[str]], max_length: i
     model.eval()
     special = set(tokenizer.all_special_ids)
 
-    def encode(batch, limit):
-        return tokenizer(batch, truncation=True, max_length=limit)["input_ids"]
-
     out = {}
     for lang, lang_texts in texts.items():
-        result = masked_token_accuracy(model, make_eval_set(lang_texts, encode, special, max_length), tokenizer.mask_token_id,
+        ids = tokenizer(list(lang_texts), truncation=True, max_length=max_length)["input_ids"]
+        result = masked_token_accuracy(model, make_eval_set(lang_texts, ids, special), tokenizer.mask_token_id,
                                        tokenizer.pad_token_id, seed=seed)
         out[lang] = {"acc": round(result["acc"], 4), "ce": round(result["ce"], 4)}
     return out

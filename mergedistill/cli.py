@@ -56,8 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOCAL_RANK_FLAGS = ("--local_rank", "--local-rank")
+
+
+def strip_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
+    """Remove a launcher's ``--local_rank=N`` / ``--local_rank N`` (either spelling) from anywhere in argv.
+
+    The deepspeed launcher puts it before the verb (``mergedistill --local_rank=0 run CONFIG``), other
+    launchers after it; the rank itself is read from the environment, so the flag only fills LOCAL_RANK.
+    Returns the remaining arguments and the rank given (None when absent).
+    """
+    rest, rank, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":  # everything after a bare -- is positional
+            rest.extend(argv[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if name in LOCAL_RANK_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{name} needs a value, e.g. {name}=0")
+                value, i = argv[i + 1], i + 1
+            if not value.isdigit():
+                raise UserError(f"{name}={value}: the local rank must be a non-negative integer, e.g. {name}=0")
+            rank = value
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, rank
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        argv, local_rank = strip_local_rank(sys.argv[1:] if argv is None else list(argv))
+    except UserError as err:
+        parser.exit(2, f"mergedistill: error: {err}\n")
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", local_rank)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()

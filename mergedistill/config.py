@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mergedistill.device import device_problems
 from mergedistill.errors import UserError
 
 T = TypeVar("T")
@@ -59,10 +60,11 @@ class TeachersConfig:
 
     cards: List[str] = field(default_factory=list)
     zoo_dir: str = "runs/zoo"  # where `teachers build` writes demo teachers (one dir per card)
-    device: str = "cpu"
+    device: str = ""  # "" = the run-level `device`; or auto | cpu | cuda | cuda:N for the teachers alone
 
     def problems(self):
-        return [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-multi.yaml)")]
+        out = [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-multi.yaml)")]
+        return out + (device_problems(self.device) if self.device else [])
 
 
 @dataclass
@@ -125,7 +127,7 @@ class CacheConfig:
 
     mode: str = "offline"  # offline | online
     top_k: int = 8
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per teacher forward when computing targets (bounds teacher memory; the plan's batches are split)
 
     def problems(self):
         return _one_of(self.mode, ("offline", "online"), "mode") + _positive(self, "top_k", "batch_size")
@@ -144,11 +146,15 @@ class StudentConfig:
     dropout: float = 0.1
     init: str = "scratch"  # scratch | teacher
     init_teacher: str = ""  # teacher name when init == teacher
-    layer_stride: int = 2  # copy teacher layers s, 2s, ... when init == teacher
+    # student layers 1, 2, ... stand for teacher layers s, 2s, ... (copied when init == teacher; paired by the
+    # train.alpha_hidden/alpha_attn terms); null = teacher layers // student layers (mergedistill/layers.py)
+    layer_stride: Optional[int] = None
     new_piece_init: str = "mean"  # mean | random: embeddings of pieces the init teacher does not own
 
     def problems(self):
-        out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position", "layer_stride")
+        out = _positive(self, "layers", "hidden", "heads", "intermediate", "max_position")
+        if self.layer_stride is not None and self.layer_stride <= 0:
+            out.append(("layer_stride", f"must be > 0 or null, got {self.layer_stride}"))
         if self.hidden % max(self.heads, 1):
             out.append(("hidden", f"must be divisible by heads ({self.heads}), got {self.hidden}"))
         out += _one_of(self.arch, ("bert", "deberta-v2"), "arch")
@@ -219,6 +225,7 @@ class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs/experiment"
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -232,7 +239,7 @@ class ExperimentConfig:
 
     def problems(self):
         """Checks that span sections."""
-        out = []
+        out = device_problems(self.device)
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
             out.append(("train.alpha_hidden", "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
                                               "does not store; set cache.mode: online (or both weights to 0)"))

@@ -4,9 +4,11 @@ A *stream* is one (language, teacher) pair: that language's training paragraphs 
 teacher (routed mode, MergeDistill's) and packed into sequences of at most ``max_length`` teacher ids.
 Per-example teacher selection (min-ce) simply splits a language's paragraphs over several streams.
 
-The *plan* fixes, for every micro-batch index, which stream and which examples it holds: the stream is
-drawn with p ∝ w·n^α over stream sizes (n = sequences; α = ``data.sampling_alpha``; w = the stream language's
-``data.language_weights`` entry, default 1), and each stream is
+The *plan* fixes, for every micro-batch index, which stream and which examples it holds: a language is
+drawn with p ∝ w·n^α (n = the language's training characters, a tokenizer-independent size; α =
+``data.sampling_alpha``; w = its ``data.language_weights`` entry, default 1), then one of its streams in
+proportion to their sizes (sequences), so neither a teacher's fertility nor a min-ce split over several
+teachers moves a language's share (``sampling_probabilities``); each stream is
 walked through a fresh seeded permutation per epoch. Masking happens in TEACHER id space with an RNG
 seeded by (mask seed, stream, example, epoch), and the student input is the masked teacher sequence
 mapped through the id map, so teacher and student positions align 1:1. ``batch(i)`` is therefore a
@@ -49,6 +51,8 @@ class Stream:
     mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
     aligned: list | None = None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
     student_pool: np.ndarray | None = None  # unified mode: student ids allowed as random replacements
+    student_word_start: np.ndarray | None = None  # unified mode: per student id, the piece starts with ▁ (a space before it)
+    chars: int = 0  # characters of the stream's texts: the language's size for sampling (0 = unknown: sequences are used)
 
     def fingerprint(self) -> str:
         unified = [] if self.aligned is None else ["unified", [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
@@ -76,6 +80,7 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
         aligned = aligned_sequences(texts, student_tokenizer, tokenizer, max_length, length, teacher)
         sequences = [a.teacher_ids for a in aligned]
         student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
+        student_word_start = np.array([t.startswith("▁") for t in student_tokenizer.convert_ids_to_tokens(list(range(len(student_tokenizer))))])
     else:
         ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
@@ -83,7 +88,8 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
     return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool)
+                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool,
+                  student_word_start if student_tokenizer is not None else None, sum(len(t) for t in texts))
 
 
 def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
@@ -126,6 +132,18 @@ def kd_rows(batch: dict):
     return None if kd is None else kd[batch["labels"] != -100]
 
 
+def sampling_probabilities(streams: list[Stream], alpha: float, language_weights: dict[str, float]) -> np.ndarray:
+    """Per stream: its language's p ∝ w·n^α (n = the language's characters, or its sequences when a stream does not
+    know its characters) shared among the language's streams in proportion to their sequences."""
+    by_chars = all(s.chars > 0 for s in streams)
+    langs = sorted({s.lang for s in streams})
+    sizes = {lang: sum(s.chars if by_chars else len(s.sequences) for s in streams if s.lang == lang) for lang in langs}
+    lang_p = np.array([language_weights.get(lang, 1.0) * float(sizes[lang]) ** alpha for lang in langs])
+    lang_p /= lang_p.sum()
+    sequences = {lang: sum(len(s.sequences) for s in streams if s.lang == lang) for lang in langs}
+    return np.array([lang_p[langs.index(s.lang)] * len(s.sequences) / sequences[s.lang] for s in streams], dtype=np.float64)
+
+
 @dataclass
 class DataPlan:
     streams: list[Stream]
@@ -141,9 +159,7 @@ class DataPlan:
     def __post_init__(self):
         if not self.streams:
             raise UserError("no data streams: every language needs a teacher and text")
-        sizes = np.array([len(s.sequences) for s in self.streams], dtype=np.float64)
-        weights = np.array([self.language_weights.get(s.lang, 1.0) for s in self.streams], dtype=np.float64)
-        self.probabilities = weights * sizes**self.alpha / (weights * sizes**self.alpha).sum()
+        self.probabilities = sampling_probabilities(self.streams, self.alpha, self.language_weights)
         cursors = [0] * len(self.streams)
         epochs = [0] * len(self.streams)
         orders = [self._order(i, 0) for i in range(len(self.streams))]
@@ -165,7 +181,8 @@ class DataPlan:
     def fingerprint(self) -> str:
         weights = sorted(self.language_weights.items())  # empty (the default) keeps earlier plans' fingerprints
         return fingerprint("plan", [s.fingerprint() for s in self.streams], self.batch_size, self.n_batches, self.seed, self.alpha,
-                           self.mlm_probability, self.mask_seed, *([weights] if weights else []))
+                           self.mlm_probability, self.mask_seed, *([weights] if weights else []),
+                           ["per-language", [s.chars for s in self.streams]])  # the sampling rule and its sizes
 
     def served(self) -> dict[str, int]:
         """Examples each teacher serves over the whole plan."""
@@ -173,6 +190,16 @@ class DataPlan:
         for stream_index, examples, _ in self.schedule:
             teacher = self.streams[stream_index].teacher
             out[teacher] = out.get(teacher, 0) + len(examples)
+        return out
+
+    def served_by_language(self) -> dict[str, dict[str, int]]:
+        """Examples each teacher (or mixture) serves per language over the whole plan: which teacher a language's
+        evaluation and export go through (``selection.primary_teacher``)."""
+        out: dict[str, dict[str, int]] = {}
+        for stream_index, examples, _ in self.schedule:
+            stream = self.streams[stream_index]
+            counts = out.setdefault(stream.lang, {})
+            counts[stream.teacher] = counts.get(stream.teacher, 0) + len(examples)
         return out
 
     def batch(self, index: int) -> dict:
@@ -217,7 +244,7 @@ class DataPlan:
 
         from mergedistill.align import mask_aligned, one_to_one
 
-        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd = [], [], [], [], [], []
+        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd, t_glued = [], [], [], [], [], [], []
         for example in examples:
             seq = stream.aligned[int(example)]
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
@@ -230,12 +257,15 @@ class DataPlan:
             s_kd.append(np.isin(seq.student_groups, paired))
             t_kd.append(np.isin(seq.teacher_groups, paired))
             t_labels.append(np.where(t_kd[-1], seq.teacher_ids, -100))
+            t_glued.append(np.zeros(len(t_in), bool))  # paired one to one, in group order on both sides:
+            t_glued[-1][t_kd[-1]] = ~stream.student_word_start[seq.student_ids[s_kd[-1]]]  # no space before the student piece
         student_ids, attention = pad_batch(s_inputs, SPECIAL_IDS["pad"])
         teacher_ids, teacher_attention = pad_batch(t_inputs, stream.pad_id)
         labels, _ = pad_batch(s_labels, -100)
         gold_teacher, _ = pad_batch(t_labels, -100)
         kd, _ = pad_batch([k.astype(np.int64) for k in s_kd], 0)
         tq, _ = pad_batch([k.astype(np.int64) for k in t_kd], 0)
+        glued, _ = pad_batch([g.astype(np.int64) for g in t_glued], 0)
         return {
             "input_ids": torch.from_numpy(student_ids.astype(np.int64)),
             "attention_mask": torch.from_numpy(attention),
@@ -245,6 +275,7 @@ class DataPlan:
             "teacher_labels": torch.from_numpy(gold_teacher),
             "teacher_positions": torch.from_numpy(tq.astype(bool)),
             "kd_positions": torch.from_numpy(kd.astype(bool)),
+            "teacher_glued": torch.from_numpy(glued.astype(bool)),  # targets there map through the vocabulary's glued_maps
             "lang": stream.lang,
             "teacher": stream.teacher,
             "mixture": stream.mixture,

@@ -21,7 +21,8 @@ def load_teacher(spec: str | Path | TeacherCard, **kwargs) -> Teacher:
 def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_eval.EvalSet:
     """Held-out sequences; special tokens AND unknown pieces are never scored (predicting <unk> for text
     the tokenizer cannot represent would look like skill)."""
-    return mlm_eval.make_eval_set(texts, teacher.encode, set(teacher.tokenizer.all_special_ids), teacher.card.max_length)
+    ids, covered = teacher.encode_covered(list(texts))
+    return mlm_eval.make_eval_set(texts, ids, set(teacher.tokenizer.all_special_ids), covered)
 
 
 def teacher_metrics(teacher: Teacher, texts: Sequence[str], pll_paragraphs: int | None = None) -> dict:
@@ -108,7 +109,11 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         sequences.append(packed[0] if packed else None)
     kept = [i for i, seq in enumerate(sequences) if seq is not None]
     sequences = [sequences[i] for i in kept]
-    chars, words = [len(texts[i]) for i in kept], [len(texts[i].split()) for i in kept]
+    # characters scored: up to the end of the last student piece in the (first) packed sequence
+    offsets = student_tokenizer([texts[i] for i in kept], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    pieces = [int((seq.student_groups >= 0).sum()) for seq in sequences]
+    chars = [len(texts[i]) if n >= len(spans) else (spans[n - 1][1] if n else 0) for i, n, spans in zip(kept, pieces, offsets)]
+    words = [len(texts[i][:c].split()) for i, c in zip(kept, chars)]
     s_masked, t_masked = [], []
     for index, seq in enumerate(sequences):
         pairs = one_to_one(seq.student_groups, seq.teacher_groups)
@@ -150,14 +155,14 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         with torch.inference_mode():
             t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(t_attention), torch.from_numpy(t_where))
             s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(s_attention), torch.from_numpy(s_where))
-        s_logp = torch.log_softmax(s_logits.float(), -1)
+        s_logp = torch.log_softmax(s_logits.float(), -1).cpu()  # t_logits and the gold ids are on the CPU
         gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][t_masked[i]] for i in rows]))
         gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][s_masked[i]] for i in rows]))
         t_top = t_logits.argmax(-1)
         t_correct += float((t_top == gold_t).sum())
         s_correct += float((s_logp.argmax(-1) == gold_s).sum())
         s_nll -= float(s_logp.gather(1, gold_s.long().unsqueeze(1)).sum())
-        agree += int((torch.from_numpy(id_map)[t_top].long() == s_logp.argmax(-1)).sum())
+        agree += int((map_topk(t_top[:, None], t_top[:, None].float(), id_map)[0][:, 0] == s_logp.argmax(-1)).sum())
         vals, ids = torch.topk(t_logits, k, -1)
         s_ids_k, t_vals_k = map_topk(ids, vals, id_map)
         p = torch.nan_to_num(torch.softmax(t_vals_k, -1))
@@ -168,16 +173,23 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
             "kl": kl_sum / max(total, 1), "student_mlm_ce": s_nll / max(total, 1), "masked": total}
 
 
-def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:
-    """Median forward latency in milliseconds on random ids (same shape for every model compared), on the
-    model's device (CPU in the eval stage; a GPU is synchronised before each clock reading)."""
+def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5, masked_fraction: float = 0.15) -> float:
+    """Median latency in milliseconds of a masked-LM call on random ids (same shape for every model compared): the
+    encoder over ``batch_size`` x ``length`` tokens and the vocabulary projection at ``masked_fraction`` of them
+    (``heads.masked_lm_logits``, how training and fill-mask use the model), so [batch, length, V] logits are never
+    built. On the model's device (the run's ``device``; a GPU is synchronised before each clock reading)."""
     import time
 
     import torch
 
-    device = next(model.parameters()).device
-    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0)).to(device)
-    attention = torch.ones_like(ids)
+    from mergedistill.device import device_of, to_device
+    from mergedistill.heads import masked_lm_logits
+
+    device = device_of(model)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab_size, (batch_size, length), generator=generator)
+    masked = torch.rand(batch_size, length, generator=generator) < masked_fraction
+    ids, attention, masked = to_device((ids, torch.ones_like(ids), masked), device)
 
     def now():
         if device.type == "cuda":
@@ -186,9 +198,9 @@ def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repea
 
     times = []
     with torch.inference_mode():
-        model(input_ids=ids, attention_mask=attention)  # warm-up
+        masked_lm_logits(model, ids, attention, masked)  # warm-up
         for _ in range(repeats):
             start = now()
-            model(input_ids=ids, attention_mask=attention)
+            masked_lm_logits(model, ids, attention, masked)
             times.append(now() - start)
     return sorted(times)[len(times) // 2] * 1000

@@ -24,6 +24,9 @@ def _teacher_probs(topk_logits: torch.Tensor, temperature: float) -> torch.Tenso
 def kd_soft_ce(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logits: torch.Tensor, temperature: float = 1.0,
                t2_scaling: bool = True) -> torch.Tensor:
     """Mean over rows of -Σ_k p_teacher(k) · log q_student(id_k), both at temperature T."""
+    if not student_logits.shape[0] == topk_ids.shape[0] == topk_logits.shape[0]:
+        raise ValueError(f"kd_soft_ce: {student_logits.shape[0]} student rows but {topk_ids.shape[0]} teacher id rows and "
+                         f"{topk_logits.shape[0]} teacher logit rows; the targets do not belong to this batch (a stale cache?)")
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     probs = _teacher_probs(topk_logits, temperature)

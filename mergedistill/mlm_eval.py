@@ -27,15 +27,17 @@ class EvalSet:
 
     sequences: list[np.ndarray]
     special: list[np.ndarray]  # bool per position: never masked
-    chars: list[int]  # characters of each source text
-    words: list[int]  # whitespace words of each source text
+    chars: list[int]  # characters of each source text that its sequence covers (a truncated text: its scored prefix)
+    words: list[int]  # whitespace words in those characters
 
 
-def make_eval_set(texts: Sequence[str], encode, special_ids: set[int], max_length: int = 128) -> EvalSet:
-    """Encode each text separately (no packing) with ``encode(texts, max_length)`` -> id lists."""
-    sequences = [np.asarray(ids, dtype=np.int64) for ids in encode(list(texts), max_length)]
+def make_eval_set(texts: Sequence[str], ids: Sequence[Sequence[int]], special_ids: set[int], covered: Sequence[int] | None = None) -> EvalSet:
+    """One sequence per text (no packing). ``covered``: per text, the leading characters its ids stand for (a
+    text cut at the model's length is scored on that prefix; default: the whole text); chars and words count them."""
+    sequences = [np.asarray(row, dtype=np.int64) for row in ids]
     special = [np.isin(s, list(special_ids)) for s in sequences]  # includes unk: never scored
-    return EvalSet(sequences, special, [len(t) for t in texts], [len(t.split()) for t in texts])
+    covered = [len(t) for t in texts] if covered is None else list(covered)
+    return EvalSet(sequences, special, covered, [len(t[:n].split()) for t, n in zip(texts, covered)])
 
 
 def eval_positions(eval_set: EvalSet, seed: int, prob: float) -> list[np.ndarray]:
@@ -48,7 +50,8 @@ def _batches(n: int, size: int):
 
 
 def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], mask_id: int, pad_id: int, batch_size: int = 32):
-    """Yield (batch indices, log-probs [n_masked, V] in row-major order) with masked positions replaced by ``mask_id``."""
+    """Yield (batch indices, log-probs [n_masked, V] in row-major order, on the CPU) with masked positions replaced by
+    ``mask_id``; the model runs on its own device (``heads.masked_lm_logits`` moves the inputs there)."""
     import torch
 
     for rows in _batches(len(sequences), batch_size):
@@ -59,7 +62,7 @@ def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], 
             where[r, : len(masked[i])] = masked[i]
         with torch.inference_mode():
             logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(where))
-            yield rows, torch.log_softmax(logits.float(), dim=-1)
+            yield rows, torch.log_softmax(logits.float(), dim=-1).cpu()  # the gold ids it meets are on the CPU
 
 
 def masked_token_accuracy(model, eval_set: EvalSet, mask_id: int, pad_id: int, seed: int = 0, prob: float = 0.15, batch_size: int = 32) -> dict:

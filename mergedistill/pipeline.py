@@ -6,6 +6,11 @@ fingerprint, so a re-run resumes where the last one stopped and a changed input 
 everything after it. Outputs are built in a temp directory and renamed into place (``io.atomic_dir``);
 long stages keep resumable state in ``<output_dir>/<stage>.work/``, which survives a kill. A stage that
 stops on a ``UserError`` (bad input) removes the work dir it created, so a failed attempt leaves nothing.
+
+Under a launcher (``torchrun``/``deepspeed``, ``WORLD_SIZE`` > 1) every rank runs ``run_stages``: rank 0
+decides what runs, prepares and owns every work dir and output directory; a stage runs on rank 0 alone
+while the other ranks wait for its outcome, unless it is ``sharded`` (cache, train): then every rank runs
+it into the shared work dir and rank 0 seals the output once all are done (``mergedistill.ranks``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Callable
 from mergedistill import __version__, io
 from mergedistill.config import to_dict
 from mergedistill.errors import UserError
+from mergedistill.ranks import SINGLE, Ranks, world_from_env
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class StageContext:
     out: Path  # temporary output directory; renamed into place when the stage returns
     work: Path  # persistent scratch directory for resumable state (removed after success)
     log: Callable[[str], None]
+    ranks: Ranks = SINGLE  # a sharded stage's rank; its ``out`` is a scratch dir on ranks other than 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Stage:
     after: tuple[str, ...] = ()  # upstream stages whose outputs it reads
     external: Callable[[Any], Any] | None = None  # fingerprint of inputs outside the pipeline (corpus, cards)
     doc: str = ""
+    sharded: bool = False  # under a launcher, every rank runs it (each its share); otherwise rank 0 alone
 
 
 def _section(cfg_dict: dict, dotted: str) -> Any:
@@ -54,15 +62,19 @@ def reads_corpus(stage: Stage) -> bool:
     return any(name == "corpus" or name.startswith("corpus.") for name in stage.sections)
 
 
-def stage_fingerprint(stage: Stage, cfg: Any, upstream: dict[str, str], corpus_content: str | None = None) -> str:
+def stage_fingerprint(stage: Stage, cfg: Any, upstream: dict[str, str], corpus_content: str | None = None, world: int = 1) -> str:
     """Config sections + upstream fingerprints + external inputs; ``corpus_content`` (the corpus files'
-    fingerprint, ``corpus.content_fingerprint``) counts for stages that read the corpus."""
+    fingerprint, ``corpus.content_fingerprint``) counts for stages that read the corpus, and the number of
+    ranks for sharded stages run by several (the plan holds a micro-batch per rank and step, and a ZeRO
+    checkpoint is partitioned across the ranks; one process keeps the fingerprints it always had)."""
     cfg_dict = to_dict(cfg)
     sections = {name: _section(cfg_dict, name) for name in stage.sections}
     external = stage.external(cfg) if stage.external else None
     parts = [__version__, stage.name, sections, {n: upstream[n] for n in stage.after}, external]
     if corpus_content is not None and reads_corpus(stage):
         parts.append(corpus_content)
+    if stage.sharded and world > 1:
+        parts.append({"world_size": world})
     return io.fingerprint(*parts)
 
 
@@ -81,6 +93,76 @@ def _work_dir(output_dir: Path, stage: str, fp: str, log: Callable[[str], None])
     return work, created
 
 
+def _run_on_main(name, ranks, output_dir, final, fp, attempt, seal, log) -> float:
+    """Rank 0 runs the stage (work dir, temp output, manifest, rename) while the others wait for its outcome."""
+    seconds, err = 0.0, None
+    if ranks.main:
+        work = output_dir / f"{name}.work"
+        new_work = not work.exists()  # decided before _work_dir, which may fail half-way (disk full)
+        try:
+            work, new_work = _work_dir(output_dir, name, fp, log)
+            io.remove_stale_temps(final)
+            with io.atomic_dir(final) as tmp:
+                seconds = seal(tmp, attempt(tmp, work))
+            shutil.rmtree(work, ignore_errors=True)
+        except BaseException as caught:
+            if isinstance(caught, UserError) and new_work:  # bad input: nothing worth resuming (a kill keeps the work dir)
+                shutil.rmtree(work, ignore_errors=True)
+            err = caught
+    ranks.settle(name, err)
+    return seconds
+
+
+def _run_sharded(name, ranks, output_dir, final, fp, attempt, seal, log) -> float:
+    """Every rank runs its share into the one work dir, which rank 0 prepares first; rank 0 seals the output
+    after all ranks are done, and the others go on once it is in place. A failure on any rank stops all."""
+    work = output_dir / f"{name}.work"
+    new_work, err, seconds = ranks.main and not work.exists(), None, 0.0
+    try:
+        if ranks.main:
+            work, new_work = _work_dir(output_dir, name, fp, log)
+            io.remove_stale_temps(final)
+    except BaseException as caught:
+        err = caught
+    try:
+        ranks.settle(name, err)  # the others start once the work dir is ready
+    except UserError:
+        if new_work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        if ranks.main:
+            with io.atomic_dir(final) as tmp:
+                extras = ranks.together(name, lambda: attempt(tmp, work))
+                seconds = seal(tmp, extras)
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            ranks.together(name, lambda: _attempt_in_scratch(attempt, work, ranks.rank))
+    except BaseException as caught:
+        if ranks.main and isinstance(caught, UserError) and new_work:
+            shutil.rmtree(work, ignore_errors=True)
+        err = caught
+    try:  # rank 0 has sealed (or failed): the others may go on
+        ranks.settle(name, err if ranks.main else None)
+    except BaseException:
+        if err is None:
+            raise
+    if err is not None:
+        raise err
+    return seconds
+
+
+def _attempt_in_scratch(attempt, work: Path, rank: int) -> dict:
+    """A rank other than 0 runs its share with ``out`` in a scratch dir it removes before it reports done,
+    so that once all ranks have reported, only rank 0 touches the work dir."""
+    scratch = work / f".rank{rank}.out"
+    scratch.mkdir(exist_ok=True)
+    try:
+        return attempt(scratch, work)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @dataclass
 class StageResult:
     name: str
@@ -97,9 +179,15 @@ def run_stages(
     only: set[str] | None = None,
     force: set[str] | None = None,
     log: Callable[[str], None] = print,
+    ranks: Ranks | None = None,
 ) -> list[StageResult]:
-    """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened."""
+    """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened. ``ranks``
+    defaults to the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
+    ranks = ranks or Ranks(*world_from_env()).connect()
+    rank_log = (lambda message: log(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
+    if not ranks.main:
+        log = lambda message: None  # noqa: E731 (rank 0 reports the pipeline's progress)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -119,32 +207,33 @@ def run_stages(
         missing = [n for n in stage.after if n not in known]
         if missing:
             raise ValueError(f"stage {stage.name} reads unknown stage(s) {missing}")
-        fp = stage_fingerprint(stage, cfg, fingerprints, corpus_content)
+        fp = stage_fingerprint(stage, cfg, fingerprints, corpus_content, ranks.world)
         final = output_dir / stage.name
         fingerprints[stage.name], paths[stage.name] = fp, final
         wanted = only is None or stage.name in only
-        if not wanted or (io.is_current(final, fp) and not (force and stage.name in force)):
+        # rank 0 decides for all: another rank looking later could find the output rank 0 has just sealed
+        skip = ranks.share(not wanted or (io.is_current(final, fp) and not (force and stage.name in force)) if ranks.main else None)
+        if skip:
             if wanted:
                 log(f"[{stage.name}] up to date, skipped")
             results.append(StageResult(stage.name, "skipped", 0.0, final, fp))
             continue
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
         start = time.perf_counter()
-        work = output_dir / f"{stage.name}.work"
-        new_work = not work.exists()  # decided before _work_dir, which may fail half-way (disk full)
-        try:
-            work, new_work = _work_dir(output_dir, stage.name, fp, log)
-            io.remove_stale_temps(final)
-            with io.atomic_dir(final) as tmp:
-                context = StageContext(cfg, {n: paths[n] for n in stage.after}, tmp, work, log)
-                extras = stage.run(context) or {}
-                seconds = time.perf_counter() - start
-                io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
-        except UserError:
-            if new_work:  # bad input: this attempt made nothing worth resuming (a kill keeps the work dir)
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(work, ignore_errors=True)
+
+        def attempt(out: Path, work: Path) -> dict:  # this rank's part of the stage
+            return stage.run(StageContext(cfg, {n: paths[n] for n in stage.after}, out, work, log if ranks.main else rank_log,
+                                          ranks if stage.sharded else SINGLE)) or {}
+
+        def seal(tmp: Path, extras: dict) -> float:
+            seconds = time.perf_counter() - start
+            io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+            return seconds
+
+        if stage.sharded and ranks.world > 1:
+            seconds = _run_sharded(stage.name, ranks, output_dir, final, fp, attempt, seal, log)
+        else:
+            seconds = _run_on_main(stage.name, ranks, output_dir, final, fp, attempt, seal, log)
         log(f"[{stage.name}] done in {seconds:.1f} s")
         results.append(StageResult(stage.name, "ran", seconds, final, fp))
     return results

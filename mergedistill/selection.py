@@ -171,6 +171,20 @@ def check_shared_tokenization(assignment: Assignment, tokenizations: Mapping[str
             )
 
 
+def primary_teacher(names: Sequence[str], served: Mapping[str, int] | None = None, scores: Mapping[str, Mapping[str, float]] | None = None,
+                    fertility_penalty: float = 0.0, unk_penalty: float = 0.0) -> str:
+    """The teacher a language is evaluated and exported through: of its ``names``, the one that served most of its
+    training examples (``served``: teacher -> examples; min-ce splits), else (one mixed stream, ``weighted``) the one
+    with the best held-out selection score (``scores``: teacher -> metrics; ties: accuracy, then name), else the first."""
+    counts = {n: served[n] for n in names if served and n in served}
+    if counts:
+        return max(names, key=lambda n: (counts.get(n, -1), -list(names).index(n)))
+    rated = [n for n in names if scores and n in scores]
+    if rated:
+        return min(rated, key=lambda n: (-selection_score(scores[n], fertility_penalty, unk_penalty), -float(scores[n].get("acc", 0.0)), n))
+    return names[0]
+
+
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Static, ScoreBased, MinCE, Weighted)}
 
 

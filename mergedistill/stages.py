@@ -21,6 +21,7 @@ from mergedistill import io
 from mergedistill.config import to_dict, to_yaml
 from mergedistill.errors import UserError
 from mergedistill.pipeline import Stage, StageContext, run_stages
+from mergedistill.ranks import world_from_env
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -35,9 +36,11 @@ def load_cards(cfg):
 
 
 def load_teachers(cfg, names=None):
+    from mergedistill.device import resolve_device
     from mergedistill.teachers import Teacher
 
-    return {c.name: Teacher.load(c, device=cfg.teachers.device) for c in load_cards(cfg) if names is None or c.name in names}
+    device = str(resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"))
+    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 
 def read_json(path: Path):
@@ -50,10 +53,12 @@ def train_texts(cfg, lang):
     return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
 
 
-def eval_texts(cfg, lang, limit=None):
+def eval_texts(cfg, lang, limit=None, split="valid"):
+    """Held-out paragraphs: ``valid`` for what is chosen on them (teacher selection), ``test`` for the final
+    evaluation and the report, so reported scores are not measured on the text the teachers were selected on."""
     from mergedistill.corpus import load_texts
 
-    return load_texts(lang, "valid", cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
+    return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
 
 
 def card_fingerprints(cfg):
@@ -66,7 +71,25 @@ def teacher_inputs(cfg):
     or changed source file re-runs select and later stages only."""
     from mergedistill.corpus import resolve_dir
 
-    return {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+    out = {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+    checkpoints = local_checkpoints(cfg)
+    return {**out, "checkpoints": checkpoints} if checkpoints else out  # none (demo, hub teachers): fingerprint as before
+
+
+def local_checkpoints(cfg) -> dict:
+    """Card path -> fingerprint of its local checkpoint directory, for cards without a build recipe (a teacher
+    retrained in place must re-run the pipeline; built demo teachers are outputs of the teachers stage)."""
+    from mergedistill.teachers import checkpoint_fingerprint, load_card, looks_local
+
+    out = {}
+    for path in cfg.teachers.cards:
+        if not Path(path).is_file():
+            continue
+        card = load_card(path)
+        source = Path(card.source).expanduser()
+        if not card.build and looks_local(card.source) and source.is_dir():
+            out[path] = checkpoint_fingerprint(source)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -121,14 +144,14 @@ def read_scores(select_dir: Path) -> dict:
 def stage_vocab(ctx: StageContext):
     from mergedistill.vocab import build_unified_tokenizer
     from mergedistill.vocab.build import build_vocab, write_vocab_dir
-    from mergedistill.vocab.report import fertility_rows, fertility_table, merged_examples, overlap_table
+    from mergedistill.vocab.report import agreement_rows, agreement_table, fertility_rows, fertility_table, merged_examples, overlap_table
 
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
-    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer)
+    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer, log=ctx.log)
     write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
     held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}
     unified = build_unified_tokenizer(merged) if cfg.vocab.unified_tokenizer else None
@@ -137,6 +160,13 @@ def stage_vocab(ctx: StageContext):
               "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):", "",
               fertility_table(fertility_rows(held_out, teachers, unified)), "", "Examples of pieces merged from several teachers:", ""]
     report += [f"- `{line}`" for line in merged_examples(merged, {n: t.tokenizer for n, t in teachers.items()})]
+    if unified is not None:
+        rows = agreement_rows(held_out, {lang: (names[0], teachers[names[0]]) for lang, names in assignment.items()}, unified, merged)
+        io.write_json_atomic(ctx.out / "agreement.json", rows)
+        report += ["", "The unified tokenizer against each language's teacher on held-out text (the teacher's pieces in the "
+                   "student convention: `▁` only where the text has a space): whitespace words and whole paragraphs segmented "
+                   "the same, byte-fallback pieces, and student pieces that get a distillation target (one teacher piece over "
+                   "the same characters that maps to it):", "", agreement_table(rows)]
     io.write_text_atomic(ctx.out / "report.md", "\n".join(report) + "\n")
     return {"size": len(merged)}
 
@@ -160,7 +190,7 @@ def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[
                 n = int(masked[i].sum())
                 gold = eval_set.sequences[i][masked[i]]
                 nll = -float(log_probs[offset: offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum())
-                ce[i, j] = nll / max(len(texts[i]), 1) if n else np.nan
+                ce[i, j] = nll / max(eval_set.chars[i], 1) if n else np.nan  # per character of the text this teacher scored
                 offset += n
     choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
     return {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate(names)}
@@ -209,17 +239,24 @@ def vocab_fingerprint(vocab_dir: Path) -> str:
 
 
 def stage_cache(ctx: StageContext):
-    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache
+    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
     io.write_json_atomic(ctx.out / "plan.json", {"streams": {s.name: len(s.sequences) for s in plan.streams},
                                                  "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
-                                                 "served_examples": plan.served(), "batches": plan.n_batches})
+                                                 "served_examples": plan.served(), "served_by_language": plan.served_by_language(),
+                                                 "batches": plan.n_batches})
     if cfg.cache.mode == "online":
         return {"mode": "online"}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
-    build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp)  # resumable in the work dir
+    ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
+    ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
+    ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
+                                                rank=ranks.rank, world=ranks.world, progress=ranks.main,
+                                                batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable in the work dir
+    if not ranks.main:
+        return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
@@ -227,12 +264,13 @@ def stage_cache(ctx: StageContext):
 
 
 def _targets(cfg, ctx, plan, teachers, merged):
-    from mergedistill.cache import OfflineTargets, OnlineTargets
+    from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k)
-    manifest = io.read_manifest(ctx.inputs["cache"])
-    return OfflineTargets(ctx.inputs["cache"] / "topk", manifest["cache_fingerprint"])
+        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps)
+    # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
+    expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
+    return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
 
 
 def _student(cfg, merged, teachers):
@@ -265,10 +303,13 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
         from mergedistill.internals import TeacherInternals
 
-        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
+        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log,
+                                     configured_stride=cfg.student.layer_stride)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)
+    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
+    if not ctx.ranks.main:  # every rank trained on its own micro-batches; rank 0 writes the output
+        return {}
     student = unpartitioned_student(student, result)
     student.save_pretrained(ctx.out / "model")
     for name in ("metrics.jsonl", "tensorboard"):
@@ -289,7 +330,9 @@ def stage_baseline(ctx):
 def stage_eval(ctx: StageContext):
     from transformers import AutoModelForMaskedLM
 
+    from mergedistill.device import resolve_device
     from mergedistill.evaluation import compare_student, latency_ms
+    from mergedistill.selection import primary_teacher
 
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
@@ -297,16 +340,21 @@ def stage_eval(ctx: StageContext):
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
-    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").eval()
+    device = resolve_device(cfg.device)
+    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").to(device).eval()
     baseline = None
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
-        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
+    served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
+    scores = read_scores(ctx.inputs["select"])
     for lang in sorted(assignment):
-        name = assignment[lang][0]
+        names = assignment[lang]  # min-ce/weighted: the teacher that served most of the language (or scored best)
+        name = primary_teacher(names, served.get(lang), {n: scores[(lang, n)] for n in names if (lang, n) in scores},
+                               cfg.select.fertility_penalty, cfg.select.unk_penalty)
         ctx.log(f"[eval] {lang}: student vs {name}")
-        texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
+        texts = eval_texts(cfg, lang, cfg.eval.paragraphs, split="test")
         row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
                                                                  pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)}
         if baseline is not None:  # the same positions and paragraphs
@@ -340,15 +388,36 @@ def model_card(cfg, eval_data, assignment) -> str:
         f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
         f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
         "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
-        "Load it with plain `transformers` (no mergedistill needed):", "",
-        "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
-        *(["The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
-            "trained on (`data.tokenization: unified`)."] if cfg.data.tokenization == "unified" else
-          ["The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
-           "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
-           "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly."]), "",
+        *(["Load it with plain `transformers` (no mergedistill needed):", "",
+            "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
+            "The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
+            "trained on (`data.tokenization: unified`): it segments each language as that language's teacher does."]
+          if cfg.data.tokenization == "unified" else
+          ["The student was trained on routed tokenization (MergeDistill's): each language's text through its teacher's",
+           "tokenizer, mapped to the student's ids. So it needs the language of its input, and this export ships no",
+           "top-level tokenizer (`AutoTokenizer` would segment differently from training). `routed/` holds the teachers'",
+           "tokenizers and id maps; load them with mergedistill:", "",
+           "```python", "import torch", "from transformers import AutoModelForMaskedLM",
+           "from mergedistill.vocab import load_routed_tokenizer", "",
+           "tokenizer = load_routed_tokenizer('PATH')  # language -> teacher tokenizer + id map",
+           "model = AutoModelForMaskedLM.from_pretrained('PATH').eval()",
+           f"ids = tokenizer.encode('Click here to save.', lang='{langs[0]}')  # student ids, as in training",
+           "ids[2] = 4  # the student's [MASK] id",
+           "top = model(torch.tensor([ids])).logits[0, 2].argmax()", "```"]), "",
         "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
     ])
+
+
+def route_through_evaluated_teachers(routed_dir: Path, routes: dict) -> None:
+    """Point each language of an exported routed tokenizer at the teacher it was evaluated through (the vocab
+    stage routes through the first candidate; min-ce/weighted languages are served mostly by another)."""
+    from mergedistill.vocab.tokenize import ROUTED_CONFIG
+
+    config = read_json(routed_dir / ROUTED_CONFIG)
+    wanted = {lang: name for lang, name in routes.items() if name in config["teachers"]}
+    if any(config["routes"].get(lang) != name for lang, name in wanted.items()):
+        config["routes"] = {**config["routes"], **wanted}
+        io.write_text_atomic(routed_dir / ROUTED_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def stage_export(ctx: StageContext):
@@ -361,17 +430,23 @@ def stage_export(ctx: StageContext):
     eval_data = read_json(ctx.inputs["eval"] / "eval.json")
     model = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model")
     model.save_pretrained(ctx.out)
-    if (ctx.inputs["vocab"] / "unified").exists():
+    if cfg.data.tokenization == "unified":  # the top-level tokenizer is the one the student was trained on
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
+    else:
+        ctx.log(f"[export] routed student: no top-level tokenizer in {ctx.out} (AutoTokenizer would not segment as in training); "
+                "load its routed/ tokenizers with mergedistill.vocab.load_routed_tokenizer(PATH) and pass the language")
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")
+    route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
     if (ctx.out / "tokenizer.json").exists():
-        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=-1)
+        from mergedistill.device import resolve_device
+
+        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
-            for text in eval_texts(cfg, lang, 40):
+            for text in eval_texts(cfg, lang, 40, split="test"):
                 words = text.split()
                 if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
                     if lang in ("ja", "zh"):
@@ -392,6 +467,7 @@ def stage_export(ctx: StageContext):
 
 
 def stage_report(ctx: StageContext):
+    from mergedistill.device import resolve_device
     from mergedistill.report import ReportFacts, write_report
 
     cfg = ctx.cfg
@@ -417,7 +493,8 @@ def stage_report(ctx: StageContext):
         metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
         stage_seconds=seconds,
         notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
-               "Speed-ups compare the student with the teachers it replaces on the same CPU input shape (median of 5 runs)."],
+               f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
+               "input shape (median of 5 runs)."],
     )
     write_report(ctx.out, facts)
     return {}
@@ -432,16 +509,16 @@ def pipeline_stages(cfg) -> list[Stage]:
         Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
         Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
         Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
-              after=("vocab", "select"), doc="teacher top-k cache"),
+              after=("vocab", "select"), doc="teacher top-k cache", sharded=True),
         Stage("train", stage_train, sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"), after=("cache", "vocab", "select"),
-              doc="distil the student under DeepSpeed"),
+              doc="distil the student under DeepSpeed", sharded=True),
     ]
     if cfg.eval.baseline:
         stages.append(Stage("baseline", stage_baseline, sections=("student", "train", "data", "seed"), after=("cache", "vocab", "select"),
-                            doc="the same student with gold MLM only (no teachers)"))
+                            doc="the same student with gold MLM only (no teachers)", sharded=True))
     after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
     stages += [
-        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval, doc="student vs teachers per language"),
+        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval + ("cache",), doc="student vs teachers per language"),
         Stage("export", stage_export, sections=("export", "name"), after=("train", "vocab", "select", "eval"), doc="HF checkpoint + model card"),
         Stage("report", stage_report, sections=("name",), after=("teachers", "select", "vocab", "cache", "train", "eval", "export"), doc="report"),
     ]
@@ -459,6 +536,6 @@ def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), unt
     results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
                          log=lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(cfg.output_dir)
-    if (out / "report" / "report.md").exists() and until is None:
+    if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:
         print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")
     return results

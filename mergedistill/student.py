@@ -3,8 +3,8 @@
 From scratch it is a ``BertForMaskedLM`` (``student.arch: bert``) or a ``DebertaV2ForMaskedLM`` with
 relative positions only (``student.arch: deberta-v2``; small models learn to use context in far fewer
 steps) sized by the student config. From a teacher (``init: teacher``)
-it takes the teacher's hidden size and copies (1-based) teacher layers s, 2s, 3s, ... (0-based indices
-s-1, 2s-1, ...; BiStil's choice, which keeps the top layer), the embeddings of every student piece the
+it takes the teacher's hidden size and copies (1-based) teacher layers s, 2s, 3s, ... (``mergedistill.layers``:
+s = ``student.layer_stride``, unset = teacher layers // student layers, which keeps the top layer), the embeddings of every student piece the
 teacher owns (through the id map), and initializes the other pieces' embeddings from the mean of the
 teacher embeddings of the pieces the teacher's tokenizer splits them into (or randomly).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mergedistill.errors import UserError
+from mergedistill.layers import layer_stride, teacher_layers  # noqa: F401  (teacher_layers: the rule, re-exported)
 from mergedistill.pieces import WORD_START, key_bytes
 from mergedistill.vocab.merge import SPECIAL_IDS
 
@@ -51,11 +52,6 @@ def build_student(student_cfg, vocab_size: int, seed: int = 0):
     return AutoModelForMaskedLM.from_config(student_config(student_cfg, vocab_size))
 
 
-def teacher_layers(n_student_layers: int, stride: int) -> list[int]:
-    """0-based teacher layer copied into each student layer: s-1, 2s-1, ... (teacher layers s, 2s, ... 1-based)."""
-    return [(i + 1) * stride - 1 for i in range(n_student_layers)]
-
-
 def _piece_text(key: str) -> str:
     text = key_bytes(key).decode("utf-8", errors="ignore")
     return (" " + text) if key.startswith(WORD_START) else text
@@ -71,9 +67,10 @@ def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.
     config = teacher_model.config
     if config.model_type not in ("bert", "roberta", "xlm-roberta", "camembert"):
         raise UserError(f"student.init_teacher: cannot copy layers from a {config.model_type} teacher; use a BERT/RoBERTa-style teacher or init: scratch")
-    layers = teacher_layers(student_cfg.layers, student_cfg.layer_stride)
+    stride = layer_stride(config.num_hidden_layers, student_cfg.layers, student_cfg.layer_stride)
+    layers = teacher_layers(student_cfg.layers, stride)
     if layers[-1] >= config.num_hidden_layers:
-        raise UserError(f"student.layers={student_cfg.layers} x student.layer_stride={student_cfg.layer_stride} needs "
+        raise UserError(f"student.layers={student_cfg.layers} x student.layer_stride={stride} needs "
                         f"{layers[-1] + 1} teacher layers; the teacher has {config.num_hidden_layers}")
     torch.manual_seed(seed)
     student = BertForMaskedLM(student_config(student_cfg, len(pieces), config.hidden_size, config.num_attention_heads, config.intermediate_size))
@@ -88,7 +85,7 @@ def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.
         positions = t_emb.position_embeddings.weight[offset: offset + s_emb.position_embeddings.weight.shape[0]]
         s_emb.position_embeddings.weight[: positions.shape[0]] = positions
         s_emb.token_type_embeddings.weight[:] = t_emb.token_type_embeddings.weight[0]
-        teacher_words = t_emb.word_embeddings.weight
+        teacher_words = t_emb.word_embeddings.weight.float().cpu()  # a teacher on a GPU (in bf16) too; the student is built on the CPU
         student_words = s_emb.word_embeddings.weight
         owned = np.flatnonzero(np.asarray(id_map) >= 0)
         student_ids = np.asarray(id_map)[owned]

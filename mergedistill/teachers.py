@@ -81,6 +81,21 @@ def check_local_checkpoint(directory: Path) -> None:
         raise UserError(f"{directory}: model {architectures[0]} has no masked-LM head; use a *ForMaskedLM checkpoint")
 
 
+FULLY_HASHED_BYTES = 64 << 20
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """A cheap identity of a local checkpoint directory: each file's name and size, plus the bytes of files up to
+    64 MiB (config, tokenizer, small weights) and the modification time of larger ones (big weights). A checkpoint
+    retrained or replaced in place changes it without hashing gigabytes; a mere copy may change it too (a re-run)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(directory)}\0{stat.st_size}\0".encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest() if stat.st_size <= FULLY_HASHED_BYTES else str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -164,27 +179,45 @@ class Teacher:
         limit = min(max_length or self.card.max_length, self.card.max_length)
         return self.tokenizer(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
 
+    def encode_covered(self, texts: list[str], max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
+        """``encode``, and per text how many leading characters its (possibly truncated) ids stand for: scores per
+        character or word divide by the text actually scored, not the whole text."""
+        limit = min(max_length or self.card.max_length, self.card.max_length)
+        texts = list(texts)
+        encoded = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True, return_offsets_mapping=True)
+        covered = []
+        for text, offsets in zip(texts, encoded["offset_mapping"]):
+            end = max((stop for _, stop in offsets), default=0)
+            covered.append(len(text) if not text[end:].strip() else end)  # untruncated: the whole text, trailing space too
+        return encoded["input_ids"], covered
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def logits_at(self, input_ids, attention_mask, positions):
+    def logits_at(self, input_ids, attention_mask, positions, batch_size: int | None = None):
         """Full-vocabulary logits (float32) at the True entries of ``positions`` [B,T], row-major order.
 
         The vocabulary projection runs at those positions only (``heads.masked_lm_logits``): for a small
-        teacher with a large vocabulary it is most of the forward's cost."""
+        teacher with a large vocabulary it is most of the forward's cost. ``batch_size``: at most that many
+        sequences per forward (``cache.batch_size``, bounds the teacher's memory); None = all B at once."""
         import torch
 
         from mergedistill.heads import masked_lm_logits
 
+        step = batch_size or max(1, input_ids.shape[0])
+        parts = []
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device), positions.to(self.device))
-            return logits.float().cpu()
+            for start in range(0, max(1, input_ids.shape[0]), step):
+                rows = slice(start, start + step)  # moved to the model's device in masked_lm_logits
+                logits, _ = masked_lm_logits(self.model, input_ids[rows], attention_mask[rows], positions[rows])
+                parts.append(logits.float().cpu())
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def topk(self, input_ids, attention_mask, positions, k: int):
+    def topk(self, input_ids, attention_mask, positions, k: int, batch_size: int | None = None):
         """(ids int64 [n,k], logits float32 [n,k]) of the k most likely pieces at each True position."""
         import torch
 
-        rows = self.logits_at(input_ids, attention_mask, positions)
+        rows = self.logits_at(input_ids, attention_mask, positions, batch_size)
         values, ids = torch.topk(rows, k=min(k, rows.shape[-1]), dim=-1)
         return ids, values
 

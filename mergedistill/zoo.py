@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mergedistill import io
+from mergedistill.device import device_of, to_device
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_loss
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
@@ -178,7 +179,8 @@ def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pa
     for side in (0, 1):
         rows = [np.asarray([cls_id, *pairs[i][side][:keep], sep_id], dtype=np.int64) for i in picks]
         ids, attention = pad_batch(rows, pad_id)
-        sides.append(model.base_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(attention)).last_hidden_state[:, 0])
+        ids, attention = to_device((torch.from_numpy(ids), torch.from_numpy(attention)), device_of(model))
+        sides.append(model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state[:, 0])
     return alignment_loss(sides[0], sides[1], train["align_temperature"])
 
 
@@ -193,6 +195,10 @@ def _save_state(path: Path, state: dict) -> None:
 def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, stop_at_step: int | None = None,
                   log: Callable[[str], None] = print) -> Path:
     """Build ``card`` into ``card.source``; skip when current. ``stop_at_step`` simulates a kill (tests)."""
+    from mergedistill.adapt import build_adapted_teacher, is_adapt_card
+
+    if is_adapt_card(card):  # a pretrained encoder given a masked-LM head (build.base), not a model trained here
+        return build_adapted_teacher(card, seed=seed, corpus_dir=corpus_dir, progress=progress, stop_at_step=stop_at_step, log=log)
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer

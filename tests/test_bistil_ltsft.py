@@ -81,3 +81,23 @@ def test_sparse_diff_rejects_other_model(tmp_path):
     (tmp_path / "bad.safetensors").write_text("junk")
     with pytest.raises(UserError, match="bad.safetensors"):
         SparseDiff.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("variant", ["dense", "bistil"])
+def test_phase2_head_learns_at_head_lr_and_the_body_at_lr(tmp_path, variant):
+    from types import SimpleNamespace
+
+    from mergedistill.bistil.phase2 import task_model, train_student
+
+    from transformers import BertForMaskedLM
+
+    BertForMaskedLM(_model(seed=3).config).save_pretrained(tmp_path / "phase1")  # a phase-1 masked LM: the task head is new
+    teacher = _model(seed=4).eval()
+    batches = [{**b, "attention_mask": torch.ones_like(b["input_ids"])} for b in _batches(4)]
+    cfg = SimpleNamespace(temperature=1.0, w_soft=1.0, w_gold=1.0, w_attn=0.0, w_hidden=0.0, include_embeddings=False, lr=1e-2,
+                          head_lr=1e-12, density=0.5)
+    trained, _, head, _ = train_student(tmp_path / "phase1", teacher, "sequence", 3, variant, cfg, batches[:2], batches[2:])
+    fresh = task_model(tmp_path / "phase1", "sequence", 3)  # the same seed: the head's initial weights
+    assert head and all(torch.allclose(value, dict(fresh.named_parameters())[name], atol=1e-8) for name, value in head.items())
+    body = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(dict(trained.named_parameters())[body], dict(fresh.named_parameters())[body])

@@ -49,3 +49,52 @@ def test_bad_config_key_exits_2_naming_it(tmp_path):
 def test_no_verb_prints_help_and_exits_2():
     result = run_cli()
     assert result.returncode == 2 and "usage" in result.stdout
+
+
+# A launcher puts --local_rank before the verb (deepspeed: `python -m mergedistill --local_rank=0 run CONFIG`)
+# or after it; either spelling, with = or as two words, for every verb.
+VERB_ARGS = {"corpus": ["stats"], "teachers": ["list"], "vocab": ["inspect", "DIR"], "bistil": ["trim", "c.yaml"], "ablate": ["c.yaml"]}
+
+
+@pytest.mark.parametrize("verb", cli.VERBS)
+@pytest.mark.parametrize("before", [True, False])
+def test_local_rank_is_accepted_before_and_after_every_verb(verb, before, monkeypatch):
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(f"mergedistill.commands.{verb}"), "main", lambda args: seen.append(args) or 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    rest = VERB_ARGS.get(verb, ["c.yaml", "train.steps=2"])
+    argv = ["--local_rank=1", verb, *rest] if before else [verb, *rest, "--local-rank", "1"]
+    assert cli.main(argv) == 0 and len(seen) == 1  # parsed, and the verb ran
+    assert "train.steps=2" not in rest or seen[0].overrides == ["train.steps=2"]  # the flag is not taken for an override
+
+
+def test_local_rank_before_the_verb_runs_it():
+    result = run_cli("--local_rank=0", "corpus", "stats")
+    assert result.returncode == 0, result.stderr
+    assert "unrecognized" not in result.stderr and result.stdout.strip()
+
+
+def test_local_rank_after_the_config_reaches_the_config_loader(tmp_path):
+    result = run_cli("run", str(tmp_path / "missing.yaml"), "--local_rank=0")
+    assert result.returncode == 2
+    assert "unrecognized" not in result.stderr and "missing.yaml" in result.stderr  # parsed; failed on the config only
+
+
+def test_local_rank_fills_LOCAL_RANK_only_when_the_launcher_did_not(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "9")  # recorded first, so the value set below is undone after the test
+    monkeypatch.delenv("LOCAL_RANK")
+    assert cli.strip_local_rank(["run", "c.yaml", "--local_rank", "3", "x=1"]) == (["run", "c.yaml", "x=1"], "3")
+    with pytest.raises(SystemExit):
+        cli.main(["--local_rank=3", "corpus", "--help"])
+    assert cli.os.environ["LOCAL_RANK"] == "3"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit):
+        cli.main(["--local_rank=3", "corpus", "--help"])
+    assert cli.os.environ["LOCAL_RANK"] == "1"
+
+
+def test_bad_local_rank_is_one_line_exit_2():
+    result = run_cli("--local_rank=x", "corpus", "stats")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--local_rank=x" in result.stderr

@@ -20,13 +20,31 @@ def plan_of(streams, n=12, seed=0, **kw):
 
 def test_sampling_follows_n_alpha(streams):
     plan = plan_of(streams, n=4000, alpha=0.5)
-    sizes = np.array([len(s.sequences) for s in streams], dtype=float)
+    sizes = np.array([s.chars for s in streams], dtype=float)  # one stream per language: n = its characters
     expected = sizes**0.5 / (sizes**0.5).sum()
     assert np.allclose(plan.probabilities, expected)
     counts = np.bincount([s for s, _, _ in plan.schedule], minlength=len(streams)) / 4000
     assert np.abs(counts - expected).max() < 0.03
     flat = plan_of(streams, n=10, alpha=0.0)
     assert np.allclose(flat.probabilities, 1 / len(streams))
+
+
+def test_a_languages_share_depends_neither_on_a_split_nor_on_the_tokenizer(teachers, texts, merged):
+    def stream(lang, teacher, part):
+        return make_stream(lang, teachers[teacher], part, merged.id_maps[teacher], max_length=64)
+
+    def probabilities(streams):
+        return DataPlan(streams, batch_size=4, n_batches=10, seed=0, alpha=0.3).probabilities
+
+    en, de = texts["en"], texts["de"]
+    whole = [stream("en", "bert", en), stream("de", "roberta", de)]
+    split = [stream("en", "bert", en[::2]), stream("en", "xlm-roberta", en[1::2]), stream("de", "roberta", de)]  # min-ce: en over two
+    other = [stream("en", "bert", en), stream("de", "bert", de)]  # de read by a teacher with another fertility
+    assert len(other[1].sequences) != len(whole[1].sequences)
+    p_whole, p_split = probabilities(whole), probabilities(split)
+    assert p_split[:2].sum() == pytest.approx(p_whole[0]) and p_split[2] == pytest.approx(p_whole[1])
+    assert p_split[0] / p_split[1] == pytest.approx(len(split[0].sequences) / len(split[1].sequences))  # within en: by size
+    assert np.allclose(probabilities(other), p_whole)
 
 
 def test_language_weights_scale_a_languages_share(streams):
@@ -127,3 +145,46 @@ def test_stale_truncated_and_corrupted_caches_are_refused(tmp_path, streams, tea
     chunk.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # one flipped byte
     with pytest.raises(UserError, match="checksum"):
         OfflineTargets(tmp_path / "c", fp)
+
+
+def test_train_checks_the_cache_against_its_own_plan_and_short_targets_raise(tmp_path, streams, teachers, merged):
+    from types import SimpleNamespace
+
+    from mergedistill import io
+    from mergedistill.stages import _targets
+
+    plan = plan_of(streams, n=60)
+    io.write_manifest(tmp_path / "vocab", "vocab-fp")
+    fp = cache_fingerprint(plan, teachers, "vocab-fp", k=4)
+    build_cache(tmp_path / "cache" / "topk", plan, teachers, merged.id_maps, 4, fp, progress=False)
+    finalize_cache(tmp_path / "cache" / "topk", fp, plan)
+    io.write_manifest(tmp_path / "cache", "stage-fp", cache_fingerprint=fp)  # the cache stage records its own fingerprint
+    cfg = SimpleNamespace(cache=SimpleNamespace(mode="offline", top_k=4))
+    ctx = SimpleNamespace(inputs={"cache": tmp_path / "cache", "vocab": tmp_path / "vocab"})
+    assert _targets(cfg, ctx, plan, teachers, merged)(0)[0].shape[1] == 4
+    with pytest.raises(UserError, match="stale fingerprint"):  # train's plan differs from the one the cache was built for
+        _targets(cfg, ctx, plan_of(streams, n=60, seed=5), teachers, merged)
+    ids, logits = OfflineTargets(tmp_path / "cache" / "topk", fp)(0)
+    with pytest.raises(ValueError, match="rows"):
+        kd_soft_ce(torch.zeros(ids.shape[0] + 3, len(merged)), ids, logits)
+
+
+def test_cache_batch_size_bounds_the_teacher_forward_and_keeps_the_targets(tmp_path, streams, teachers, merged):
+    plan = plan_of(streams, n=30)
+    sizes = []  # sequences per teacher forward
+    hooks = [getattr(t.model, t.model.base_model_prefix).register_forward_pre_hook(  # the encoder (masked-only head, heads.py)
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True) for t in teachers.values()]
+    try:
+        whole, split = OnlineTargets(teachers, merged.id_maps, 4), OnlineTargets(teachers, merged.id_maps, 4, batch_size=3)
+        for i in (0, 5):
+            batch = plan.batch(i)
+            sizes.clear()
+            full_ids, full_logits = whole(i, batch)
+            assert max(sizes) == 4  # the plan's micro-batch
+            sizes.clear()
+            ids, logits = split(i, batch)
+            assert max(sizes) == 3 and len(sizes) == 2  # 4 sequences: 3 + 1
+            assert torch.equal(ids, full_ids) and torch.allclose(logits, full_logits, atol=1e-2)
+    finally:
+        for hook in hooks:
+            hook.remove()

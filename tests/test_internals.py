@@ -109,3 +109,48 @@ def test_train_refuses_terms_without_internals(tmp_path, plan, merged):  # noqa:
     cfg = TrainConfig(steps=1, batch_size=4, alpha_hidden=1.0)
     with pytest.raises(UserError, match="cache.mode: online"):
         train(student, cfg, plan.batch, None, tmp_path, progress=False, log=lambda m: None)
+
+
+def test_hidden_and_attention_terms_pair_the_layers_student_init_copied(teachers, merged):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mergedistill.layers import attention_pairs, hidden_pairs
+    from mergedistill.student import init_from_teacher
+
+    tokenizer = teachers["bert"].tokenizer
+    torch.manual_seed(0)
+    deep = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=12, num_attention_heads=2,
+                                      intermediate_size=32, max_position_embeddings=64)).eval()  # 12 -> 4 layers
+    query = [layer.attention.self.query.weight for layer in deep.bert.encoder.layer]
+
+    def copied_and_paired(**stride):
+        cfg = StudentConfig(layers=4, init="teacher", init_teacher="deep", max_position=64, new_piece_init="random",
+                            **({"layer_stride": stride["configured_stride"]} if stride else {}))
+        student = init_from_teacher(cfg, deep, tokenizer, merged.id_maps["bert"], merged.pieces)
+        copied = [next(j for j, q in enumerate(query) if torch.equal(q, layer.attention.self.query.weight)) for layer in student.bert.encoder.layer]
+        internals = TeacherInternals({"deep": SimpleNamespace(model=deep)}, student.config, True, False, log=lambda m: None, **stride)
+        return copied, internals.strides["deep"]
+
+    copied, stride = copied_and_paired()  # student.layer_stride unset: 12 // 4 = 3, the top layer kept
+    assert [t for _, t in attention_pairs(4, stride)] == copied == [2, 5, 8, 11]  # attention i meets the layer it was copied from
+    assert [t for _, t in hidden_pairs(4, stride)][1:] == [j + 1 for j in copied]  # hidden state i+1: the output of that layer
+    copied, stride = copied_and_paired(configured_stride=2)  # student.layer_stride: 2 -> layers 2, 4, 6, 8 (1-based), both sides
+    assert [t for _, t in attention_pairs(4, stride)] == copied == [1, 3, 5, 7]
+
+
+def test_no_core_module_imports_bistil():
+    import ast
+    from pathlib import Path
+
+    import mergedistill
+
+    root = Path(mergedistill.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("bistil/") or relative == "commands/bistil.py":  # the `bistil` verb is BiStil's entry point
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{relative}: {n}" for n in names if n == "mergedistill.bistil" or n.startswith("mergedistill.bistil.")]
+    assert not offenders, offenders

@@ -62,3 +62,32 @@ def test_masked_only_head_equals_the_full_head(arch, tiny_teachers):
         full = model(input_ids=ids, attention_mask=attention).logits[masked]
         fast, _ = masked_lm_logits(model, ids, attention, masked)
     assert torch.allclose(full, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_speed_measurement_never_builds_full_vocabulary_logits(arch, tiny_teachers):
+    from transformers import AutoModelForMaskedLM
+
+    from mergedistill.evaluation import latency_ms
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_teachers[arch]).eval()
+    projected = []  # rows that reach the vocabulary projection, per call
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: projected.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    assert latency_ms(model, model.config.vocab_size, batch_size=4, length=32, repeats=2) > 0
+    assert projected and max(projected) < 4 * 32 / 2  # about 15 % of the 128 positions, never all of them
+
+
+def test_per_character_scores_divide_by_the_text_actually_scored(teachers, corpus_texts):
+    from mergedistill.evaluation import teacher_eval_set, teacher_metrics
+
+    teacher = teachers["bert"]  # card max_length 64: a long text is cut
+    long_text = " ".join(corpus_texts["en"]["train"][:30])
+    eval_set = teacher_eval_set(teacher, [long_text])
+    scored = long_text[: eval_set.chars[0]]
+    assert 0 < eval_set.chars[0] < len(long_text) / 2 and eval_set.words[0] == len(scored.split())
+    assert teacher.tokenizer(scored)["input_ids"] == eval_set.sequences[0].tolist()  # the ids stand for exactly that prefix
+    short = corpus_texts["en"]["valid"][0]
+    assert teacher_eval_set(teacher, [short]).chars == [len(short)]  # an uncut text counts whole
+    once, longer = teacher_metrics(teacher, [long_text]), teacher_metrics(teacher, [long_text + " " + long_text])
+    assert once["pll_per_char"] == pytest.approx(longer["pll_per_char"])  # text past the cut is not in the denominator
+    assert once["fertility"] == pytest.approx(longer["fertility"])

@@ -45,9 +45,20 @@ def experiment(tmp_path_factory):
     return root
 
 
-def test_run_end_to_end_then_skip_then_resume(experiment, capsys):
+def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
+    import mergedistill.corpus as corpus
+
     root = experiment
+    splits, real_load = {}, corpus.load_texts
+
+    def recording(lang, split, *args, **kwargs):  # stage_* -> eval_texts -> load_texts
+        splits.setdefault(sys._getframe(2).f_code.co_name, set()).add(split)
+        return real_load(lang, split, *args, **kwargs)
+
+    monkeypatch.setattr(corpus, "load_texts", recording)
     assert main(["run", str(root / "exp.yaml")]) == 0
+    monkeypatch.setattr(corpus, "load_texts", real_load)
+    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == splits["stage_export"] == {"test"}  # select on valid, report on test
     out = root / "out"
     for stage in ("teachers", "select", "vocab", "cache", "train", "baseline", "eval", "export", "report"):
         assert read_manifest(out / stage) is not None, stage
@@ -56,6 +67,10 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys):
     assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
     eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}
+    served = json.loads((out / "cache" / "plan.json").read_text())["served_by_language"]
+    assert set(served) == {"en", "de", "ja"} and all(r["teacher"] in served[r["lang"]] for r in eval_rows)
+    routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
+    assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
     # the export loads with plain transformers, no mergedistill import
     code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"

@@ -70,3 +70,22 @@ def test_unreachable_hub_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="HuggingFace hub"):
         Teacher.load(TeacherCard(name="mbert", source="bert-base-multilingual-cased", languages=["en"]))
+
+
+def test_a_local_teacher_retrained_in_place_changes_the_teachers_stage_fingerprint(tmp_path, tiny_teachers):
+    import shutil
+
+    from mergedistill.config import ExperimentConfig
+    from mergedistill.stages import teacher_inputs
+
+    shutil.copytree(tiny_teachers["bert"], tmp_path / "bert")
+    (tmp_path / "bert.yaml").write_text(f"name: bert\nsource: {tmp_path / 'bert'}\nlanguages: [en]\n", encoding="utf-8")
+    cfg = ExperimentConfig()
+    cfg.teachers.cards = [str(tmp_path / "bert.yaml")]
+    before = teacher_inputs(cfg)
+    assert teacher_inputs(cfg) == before
+    weights = tmp_path / "bert" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # "retrained": same file, same size, other weights; the card is untouched
+    weights.write_bytes(bytes(data))
+    assert teacher_inputs(cfg) != before

@@ -64,6 +64,14 @@ def test_pruning_and_cap():
     assert (everything.id_maps["t"][1:] >= 0).all()
 
 
+def test_min_freq_drops_pieces_rarer_than_the_threshold():
+    vocab = NormalizedVocab("sentencepiece", (None, "▁a", "▁b", "▁c", "▁d"), {"unk": 0}, False)
+    counts = {"t": np.array([0, 90, 9, 0, 1])}  # probabilities 0.9, 0.09, 0, 0.01
+    assert merge_vocabs({"t": vocab}, counts, min_freq=0.05).id_maps["t"].tolist()[1:] == [5, 6, -1, -1]  # ▁d occurs, but rarer
+    assert merge_vocabs({"t": vocab}, counts, min_freq=0.01).id_maps["t"].tolist()[1:] == [5, 6, -1, 7]
+    assert (merge_vocabs({"t": vocab}, counts, min_freq=0.0).id_maps["t"][1:] >= 0).all()  # 0 keeps even unseen ▁c
+
+
 def test_map_topk_drops_unmapped_and_renormalizes():
     id_map = np.array([0, 7, -1, 9], dtype=np.int32)
     ids = torch.tensor([[1, 2, 3]])
@@ -72,6 +80,15 @@ def test_map_topk_drops_unmapped_and_renormalizes():
     assert student_ids.tolist() == [[7, -1, 9]] and torch.isinf(student_logits[0, 1])
     probs = torch.softmax(student_logits, -1)
     assert torch.allclose(probs[0, [0, 2]], torch.softmax(torch.tensor([2.0, 0.0]), -1)) and probs[0, 1] == 0
+
+
+def test_map_topk_drops_ids_past_the_end_of_the_id_map():
+    id_map = np.array([0, 7, -1, 9], dtype=np.int32)  # a tokenizer of 4 ids; the output layer has 6 rows
+    ids, logits = torch.tensor([[5, 1, 4]]), torch.tensor([[3.0, 2.0, 1.0]])
+    student_ids, student_logits = map_topk(ids, logits, id_map)
+    assert student_ids.tolist() == [[-1, 7, -1]] and torch.isinf(student_logits[0, [0, 2]]).all() and student_logits[0, 1] == 2.0
+    np_ids, np_logits = map_topk(ids.numpy(), logits.numpy(), id_map)
+    assert np_ids.tolist() == [[-1, 7, -1]] and np.isinf(np_logits[0, [0, 2]]).all()
 
 
 def test_build_is_byte_identical_and_reloads(tmp_path, teachers, texts, merged):

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from mergedistill.bistil.tasks import TASK_NAMES
 from mergedistill.config import _non_negative, _one_of, _positive
+from mergedistill.device import device_problems
 
 TASKS = ("topic", "keyterms")  # the default; TASK_NAMES lists all
 VARIANTS = ("bistil", "dense", "self-taught", "scratch", "random-init")
@@ -64,7 +65,7 @@ class Phase2Config:
     batch_size: int = 32
     max_length: int = 128
     lr: float = 1e-3
-    head_lr: float = 1e-3
+    head_lr: float = 1e-3  # the students' new task head (the body learns at lr; the task teacher at teacher_lr throughout)
     temperature: float = 2.0
     w_soft: float = 1.0
     w_gold: float = 0.0  # BiStil: soft targets only; "self-taught" uses gold labels alone
@@ -115,6 +116,7 @@ class BistilConfig:
     target: str = "de"
     corpus_dir: str = ""  # "" = the embedded corpus
     threads: int = 0  # torch threads (0 = leave torch's default)
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N: where phase 1, phase 2 and the evaluation run
     trim: TrimConfig = field(default_factory=TrimConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)
     phase2: Phase2Config = field(default_factory=Phase2Config)
@@ -122,4 +124,4 @@ class BistilConfig:
 
     def problems(self):
         out = [] if self.source != self.target else [("target", f"must differ from source ({self.source})")]
-        return out + _non_negative(self, "threads")
+        return out + _non_negative(self, "threads") + device_problems(self.device)

@@ -1,41 +1,11 @@
-"""Layer reduction and the phase-1 loss index formulas (BiStil §3.2), as pure functions.
-
-With reduction factor s the student has n/s layers. Student layer i (1-based) copies teacher layer i·s,
-i.e. 0-based teacher index (i+1)·s−1 for 0-based i (the paper; the released code differs). The losses
-pair student attention i (0-based) with teacher attention (i+1)·s−1, and student hidden state i with
-teacher hidden state i·s over HF's ``hidden_states`` tuple, where index 0 is the embedding output —
-so the embeddings are matched too, and the last student state meets the last teacher state.
+"""BiStil's layer reduction (§3.2): the student model cut from the teacher. Which teacher layer each student
+layer stands for, and the loss pairs, are the core rule in ``mergedistill.layers`` (re-exported here).
 """
 
 from __future__ import annotations
 
 from mergedistill.errors import UserError
-
-
-def student_layers(n_teacher: int, stride: int) -> int:
-    if stride < 1 or n_teacher // stride < 1:
-        raise UserError(f"phase1.layer_stride={stride}: the teacher has {n_teacher} layers, so the stride must be 1..{n_teacher}")
-    return n_teacher // stride
-
-
-def kept_layers(n_teacher: int, stride: int, choice: str = "stride") -> list[int]:
-    """0-based teacher layer copied into each student layer: s−1, 2s−1, ... ("stride") or 0..n/s−1 ("bottom")."""
-    n = student_layers(n_teacher, stride)
-    if choice == "bottom":
-        return list(range(n))
-    if choice != "stride":
-        raise UserError(f"phase1.layer_choice: must be stride or bottom, got {choice!r}")
-    return [(i + 1) * stride - 1 for i in range(n)]
-
-
-def attention_pairs(n_student: int, stride: int) -> list[tuple[int, int]]:
-    """(student attention index, teacher attention index) = (i, (i+1)s−1), 0-based."""
-    return [(i, (i + 1) * stride - 1) for i in range(n_student)]
-
-
-def hidden_pairs(n_student: int, stride: int) -> list[tuple[int, int]]:
-    """(student hidden_states index, teacher hidden_states index) = (i, i·s) for i = 0..n_student (0 = embeddings)."""
-    return [(i, i * stride) for i in range(n_student + 1)]
+from mergedistill.layers import attention_pairs, hidden_pairs, kept_layers, student_layers  # noqa: F401  (re-exported)
 
 
 def layer_key_map(keys, kept: list[int]) -> dict[str, str]:

@@ -31,7 +31,7 @@ def select_mask(theta0: Mapping, theta1: Mapping, density: float) -> dict:
     names = list(theta0)
     flat = torch.cat([(theta1[n].float() - theta0[n].float()).abs().reshape(-1) for n in names])
     k = int(round(density * flat.numel()))
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
         chosen[torch.topk(flat, k, sorted=False).indices] = True
     out, start = {}, 0
@@ -77,11 +77,13 @@ def restore_outside_mask(model, theta0: Mapping, mask: Mapping) -> None:
 
 
 def lt_sft(model, eligible: list[str], loss_fn: Callable, dense_batches: Iterable, sparse_batches: Iterable, density: float,
-           lr: float, weight_decay: float = 0.0) -> tuple:
-    """Run LT-SFT on ``model`` in place; returns (mask over ``eligible``, θ0 of the eligible params, losses)."""
+           lr: float, weight_decay: float = 0.0, param_groups: Callable | None = None) -> tuple:
+    """Run LT-SFT on ``model`` in place; returns (mask over ``eligible``, θ0 of the eligible params, losses).
+    ``param_groups()``: fresh optimizer parameter groups for each phase (default: every parameter at ``lr``)."""
+    groups = param_groups or (lambda: list(model.parameters()))
     theta0_all = snapshot(model)
     theta0 = {n: theta0_all[n] for n in eligible}
-    dense = train_steps(model, list(model.parameters()), loss_fn, dense_batches, lr, weight_decay, desc="lt-sft dense")
+    dense = train_steps(model, groups(), loss_fn, dense_batches, lr, weight_decay, desc="lt-sft dense")
     mask = select_mask(theta0, snapshot(model, eligible), density)
     import torch
 
@@ -91,7 +93,7 @@ def lt_sft(model, eligible: list[str], loss_fn: Callable, dense_batches: Iterabl
     params = dict(model.named_parameters())
     hooks = [params[n].register_hook(lambda grad, m=mask[n]: grad * m) for n in eligible]
     try:
-        sparse = train_steps(model, list(model.parameters()), loss_fn, sparse_batches, lr, weight_decay,
+        sparse = train_steps(model, groups(), loss_fn, sparse_batches, lr, weight_decay,
                              after_step=lambda: restore_outside_mask(model, theta0, mask), desc="lt-sft sparse")
     finally:
         for hook in hooks:
@@ -111,7 +113,7 @@ class SparseDiff:
 
         entries = {}
         for name, before in theta0.items():
-            delta = theta1[name].detach().double().reshape(-1) - before.double().reshape(-1)
+            delta = theta1[name].detach().double().cpu().reshape(-1) - before.detach().double().cpu().reshape(-1)  # stored on the CPU
             index = torch.nonzero(delta, as_tuple=False).reshape(-1)
             entries[name] = (index, delta[index].clone(), tuple(before.shape))
         return cls(entries)

@@ -6,13 +6,6 @@ from mergedistill.cli import add_config_arguments
 def add_stage_arguments(parser):
     add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="re-run this stage even if its output is current")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS  # set by the deepspeed launcher; the rank comes from the environment
 
 
 def run_until(args, stage: str) -> int:

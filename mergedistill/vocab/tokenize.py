@@ -4,8 +4,9 @@
   mapped to student ids, position by position, so the student sees exactly the teacher's segmentation.
   Saved as ``routed/routed_tokenizer.json`` (language -> teacher) + one tokenizer dir and id map per
   teacher; ``load_routed_tokenizer(dir)`` is the one call that brings it back.
-- Unified: one ``tokenizers`` Unigram model over the merged pieces (scores = log relative corpus counts,
-  byte fallback through ``<0xHH>`` pieces), saved so ``AutoTokenizer.from_pretrained(dir)`` needs neither a
+- Unified: one ``tokenizers`` Unigram model over the merged pieces, its scores fitted so that it segments each
+  language as that language's teacher does (``vocab.fit``, in the student convention of ``vocab.segment``),
+  byte fallback through ``<0xHH>`` pieces, saved so ``AutoTokenizer.from_pretrained(dir)`` needs neither a
   language id nor mergedistill.
 """
 
@@ -79,7 +80,10 @@ def load_routed_tokenizer(directory: str | Path) -> RoutedTokenizer:
 
 
 def unified_scores(vocab: MergedVocab, smoothing: float = 0.5) -> list[float]:
-    """Unigram log-probabilities from the merged corpus counts (add-``smoothing``), specials at 0."""
+    """The fitted scores (``vocab.fit``) when the vocabulary has them, else unigram log-probabilities from the
+    merged corpus counts (add-``smoothing``), specials at 0."""
+    if len(vocab.scores) == len(vocab):
+        return [float(s) for s in vocab.scores]
     counts = np.asarray(vocab.counts, dtype=np.float64) if len(vocab.counts) else np.zeros(len(vocab))
     body = counts[len(SPECIAL_TOKENS):] + smoothing
     log_total = math.log(body.sum())
@@ -88,23 +92,37 @@ def unified_scores(vocab: MergedVocab, smoothing: float = 0.5) -> list[float]:
     return [s - 10.0 if p.startswith("<0x") and len(p) == 6 else s for p, s in zip(vocab.pieces, scores)]
 
 
+def special_added_tokens():
+    """The specials as ``transformers`` expects them: never normalized, and ``[MASK]`` takes the space before
+    it (``lstrip``), so ``"Click [MASK] to"`` is ``▁Click [MASK] ▁to``, as in training, not ``▁Click ▁ [MASK]``."""
+    from tokenizers import AddedToken
+
+    return [AddedToken(token, special=True, normalized=False, lstrip=token == "[MASK]") for token in SPECIAL_TOKENS]
+
+
 def build_unified_tokenizer(vocab: MergedVocab, model_max_length: int = 512):
-    """A fast tokenizer over the merged pieces that AutoTokenizer can load without mergedistill."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    """A fast tokenizer over the merged pieces that AutoTokenizer can load without mergedistill: the
+    normalizer and pre-tokenizer of ``vocab.segment`` (recorded in the vocabulary's metadata), word starts
+    ``▁`` only where the text has a space (so decoding gives the text back), byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
+    from mergedistill.vocab.segment import Convention, unified_normalizer, unified_pretokenizer
+
+    unified = vocab.metadata.get("unified", {})
+    convention = Convention(unified.get("han", "none"), unified.get("punct", "none"), unified.get("lowercase", False), unified.get("strip_accents", False))
     has_bytes = "<0x00>" in vocab.pieces
     model = models.Unigram(list(zip(vocab.pieces, unified_scores(vocab))), unk_id=SPECIAL_IDS["unk"], byte_fallback=has_bytes)
     tok = Tokenizer(model)
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.normalizer = unified_normalizer(convention)
+    tok.pre_tokenizer = unified_pretokenizer(convention)
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")])
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", SPECIAL_IDS["cls"]), ("[SEP]", SPECIAL_IDS["sep"])]
     )
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(special_added_tokens())
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", clean_up_tokenization_spaces=False)
 
 
 def copy_tokenizer_files(source: str | Path, target: str | Path) -> None:

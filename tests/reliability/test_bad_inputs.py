@@ -242,6 +242,9 @@ CATALOGUE: list[Case] = [
     Case("nan-loss", "A learning rate so large (`train.lr=1e6`, no clipping) that the loss becomes NaN.", 2,
          "mergedistill train: error: loss became nan at step 4; lower train.lr (now 1000000.0) or check the data",
          ("train", "exp.yaml", "train.lr=1e6", "train.grad_clip=0.0"), in_process=True),
+    Case("fp16-on-cpu", "`train.precision=fp16` on a CPU, where DeepSpeed has no fp16.", 2,
+         "mergedistill train: error: train.precision: fp16 is not supported by DeepSpeed on cpu; use train.precision: bf16 (or fp32), "
+         "or train on a GPU", ("train", "exp.yaml", "train.precision=fp16"), in_process=True),
     Case("cache-stale-fingerprint", "The top-k cache on disk was built for other teachers, vocabulary or data.", 2,
          "mergedistill train: error: cache out/cache/topk was built for different teachers, vocabulary or data (stale fingerprint); "
          "rebuild it with `mergedistill cache build` (or delete out/cache/topk)", ("train", "exp.yaml"), setup=stale_cache, in_process=True),

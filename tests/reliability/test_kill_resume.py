@@ -3,8 +3,9 @@
 For three seeds, a copy of a tiny finished experiment (``world.py``, stages up to the cache) trains a
 1.7 M-parameter student for 16 steps with a checkpoint every 4 (each save takes some 20 ms):
 
-1. a fresh run is killed as soon as the directory of a randomly chosen checkpoint appears, i.e. while
-   DeepSpeed writes it and before ``latest`` moves to it;
+1. a fresh run SIGKILLs itself inside the save of a randomly chosen checkpoint (the test hook
+   ``MERGEDISTILL_TEST_KILL_AT``, see ``mergedistill/train.py``), at a random phase: its files written but
+   ``latest`` not moved to it yet, or ``latest`` moved but the older checkpoints not pruned yet;
 2. the resumed run is killed after a random step (plus a random few milliseconds);
 3. the last run resumes and finishes.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from mergedistill.train import KILL_AT
 from tests.reliability.world import build_world, clean_env
 
 pytestmark = pytest.mark.slow
@@ -44,9 +46,9 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"), stages_until="cache")
 
 
-def launch(world: Path, run: str, log_name: str) -> subprocess.Popen:
+def launch(world: Path, run: str, log_name: str, kill_at: str | None = None) -> subprocess.Popen:
     log = open(world / "logs" / f"{log_name}.txt", "wb")
-    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    env = {**clean_env(), "OMP_NUM_THREADS": "1", **({KILL_AT: kill_at} if kill_at else {})}
     process = subprocess.Popen([sys.executable, "-m", "mergedistill", "train", "exp.yaml", f"output_dir={run}", *OVERRIDES],
                                cwd=world, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -120,14 +122,13 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(wo
         checkpoints = world / run / "train.work" / "checkpoints"
         metrics = world / run / "train.work" / "metrics.jsonl"
 
-        # 1. kill while a randomly chosen checkpoint is being written (before `latest` points to it)
-        target = f"step-{rng.choice(range(EVERY, STEPS, EVERY))}"
-        process = launch(world, run, f"{run}-1")
-        wait_until(process, lambda: (checkpoints / target).is_dir(), f"{target} appeared")
-        kill(process)
-        assert (checkpoints / target).is_dir() and latest_tag(checkpoints) != target, "the kill landed after the checkpoint was published"
+        # 1. killed inside the save of a randomly chosen checkpoint, at a random phase (the process kills itself there)
+        saved, phase = rng.choice(range(EVERY, STEPS, EVERY)), rng.choice(("written", "published"))
+        process = launch(world, run, f"{run}-1", kill_at=f"save:{saved}:{phase}")
+        assert process.wait(timeout=TIMEOUT) == -signal.SIGKILL, (world / "logs" / f"{run}-1.txt").read_text()[-3000:]
+        assert (checkpoints / f"step-{saved}").is_dir()
         resumed_from = assert_latest_loadable(checkpoints)
-        assert resumed_from == int(target.split("-")[1]) - EVERY
+        assert resumed_from == (saved if phase == "published" else saved - EVERY)
 
         # 2. resume, then kill after a random later step (plus a few random milliseconds)
         seen = len(logged_steps(metrics))
@@ -137,7 +138,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(wo
         time.sleep(rng.uniform(0.0, 0.03))
         kill(process)
         resumed_from = assert_latest_loadable(checkpoints)
-        print(f"seed {seed}: killed while writing {target}, then after step {max(logged_steps(metrics))} "
+        print(f"seed {seed}: killed while saving step-{saved} ({phase}), then after step {max(logged_steps(metrics))} "
               f"(latest: {latest_tag(checkpoints)}); resuming from step {resumed_from}")
 
         # 3. resume to the end

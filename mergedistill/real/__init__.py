@@ -1,0 +1,1 @@
+"""Real pretrained encoders that ship inside pip packages (the ``real`` extra), imported offline."""

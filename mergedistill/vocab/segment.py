@@ -1,0 +1,212 @@
+"""The student's piece convention on real text, and how far two segmentations of the same text agree.
+
+Student pieces mark a word start ``▁`` only where the TEXT has one: at its start and after whitespace, as
+SentencePiece and byte-level BPE do. That is what lets the unified tokenizer decode back to the text.
+A WordPiece teacher also starts a word after punctuation it split off and at every CJK character it
+isolates; ``faithful_pieces`` re-expresses such a piece in the student convention by the characters it
+covers: in ``"save."`` WordPiece's ``▁.`` is the student's ``.``, in ``"中文"`` its ``▁文`` is ``文``.
+
+``unified_pretokenizer`` is the unified tokenizer's pre-tokenization: whitespace only (Metaspace), plus
+CJK ideographs isolated where a served teacher isolates them (``han``: ``none``, ``all``, or ``kana-free``:
+only in whitespace words without kana, when WordPiece serves Chinese while a SentencePiece/BPE teacher
+keeps multi-character kanji pieces for Japanese), and runs of punctuation split from letters and digits
+(``punct``, same modes) unless a SentencePiece teacher serves a language without kana. Everything else
+(``"...")`` as one piece or three, where a word splits) is the teachers' call, learnt by the unified
+tokenizer's scores (``vocab.fit``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+WORD_START = "▁"
+KANA = r"\p{Hiragana}\p{Katakana}ー"
+# one Han character per match (with the ▁ before it): \G continues where the previous match ended, so in
+# kana-free mode matching only ever starts at a whitespace word that holds no kana at all
+_HAN_ALL = r"▁?\p{Han}"
+_HAN_KANA_FREE = r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[^\p{Han}▁]|▁(?!\p{Han}))*+\K▁?\p{Han}"
+HAN_MODES = ("none", "all", "kana-free")
+# runs of punctuation/symbols (with the ▁ before them) split from letters and digits, as WordPiece and
+# byte-level BPE do; kana-free: only in whitespace words without kana (a Japanese SentencePiece teacher
+# keeps pieces such as "る)。" in them)
+_PUNCT = r"[^\p{L}\p{N}\p{M}▁\s]"
+_PUNCT_ALL = r"▁?" + _PUNCT + "+"
+_PUNCT_KANA_FREE = r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[\p{L}\p{N}\p{M}]|▁(?!" + _PUNCT + r"))*+\K▁?" + _PUNCT + "+"
+_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_HAN_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_KANA_CHAR = re.compile(r"[\u3040-\u30ff]")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How the unified tokenizer normalizes and pre-tokenizes (stored in the vocabulary's metadata)."""
+
+    han: str = "none"  # see HAN_MODES
+    punct: str = "none"  # the same modes for splitting punctuation from letters and digits
+    lowercase: bool = False  # every served teacher lowercases (then the student is uncased too)
+    strip_accents: bool = False
+
+    def to_dict(self) -> dict:
+        return {"han": self.han, "punct": self.punct, "lowercase": self.lowercase, "strip_accents": self.strip_accents}
+
+
+def isolates_cjk(tokenizer) -> bool:
+    """A BERT normalizer with ``handle_chinese_chars`` (WordPiece teachers): every CJK ideograph is a word."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+
+    def walk(node) -> bool:
+        if isinstance(node, dict):
+            if node.get("type") == "BertNormalizer" and node.get("handle_chinese_chars", True):
+                return True
+            return any(walk(v) for v in node.values() if isinstance(v, (dict, list)))
+        return isinstance(node, list) and any(walk(v) for v in node)
+
+    return walk(spec.get("normalizer"))
+
+
+def strips_accents(tokenizer) -> bool:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    text = json.dumps(spec)
+    return '"StripAccents"' in text or ('"BertNormalizer"' in text and (spec.get("strip_accents") or
+                                                                       (spec.get("strip_accents") is None and spec.get("lowercase"))))
+
+
+def choose_convention(teachers_by_lang: dict, texts: dict) -> Convention:
+    """``teachers_by_lang``: language -> its (routed) teacher's tokenizer; ``texts``: language -> paragraphs.
+
+    Han isolation: ``all`` when every language written with Han characters is served by an isolating teacher,
+    ``none`` when none is, else ``kana-free`` (right for isolating Chinese next to a Japanese teacher that
+    keeps kanji words; the vocab report shows the cost for other mixes). Lowercasing only when every served
+    teacher lowercases: with a mix the student stays cased and an uncased teacher's segmentation is followed
+    on the original-case text (its pieces are re-cased from the characters they cover).
+    """
+    from mergedistill.pieces import detect_family, detect_lowercase
+
+    def han_share(lang) -> float:
+        sample = "".join(texts[lang][:200])
+        return len(_HAN_CHAR.findall(sample)) / max(len(sample), 1)
+
+    han_langs = [lang for lang in sorted(teachers_by_lang) if han_share(lang) > 0.05]
+    isolating = [lang for lang in han_langs if isolates_cjk(teachers_by_lang[lang])]
+    han = "none" if not isolating else "all" if len(isolating) == len(han_langs) else "kana-free"
+    # punctuation: split unless a SentencePiece teacher (no such split) serves a language written without kana
+    keeps = [lang for lang in sorted(teachers_by_lang) if detect_family(teachers_by_lang[lang]) == "sentencepiece"]
+    kana_langs = {lang for lang in keeps if len(_KANA_CHAR.findall("".join(texts[lang][:200]))) > 0.05 * len("".join(texts[lang][:200]))}
+    punct = "all" if not keeps else "kana-free" if set(keeps) <= kana_langs else "none"
+    lower = all(detect_lowercase(t) for t in teachers_by_lang.values()) if teachers_by_lang else False
+    return Convention(han, punct, lower, lower and all(strips_accents(t) for t in teachers_by_lang.values()))
+
+
+def unified_normalizer(convention: Convention):
+    from tokenizers import normalizers
+
+    parts = [normalizers.NFC()]
+    if convention.strip_accents:
+        parts = [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
+    if convention.lowercase:
+        parts.append(normalizers.Lowercase())
+    return normalizers.Sequence(parts)
+
+
+def unified_pretokenizer(convention: Convention):
+    from tokenizers import Regex, pre_tokenizers
+
+    parts = [pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="first", split=True)]
+    if convention.punct != "none":
+        pattern = _PUNCT_ALL if convention.punct == "all" else _PUNCT_KANA_FREE
+        parts.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
+    if convention.han != "none":
+        pattern = _HAN_ALL if convention.han == "all" else _HAN_KANA_FREE
+        parts.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
+    return pre_tokenizers.Sequence(parts)
+
+
+Piece = tuple  # (start, end, key): key None = unknown; a bare word marker spans (start, start)
+
+
+def _spans(text: str, offsets, keys) -> list[Piece]:
+    out: list[Piece] = []
+    for (start, end), key in zip(offsets, keys):
+        while start < end and text[start].isspace():
+            start += 1
+        out.append((start, end, key))
+    return out
+
+
+def faithful_pieces(text: str, offsets, keys: Sequence[str | None], normalize=None) -> list[Piece]:
+    """A teacher's pieces of ``text`` in the student convention. ``keys``: the teacher pieces' normalized keys
+    (``mergedistill.pieces``; None = unknown); ``normalize``: the unified normalizer's ``normalize_str``."""
+    out: list[Piece] = []
+    marked_at = -1  # a bare ▁ piece already marked the word start at this offset
+    for start, end, key in _spans(text, offsets, keys):
+        if key is None:
+            out.append((start, end, None))
+            continue
+        body = key[1:] if key.startswith(WORD_START) else key
+        if not body:  # a bare word marker covers no character
+            out.append((start, start, WORD_START))
+            marked_at = start
+            continue
+        if not _BYTE.search(body):  # the characters it covers (an NFKC teacher's "(" covers "（")
+            body = text[start:end] if normalize is None else normalize(text[start:end])
+        spaced = (start == 0 or text[start - 1].isspace()) and marked_at != start
+        out.append((start, end, WORD_START + body if spaced else body))
+    return out
+
+
+def unified_pieces(text: str, encoding) -> list[Piece]:
+    """The unified tokenizer's pieces of ``text`` (``encoding``: its fast encoding with offsets)."""
+    out = []
+    for start, end, token in _spans(text, encoding.offsets, encoding.tokens):
+        out.append((start, start, token) if token == WORD_START else (start, end, token))
+    return out
+
+
+def teacher_faithful(tokenizer, vocab, texts: Sequence[str], normalize=None) -> list[list[Piece]]:
+    """``faithful_pieces`` of every text under a teacher (``vocab``: its ``NormalizedVocab``)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [faithful_pieces(text, offsets, [vocab.keys[i] for i in ids], normalize)
+            for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"])]
+
+
+def word_agreement(text: str, ours: list[Piece], theirs: list[Piece]) -> tuple[int, int]:
+    """(whitespace words whose pieces are the same on both sides, words)."""
+    def by_word(pieces):
+        starts = [p[0] for p in pieces]
+        out = []
+        for match in re.finditer(r"\S+", text):
+            lo = bisect.bisect_left(starts, match.start())
+            hi = bisect.bisect_left(starts, match.end())
+            inside = pieces[lo:hi]
+            # a piece that starts before the word but reaches into it counts for the word too
+            if lo > 0 and pieces[lo - 1][1] > match.start():
+                inside = [pieces[lo - 1]] + inside
+            out.append(inside)
+        return out
+
+    a, b = by_word(ours), by_word(theirs)
+    return sum(x == y for x, y in zip(a, b)), len(a)
+
+
+def pretoken_targets(text: str, pretokens, pieces: list[Piece]) -> list[tuple[str, tuple[str, ...]]]:
+    """(pre-token string, the teacher's keys inside it) for every pre-token of the unified pre-tokenizer whose
+    characters the teacher's pieces cover exactly (no piece crossing its ends, no unknown piece)."""
+    starts = [p[0] for p in pieces]
+    out = []
+    for string, (a, b) in pretokens:
+        body_start = a
+        while body_start < b and text[body_start].isspace():
+            body_start += 1
+        lo = bisect.bisect_left(starts, body_start)
+        hi = bisect.bisect_left(starts, b)
+        inside = pieces[lo:hi]
+        if (lo > 0 and pieces[lo - 1][1] > body_start) or (inside and inside[-1][1] > b) or any(p[2] is None for p in inside):
+            continue
+        keys = tuple(p[2] for p in inside)
+        if "".join(keys) == string:
+            out.append((string, keys))
+    return out

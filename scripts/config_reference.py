@@ -1,0 +1,154 @@
+"""Write docs/configuration.md: every config key of `mergedistill run` and `mergedistill bistil`, read from the schema.
+
+    python scripts/config_reference.py            # rewrite docs/configuration.md
+    python scripts/config_reference.py --check    # exit 1 if the committed file is stale (tests/test_docs.py)
+
+The schema (``mergedistill/config.py``, ``mergedistill/bistil/config.py``) is the single source: each key's type
+and default come from its dataclass field, its description from the comment on the field's line (or the
+comment lines right above it), each section's from its class docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import sys
+import tokenize
+import typing
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "configuration.md"
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name -> its comment: the trailing ``# ...`` on its line, else the comment lines right above it."""
+    source = inspect.getsource(cls)
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip().split(":", 1)[0]
+        if name not in names or name in out or not line.startswith("    ") or line.startswith("     "):
+            continue
+        if number in comments and not line.strip().startswith("#"):
+            text = [comments[number]]
+            follow = number + 1  # a trailing comment continued on the next lines, indented under it
+            while follow in comments and lines[follow - 1].startswith("     ") and lines[follow - 1].strip().startswith("#"):
+                text.append(comments[follow])
+                follow += 1
+            out[name] = " ".join(text)
+            continue
+        above, k = [], number - 1
+        while k in comments and lines[k - 1].strip().startswith("#"):
+            above.insert(0, comments[k])
+            k -= 1
+        if above:
+            out[name] = " ".join(above)
+    return out
+
+
+def type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{type_name(args[0])} or null"
+    if origin in (list, typing.List):
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    if origin in (dict, typing.Dict):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def default_of(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def show(value) -> str:
+    if dataclasses.is_dataclass(value):
+        return ""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def section_rows(cls: type, prefix: str) -> tuple[list[str], list[tuple[str, type]]]:
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    rows, nested = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            nested.append((prefix + f.name, tp))
+            continue
+        text = comments.get(f.name, "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{f.name}` | {type_name(tp)} | `{show(default_of(f))}` | {text} |")
+    return rows, nested
+
+
+def render_schema(title: str, command: str, root: type) -> list[str]:
+    doc = inspect.getdoc(root) or ""
+    lines = [f"## {title}", "", f"`{command}` — {doc.splitlines()[0] if doc else ''}", ""]
+    top, nested = section_rows(root, "")
+    if top:
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|", *top, ""]
+    for name, cls in nested:
+        section_doc = (inspect.getdoc(cls) or "").splitlines()
+        lines += [f"### `{name}`", ""]
+        if section_doc and not section_doc[0].startswith(cls.__name__ + "("):
+            lines += [section_doc[0], ""]
+        rows, deeper = section_rows(cls, name + ".")
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
+        if deeper:
+            raise NotImplementedError(f"{name}: sections nested two deep are not rendered")
+    return lines
+
+
+def render() -> str:
+    sys.path.insert(0, str(ROOT))
+    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.config import ExperimentConfig
+
+    lines = ["# Configuration reference", "",
+             "Generated by `python scripts/config_reference.py` from the config schema; do not edit by hand.",
+             "Every key can be set in the YAML file or overridden on the command line as `section.key=value`.",
+             "Unknown keys, wrong types and out-of-range values stop the run with one line naming the key.", ""]
+    lines += render_schema("MergeDistill experiments", "mergedistill run CONFIG [key=value ...]", ExperimentConfig)
+    lines += render_schema("BiStil experiments", "mergedistill bistil run CONFIG [key=value ...]", BistilConfig)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is not current")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        if current != text:
+            print(f"{OUT.relative_to(ROOT)} is stale: run python scripts/config_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    tmp = OUT.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(OUT)
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

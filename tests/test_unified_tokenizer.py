@@ -1,0 +1,134 @@
+"""The unified student tokenizer segments each language as its teacher does, in the student convention
+(``▁`` only where the text has a space), decodes back to the text, keeps ``[MASK]`` clean, and gives the
+distillation targets the student's convention."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mergedistill.corpus import load_texts
+from mergedistill.vocab.segment import Convention, faithful_pieces, unified_pretokenizer
+from tests.conftest import ASSIGNMENT
+
+CORPUS_LANGUAGES = ("en", "de", "ru", "ja", "fr", "es", "zh")
+
+
+@pytest.fixture(scope="module")
+def unified(merged):
+    from mergedistill.vocab.tokenize import build_unified_tokenizer
+
+    return build_unified_tokenizer(merged)
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus_texts):
+    return {lang: corpus_texts[lang]["valid"] for lang in ASSIGNMENT}
+
+
+def test_teacher_pieces_in_the_student_convention():
+    # WordPiece "Click (here)." -> ▁Click ▁( ▁here ▁) ▁. ; only the first two follow a space
+    text = "Click (here)."
+    offsets = [(0, 5), (6, 7), (7, 11), (11, 12), (12, 13)]
+    pieces = faithful_pieces(text, offsets, ["▁Click", "▁(", "▁here", "▁)", "▁."])
+    assert [p[2] for p in pieces] == ["▁Click", "▁(", "here", ")", "."]
+    # an isolated CJK character after another one is glued; a bare SentencePiece ▁ keeps the mark for itself
+    assert [p[2] for p in faithful_pieces("中文", [(0, 1), (1, 2)], ["▁中", "▁文"])] == ["▁中", "文"]
+    assert [p[2] for p in faithful_pieces("a Sub", [(0, 1), (1, 3), (2, 5)], ["▁a", "▁", "Sub"])] == ["▁a", "▁", "Sub"]
+
+
+def test_pretokenizer_splits_what_the_teachers_split():
+    split = unified_pretokenizer(Convention(han="kana-free", punct="kana-free")).pre_tokenize_str
+    assert [s for s, _ in split("▁Click▁(here).")] == ["▁Click", "▁(", "here", ")."]
+    assert [s for s, _ in split("▁中文，好")] == ["▁中", "文", "，", "好"]  # Chinese: every ideograph, as WordPiece
+    assert [s for s, _ in split("▁表示されます。")] == ["▁表示されます。"]  # Japanese (kana): left to the scores
+
+
+def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
+    from mergedistill.vocab.report import agreement_rows
+
+    rows = agreement_rows(held_out, {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}, unified, merged)
+    for row in rows:  # tiny 1,200-piece four-language teachers, fitted on 200 paragraphs a language (the demo: README)
+        # a Japanese "word" (between spaces) is a whole clause: one differing piece anywhere in it counts
+        assert row["word_agreement"] >= (0.45 if row["lang"] == "ja" else 0.7) and row["paragraph_agreement"] > 0.1, row
+        assert row["kd_coverage"] >= 0.8 and row["byte_fallback"] < 0.1, row  # ja: characters the tiny teacher lacks too
+    assert merged.metadata["unified"]["fit"]["right_after"] > merged.metadata["unified"]["fit"]["right_before"]
+
+
+def test_fitted_scores_beat_plain_counts(teachers, merged, held_out):
+    """The fit is what makes Viterbi follow the teachers: the same pieces scored by corpus counts alone agree less."""
+    from dataclasses import replace
+
+    from mergedistill.vocab.report import agreement_rows
+    from mergedistill.vocab.tokenize import build_unified_tokenizer
+
+    routed = {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}
+    fitted = agreement_rows(held_out, routed, build_unified_tokenizer(merged), merged)
+    counts_only = agreement_rows(held_out, routed, build_unified_tokenizer(replace(merged, scores=np.zeros(0))), merged)
+    assert np.mean([r["word_agreement"] for r in fitted]) > np.mean([r["word_agreement"] for r in counts_only]) + 0.02
+
+
+def test_mask_takes_the_space_before_it(unified, tmp_path):
+    unified.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    for tok in (unified, AutoTokenizer.from_pretrained(tmp_path)):
+        pieces = tok.convert_ids_to_tokens(tok("Click [MASK] to save.")["input_ids"])
+        mask = pieces.index("[MASK]")
+        assert pieces[mask - 1] != "▁" and "▁" not in pieces and pieces[mask + 1] == "▁to", pieces
+        assert pieces[1].startswith("▁C") and pieces[-2:] == [".", "[SEP]"], pieces
+        assert tok.decode(tok("Click [MASK] to save.")["input_ids"], skip_special_tokens=True) == "Click to save."
+
+
+def test_round_trip_in_every_corpus_language(unified):
+    for lang in CORPUS_LANGUAGES:
+        for text in load_texts(lang, "valid", limit=30):
+            ids = unified(text)["input_ids"]
+            assert unified.decode(ids, skip_special_tokens=True) == text, (lang, text)
+
+
+def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
+    """At every distillation position the teacher's own piece, mapped as the targets are, is the student's gold
+    piece for nearly all of them: WordPiece ``▁.`` / ``▁中`` serve the student's ``.`` / ``中``."""
+    from mergedistill.cache import to_student
+    from mergedistill.data import DataPlan, make_stream, teacher_view
+
+    for lang, (name,) in sorted(ASSIGNMENT.items()):
+        stream = make_stream(lang, teachers[name], texts[lang][:120], merged.id_maps[name], max_length=64, student_tokenizer=unified)
+        plan = DataPlan([stream], batch_size=8, n_batches=8, seed=0)
+        right = glued_right = total = 0
+        for i in range(8):
+            batch = plan.batch(i)
+            queried = teacher_view(batch)[2]
+            gold_teacher = batch["teacher_labels"][queried][:, None]
+            gold_student = batch["labels"][batch["kd_positions"]]
+            mapped, _ = to_student(gold_teacher, torch.zeros(gold_teacher.shape), merged.id_maps[name], batch, merged.glued_maps[name])
+            right += int((mapped[:, 0] == gold_student).sum())
+            glued_right += int((mapped[:, 0] == gold_student)[batch["teacher_glued"][queried]].sum())
+            total += len(gold_student)
+        assert total > 50 and right / total >= 0.95, (lang, right, total)
+        if teachers[name].vocab.family == "wordpiece":
+            assert glued_right > 0.05 * total, lang  # punctuation after a word: only the glued map serves it
+
+
+def test_autotokenizer_ids_equal_training_ids_without_mergedistill(unified, tmp_path, held_out):
+    """What users load (a fresh interpreter, transformers only) gives the ids the student was trained on."""
+    from mergedistill.data import aligned_paragraphs
+
+    unified.save_pretrained(tmp_path / "student")
+    sentences = {lang: texts[:10] for lang, texts in held_out.items()}
+    (tmp_path / "in.json").write_text(json.dumps(sentences), encoding="utf-8")
+    script = ("import json, sys; from transformers import AutoTokenizer\n"
+              "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+              "texts = json.load(open(sys.argv[2], encoding='utf-8'))\n"
+              "print(json.dumps({l: [tok(t)['input_ids'] for t in ts] for l, ts in texts.items()}))\n"
+              "assert 'mergedistill' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "student"), str(tmp_path / "in.json")], capture_output=True,
+                         text=True, check=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": ""})
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    for lang, lang_texts in sentences.items():
+        trained = [[2] + list(s_ids) + [3] for s_ids, *_ in aligned_paragraphs(lang_texts, unified, unified)]
+        assert loaded[lang] == trained, lang

@@ -26,12 +26,12 @@ def read_json(path):
 
 
 def held_out_texts(cfg, teacher, unified, lang):
-    """The first held-out paragraphs of ``lang`` that fit the sequence length whole in both tokenizations (the
-    eval path cuts longer ones into packed pieces a plain tokenizer call would not reproduce)."""
+    """The first paragraphs of ``lang``'s evaluation split that fit the sequence length whole in both
+    tokenizations (the eval path cuts longer ones into packed pieces a plain tokenizer call would not reproduce)."""
     from mergedistill.stages import eval_texts
 
     fitting = []
-    for text in eval_texts(cfg, lang, 40):
+    for text in eval_texts(cfg, lang, 40, split="test"):
         teacher_length = len(teacher.tokenizer(text)["input_ids"])
         student_length = len(unified(text)["input_ids"]) if unified is not None else teacher_length
         if teacher_length <= teacher.card.max_length and student_length <= cfg.data.max_length:
@@ -94,18 +94,20 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
 
     run = tiny_runs.get(arch, tokenization)
     cfg, out = run.cfg(), run.out
-    assignment = read_json(out / "select" / "assignment.json")["assignment"]
-    assert sorted(assignment) == sorted(cfg.corpus.languages)
+    evaluated = {row["lang"]: row["teacher"] for row in read_json(out / "eval" / "eval.json")["rows"]}  # language -> teacher
+    assert sorted(evaluated) == sorted(cfg.corpus.languages)
     merged = load_vocab(out / "vocab")
-    teachers = load_teachers(cfg, {names[0] for names in assignment.values()})
+    teachers = load_teachers(cfg, set(evaluated.values()))
     student = AutoModelForMaskedLM.from_pretrained(out / "train" / "model").eval()  # what the eval stage scores
     assert student.config.model_type == arch
     unified = unified_tokenizer(out / "vocab") if tokenization == "unified" else None
     routed = load_routed_tokenizer(out / "export")
+    # a routed student ships no top-level tokenizer: AutoTokenizer would not segment as in training
+    assert (out / "export" / "tokenizer.json").is_file() == (tokenization == "unified")
 
     items, expected = [], []
     for lang in cfg.corpus.languages:
-        teacher = teachers[assignment[lang][0]]
+        teacher = teachers[evaluated[lang]]
         id_map = merged.id_maps[teacher.name]
         texts = held_out_texts(cfg, teacher, unified, lang)
         predictions = eval_path(student, teacher, id_map, texts, cfg, unified)
@@ -119,9 +121,9 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
     assert sum(len(item["masked"]) for item in items) >= 2 * len(cfg.corpus.languages)
 
     result = run_export_in_fresh_python(out / "export", tokenization, items, tmp_path)
-    assert (result["mask_id"], result["unk_id"]) == (SPECIAL_IDS["mask"], SPECIAL_IDS["unk"])
     worst = 0.0
     for item, got, (ids, logits) in zip(items, result["items"], expected):
+        assert (got["mask_id"], got["unk_id"]) == (SPECIAL_IDS["mask"], SPECIAL_IDS["unk"])
         assert got["ids"] == ids, (item["lang"], item["text"])
         exported = torch.tensor(got["logits"])
         assert exported.shape == logits.shape
@@ -132,17 +134,17 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
 
 @pytest.mark.parametrize("arch, tokenization", VARIANTS)
 def test_routed_folder_is_the_vocabularys_routing(arch, tokenization, tiny_runs):
-    """routed/: one route per language to its selected teacher, that teacher's tokenizer (same ids as the
-    teacher's own on held-out text of the languages it serves) and its id map (the vocabulary's)."""
+    """routed/: one route per language to the teacher it was evaluated through, that teacher's tokenizer (same
+    ids as the teacher's own on held-out text of the languages it serves) and its id map (the vocabulary's)."""
     from mergedistill.stages import eval_texts, load_teachers
     from mergedistill.vocab import load_vocab
 
     run = tiny_runs.get(arch, tokenization)
     cfg, out = run.cfg(), run.out
-    assignment = read_json(out / "select" / "assignment.json")["assignment"]
+    evaluated = {row["lang"]: row["teacher"] for row in read_json(out / "eval" / "eval.json")["rows"]}
     merged = load_vocab(out / "vocab")
     config = read_json(out / "export" / "routed" / "routed_tokenizer.json")
-    assert config["routes"] == {lang: names[0] for lang, names in assignment.items()}
+    assert config["routes"] == evaluated
     assert config["teachers"] == sorted(set(config["routes"].values()))
     assert config["max_length"] == cfg.data.max_length
     assert sorted(p.name for p in (out / "export" / "routed").iterdir()) == sorted(config["teachers"] + ["routed_tokenizer.json"])

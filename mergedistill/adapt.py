@@ -12,8 +12,9 @@ A teacher card whose ``build:`` names a ``base`` encoder instead of a model to t
 The build: (1) import the base (``pkg:`` sources are converted once into ``<zoo dir>/imports/<package>``);
 (2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``bistil.trim``: rows of
 the embedding matrix, which the tied decoder shares, so the masked-LM softmax and the optimizer state
-shrink with it); (3) attach a fresh head (``mlm_head``), its output bias set to the log unigram prior of
-those paragraphs (``prior_bias``); (4) ``head_steps`` steps train the head alone (encoder frozen), then
+shrink with it); (3) attach a fresh head (``mlm_head``) that starts by predicting the log unigram prior
+of those paragraphs whatever the input (``prior_bias``: output bias = log prior, head LayerNorm scale 0);
+(4) ``head_steps`` steps train the head alone (encoder frozen), then
 the rest train everything, the encoder at the small ``lr``, so it stays the pretrained encoder; (5) report
 held-out (valid split) masked-token accuracy per language before and after, and the drift of the encoder:
 mean cosine between its last hidden states before and after adaptation, per token and mean-pooled.
@@ -133,7 +134,7 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     from transformers import AutoModel, AutoTokenizer
 
     from mergedistill.bistil.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
-    from mergedistill.mlm_head import attach_mlm_head, log_prior, set_output_bias
+    from mergedistill.mlm_head import attach_mlm_head, log_prior, start_at_prior
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, model_max_length=max_length)
     if tokenizer.mask_token_id is None:
@@ -150,7 +151,7 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     if recipe["adapt"]["prior_bias"]:
         total = np.zeros(model.get_input_embeddings().num_embeddings, dtype=np.int64)
         total[: len(counts[0])] = np.sum(counts, axis=0)
-        set_output_bias(model, log_prior(total))
+        start_at_prior(model, log_prior(total))
     return model, tokenizer, kept, vocab_before
 
 

@@ -178,7 +178,8 @@ def encoder_drift(reference, model, tokenizer, texts: dict[str, list[str]], max_
     import torch
 
     totals = {"token_sum": 0.0, "tokens": 0, "sentence_sum": 0.0, "sentences": 0}
-    reference.eval(), model.eval()
+    reference.eval()
+    model.eval()
     flat = [t for lang_texts in texts.values() for t in lang_texts]
     for start in range(0, len(flat), batch_size):
         batch = tokenizer(flat[start:start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
@@ -207,11 +208,10 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from mergedistill.mlm_head import head_parameter_names
     from mergedistill.zoo import _mlm_step, _save_state
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per save/load would drown the build's own
     recipe = adapt_recipe(card)

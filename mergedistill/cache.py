@@ -122,8 +122,8 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
 
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> None:
-    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable)."""
+                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> list[int]:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them."""
     import torch
     from tqdm import tqdm
 
@@ -145,6 +145,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
             written += 1
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+    return mine
 
 
 def finalize_cache(directory: str | Path, fp: str, plan) -> dict:

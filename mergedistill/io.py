@@ -83,10 +83,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 def remove_stale_temps(final: str | os.PathLike) -> list[Path]:
     """Delete the temp dirs/files a killed writer of ``final`` left beside it (``.<name>.*.tmp``, the
-    names ``atomic_dir``/``write_text_atomic`` use). Call only where one process writes ``final``."""
+    names ``atomic_dir``/``write_text_atomic`` use, and ``.<name>.old``, the previous output a kill between
+    ``atomic_dir``'s two renames leaves). Call only where one process writes ``final`` (rank 0)."""
     final = Path(final)
     removed = []
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+    old = final.with_name(f".{final.name}.old")
+    for stale in [*final.parent.glob(f".{glob.escape(final.name)}.*.tmp"), *([old] if old.exists() else [])]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

@@ -185,7 +185,7 @@ def run_stages(
     defaults to the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
     ranks = ranks or Ranks(*world_from_env()).connect()
-    rank_log = (lambda message: log(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
+    rank_log = (lambda message, say=log: say(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
     if not ranks.main:
         log = lambda message: None  # noqa: E731 (rank 0 reports the pipeline's progress)
     try:

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from mergedistill import io
+from mergedistill import faults, io
 from mergedistill.errors import UserError
 from mergedistill.vocab.merge import map_topk
 
@@ -106,6 +106,7 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank:
     tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+        faults.point("chunk")  # the table is in the temp file, its footer not yet
     os.replace(tmp, path)
 
 

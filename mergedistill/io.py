@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from mergedistill import faults
 from mergedistill.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -60,6 +61,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        faults.point("write")
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):

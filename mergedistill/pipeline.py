@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mergedistill import __version__, io
+from mergedistill import __version__, faults, io
 from mergedistill.config import to_dict
 from mergedistill.errors import UserError
 from mergedistill.ranks import SINGLE, Ranks, world_from_env
@@ -219,6 +219,7 @@ def run_stages(
             results.append(StageResult(stage.name, "skipped", 0.0, final, fp))
             continue
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
+        faults.point(f"stage:{stage.name}")
         start = time.perf_counter()
 
         def attempt(out: Path, work: Path) -> dict:  # this rank's part of the stage
@@ -228,6 +229,7 @@ def run_stages(
         def seal(tmp: Path, extras: dict) -> float:
             seconds = time.perf_counter() - start
             io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+            faults.point(f"seal:{stage.name}")
             return seconds
 
         if stage.sharded and ranks.world > 1:

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from mergedistill import faults
 from mergedistill.data import kd_rows
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
@@ -117,6 +118,7 @@ def read_latest(checkpoint_dir: Path) -> str | None:
 def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> None:
     tag = f"step-{step}"
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
+    faults.point("checkpoint")  # written, not yet `latest`
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     if rank == 0:
@@ -223,6 +225,7 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
                 tokens_window += real
                 total_tokens += real
             done = step + 1
+            faults.point("step")
             last_loss = logged_sum["loss"]
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 now = time.perf_counter()

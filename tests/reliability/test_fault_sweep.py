@@ -48,10 +48,14 @@ RESULTS: list[dict] = []
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = build_world(tmp_path_factory.mktemp("sweep"))
-    yield root
+    return build_world(tmp_path_factory.mktemp("sweep"))
+
+
+def record(kill: dict) -> None:
+    """Keep the kill in the sweep's record (written after each one, so a stopped sweep keeps what it did)."""
+    RESULTS.append(kill)
     target = os.environ.get("MERGEDISTILL_SWEEP_RESULTS")
-    if target and RESULTS:
+    if target:
         Path(target).write_text(json.dumps({"seed": SEED, "kills": RESULTS}, indent=1) + "\n", encoding="utf-8")
 
 
@@ -109,7 +113,7 @@ def kill_and_resume(world: Path, reference: Path, source: Path, ranks: int, stag
     for name in sorted(p.name for p in (reference / "cache" / "topk").glob("chunk-*.arrow")):
         assert (out / "cache" / "topk" / name).read_bytes() == (reference / "cache" / "topk" / name).read_bytes(), f"{spec}: {name}"
     assert_same_student(out, reference)
-    RESULTS.append({"launch": "1 process" if ranks == 1 else f"torchrun, {ranks} ranks", "killed_rank": rank, "stage": stage,
+    record({"launch": "1 process" if ranks == 1 else f"torchrun, {ranks} ranks", "killed_rank": rank, "stage": stage,
                     "point": f"{point}@{n}", "moment": describe(point, n), "outcome": "re-run equal"})
     shutil.rmtree(out)
 

@@ -52,8 +52,9 @@ def setup_distributed() -> tuple[int, int]:
 def skip_shared_memory_collectives() -> None:
     """DeepSpeed's CPU backend compiles its shared-memory all-reduce op at init: 25-60 s of C++ on every new
     virtual environment (the build is keyed by its paths), for ``inference_all_reduce`` only, which training
-    never calls (its all-reduces go through torch.distributed), so it is skipped for any world size. The
-    hook is left alone if a DeepSpeed version no longer has it; on CUDA the op does not exist."""
+    never calls (its all-reduces go through torch.distributed), so it is skipped for any world size (the
+    pipeline's rank group, ``ranks.Ranks.connect``, skips it too). The hook is left alone if a DeepSpeed
+    version no longer has it."""
     import importlib
 
     backend = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is also torch itself

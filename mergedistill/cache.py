@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from mergedistill import io
+from mergedistill import faults, io
 from mergedistill.errors import UserError
 from mergedistill.vocab.merge import map_topk
 
@@ -164,6 +164,7 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank:
     tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+        faults.point("chunk")  # the table is in the temp file, its footer not yet
     os.replace(tmp, path)
 
 
@@ -181,9 +182,9 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
                 rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
-                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> None:
-    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); ``batch_size``:
-    sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
+                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> list[int]:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them.
+    ``batch_size``: sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
     import torch
     from tqdm import tqdm
 
@@ -205,6 +206,7 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
             written += 1
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+    return mine
 
 
 def finalize_cache(directory: str | Path, fp: str, plan) -> dict:

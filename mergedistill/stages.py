@@ -257,9 +257,10 @@ def stage_cache(ctx: StageContext):
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
     ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
-    ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
-                                                rank=ranks.rank, world=ranks.world, progress=ranks.main,
-                                                batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable in the work dir
+    built = ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
+                                                        rank=ranks.rank, world=ranks.world, progress=ranks.main,
+                                                        batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable
+    ctx.log(f"[cache] built {len(built)} chunk(s): {', '.join(map(str, built[:8]))}{' ...' if len(built) > 8 else ''}")
     if not ranks.main:
         return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)

@@ -426,6 +426,16 @@ def route_through_evaluated_teachers(routed_dir: Path, routes: dict) -> None:
         io.write_text_atomic(routed_dir / ROUTED_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+# A routed export's top-level tokenizer_config.json: a tokenizer class transformers does not know, so that
+# AutoTokenizer / pipeline("fill-mask") refuse the directory instead of silently building an empty tokenizer
+# of the model's type (ids that mean nothing to the student); the note says what to load instead.
+ROUTED_TOKENIZER_CONFIG = {
+    "tokenizer_class": "MergedistillRoutedTokenizer",
+    "note": "routed student: the text of each language goes through its teacher's tokenizer; load it with "
+            "mergedistill.vocab.load_routed_tokenizer(PATH) and encode(text, lang=...)",
+}
+
+
 def stage_export(ctx: StageContext):
     from transformers import AutoModelForMaskedLM, pipeline
 
@@ -438,7 +448,8 @@ def stage_export(ctx: StageContext):
     model.save_pretrained(ctx.out)
     if cfg.data.tokenization == "unified":  # the top-level tokenizer is the one the student was trained on
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
-    else:
+    else:  # AutoTokenizer would fall back to an empty tokenizer of the model type: make it refuse instead
+        io.write_json_atomic(ctx.out / "tokenizer_config.json", ROUTED_TOKENIZER_CONFIG)
         ctx.log(f"[export] routed student: no top-level tokenizer in {ctx.out} (AutoTokenizer would not segment as in training); "
                 "load its routed/ tokenizers with mergedistill.vocab.load_routed_tokenizer(PATH) and pass the language")
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")

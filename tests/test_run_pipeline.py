@@ -81,6 +81,9 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (out / "export" / "tokenizer.json").exists() and (out / "export" / "routed").is_dir()
+    code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
+    assert result.returncode != 0  # AutoTokenizer refuses a routed export instead of an empty tokenizer of the model type
     card = (out / "export" / "README.md").read_text()
     assert "pipeline_tag: fill-mask" in card and "load_routed_tokenizer('PATH')" in card
     # the report's fill-mask examples read the text as the student was trained on it (routed) and show its top-1

@@ -67,8 +67,9 @@ class SyntheticTeacher:
         self.model = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
                                                 intermediate_size=2048, max_position_embeddings=LENGTH + 2)).eval().to(device=device, dtype=dtype)
 
-    def topk(self, input_ids, attention_mask, positions, k):
-        """Top-k on the CPU, where the cache writer and the id maps expect it."""
+    def topk(self, input_ids, attention_mask, positions, k, batch_size=None):
+        """Top-k on the CPU, where the cache writer and the id maps expect it (``Teacher.topk``'s signature;
+        the whole batch goes through one forward whatever ``batch_size`` says)."""
         with torch.inference_mode():
             on = [t.to(self.device) for t in (input_ids, attention_mask, positions)]
             logits, _ = masked_lm_logits(self.model, *on)

@@ -59,6 +59,8 @@ class Batches:
 
 
 class SyntheticTeacher:
+    name = "t"
+
     def __init__(self, device, dtype):
         from transformers import BertConfig, BertForMaskedLM
 
@@ -68,8 +70,7 @@ class SyntheticTeacher:
                                                 intermediate_size=2048, max_position_embeddings=LENGTH + 2)).eval().to(device=device, dtype=dtype)
 
     def topk(self, input_ids, attention_mask, positions, k, batch_size=None):
-        """Top-k on the CPU, where the cache writer and the id maps expect it (``Teacher.topk``'s signature;
-        the whole batch goes through one forward whatever ``batch_size`` says)."""
+        """Top-k on the CPU, where the cache writer and the id maps expect it (one forward: ``batch_size`` unused)."""
         with torch.inference_mode():
             on = [t.to(self.device) for t in (input_ids, attention_mask, positions)]
             logits, _ = masked_lm_logits(self.model, *on)

@@ -10,10 +10,11 @@ A teacher card whose ``build:`` names a ``base`` encoder instead of a model to t
               checkpoint_every: 50, eval_paragraphs: 50, prior_bias: true}
 
 The build: (1) import the base (``pkg:`` sources are converted once into ``<zoo dir>/imports/<package>``);
-(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``bistil.trim``: rows of
+(2) trim the vocabulary to the pieces of the card's languages' training paragraphs (``vocab.trim``: rows of
 the embedding matrix, which the tied decoder shares, so the masked-LM softmax and the optimizer state
-shrink with it); (3) attach a fresh head (``mlm_head``), its output bias set to the log unigram prior of
-those paragraphs (``prior_bias``); (4) ``head_steps`` steps train the head alone (encoder frozen), then
+shrink with it); (3) attach a fresh head (``mlm_head``) that starts by predicting the log unigram prior
+of those paragraphs whatever the input (``prior_bias``: output bias = log prior, head LayerNorm scale 0);
+(4) ``head_steps`` steps train the head alone (encoder frozen), then
 the rest train everything, the encoder at the small ``lr``, so it stays the pretrained encoder; (5) report
 held-out (valid split) masked-token accuracy per language before and after, and the drift of the encoder:
 mean cosine between its last hidden states before and after adaptation, per token and mean-pooled.
@@ -132,8 +133,8 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from mergedistill.bistil.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
-    from mergedistill.mlm_head import attach_mlm_head, log_prior, set_output_bias
+    from mergedistill.mlm_head import attach_mlm_head, log_prior, start_at_prior
+    from mergedistill.vocab.trim import complete_kept, piece_counts, select_kept, trim_model, trim_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, model_max_length=max_length)
     if tokenizer.mask_token_id is None:
@@ -150,7 +151,7 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     if recipe["adapt"]["prior_bias"]:
         total = np.zeros(model.get_input_embeddings().num_embeddings, dtype=np.int64)
         total[: len(counts[0])] = np.sum(counts, axis=0)
-        set_output_bias(model, log_prior(total))
+        start_at_prior(model, log_prior(total))
     return model, tokenizer, kept, vocab_before
 
 
@@ -161,12 +162,10 @@ def masked_accuracy(model, tokenizer, texts: dict[str, list[str]], max_length: i
     model.eval()
     special = set(tokenizer.all_special_ids)
 
-    def encode(batch, limit):
-        return tokenizer(batch, truncation=True, max_length=limit)["input_ids"]
-
     out = {}
     for lang, lang_texts in texts.items():
-        result = masked_token_accuracy(model, make_eval_set(lang_texts, encode, special, max_length), tokenizer.mask_token_id,
+        ids = tokenizer(list(lang_texts), truncation=True, max_length=max_length)["input_ids"]
+        result = masked_token_accuracy(model, make_eval_set(lang_texts, ids, special), tokenizer.mask_token_id,
                                        tokenizer.pad_token_id, seed=seed)
         out[lang] = {"acc": round(result["acc"], 4), "ce": round(result["ce"], 4)}
     return out
@@ -177,7 +176,8 @@ def encoder_drift(reference, model, tokenizer, texts: dict[str, list[str]], max_
     import torch
 
     totals = {"token_sum": 0.0, "tokens": 0, "sentence_sum": 0.0, "sentences": 0}
-    reference.eval(), model.eval()
+    reference.eval()
+    model.eval()
     flat = [t for lang_texts in texts.values() for t in lang_texts]
     for start in range(0, len(flat), batch_size):
         batch = tokenizer(flat[start:start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
@@ -206,11 +206,10 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from mergedistill.mlm_head import head_parameter_names
     from mergedistill.zoo import _mlm_step, _save_state
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per save/load would drown the build's own
     recipe = adapt_recipe(card)

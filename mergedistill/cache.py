@@ -17,13 +17,14 @@ and each chunk's sha256: a stale, truncated or corrupted cache is refused with a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from mergedistill import io
+from mergedistill import faults, io
 from mergedistill.errors import UserError
 from mergedistill.vocab.merge import map_topk
 
@@ -47,21 +48,41 @@ def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarr
     return student_ids, student_values
 
 
+def record_dropped(dropped: dict | None, key: str, topk_logits, student_ids) -> None:
+    """Add to ``dropped[key] = [mass, positions]`` the share of each position's top-k probability (softmax over the k
+    teacher logits, as the KD loss sees them) that falls on pieces outside the merged vocabulary (student id -1)."""
+    import torch
+
+    if dropped is None or student_ids.shape[0] == 0:
+        return
+    mass = (torch.softmax(topk_logits.float(), -1) * (student_ids < 0)).sum(-1)
+    entry = dropped.setdefault(key, [0.0, 0])
+    entry[0] += float(mass.double().sum())
+    entry[1] += int(mass.shape[0])
+
+
+def dropped_shares(dropped: dict) -> dict[str, float]:
+    """``record_dropped`` totals -> mean dropped share of the top-k mass per ``lang@teacher``."""
+    return {key: mass / count for key, (mass, count) in sorted(dropped.items()) if count}
+
+
 def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
-                    glued_map: np.ndarray | None = None):
+                    glued_map: np.ndarray | None = None, dropped: dict | None = None):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
-    ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch)."""
+    ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch); ``dropped``:
+    ``record_dropped`` totals, keyed ``lang@teacher``."""
     import torch
 
     from mergedistill.data import teacher_view
 
     ids, logits = teacher.topk(*teacher_view(batch), k, batch_size=batch_size)
     student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map)
+    record_dropped(dropped, f"{batch.get('lang')}@{teacher.name}", logits, student_ids)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
 def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
-                  glued_map: np.ndarray | None = None):
+                  glued_map: np.ndarray | None = None, dropped: dict | None = None):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -85,6 +106,7 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch
     mixed = mix_log_probs(log_probs, weights[row_of])
     values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
     student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map)
+    record_dropped(dropped, f"{batch.get('lang')}@{'+'.join(t.name for t in teachers)}", values, student_ids)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
@@ -95,14 +117,28 @@ class OnlineTargets:
                  glued_maps: Mapping[str, np.ndarray] | None = None):
         self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
         self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
+        self.dropped: dict[str, list] = {}  # record_dropped totals of every call
 
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
             return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size,
-                                 self.glued_maps.get(mixture[0]))
+                                 self.glued_maps.get(mixture[0]), self.dropped)
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size, self.glued_maps.get(name))
+        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size, self.glued_maps.get(name),
+                               self.dropped)
+
+
+def sample_dropped(plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, n_batches: int,
+                   batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """``dropped_shares`` over the plan's first ``n_batches`` batches (online mode has no cache to record it in)."""
+    import torch
+
+    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps)
+    with torch.inference_mode():
+        for index in range(min(n_batches, plan.n_batches)):
+            online(index, plan.batch(index))
+    return dropped_shares(online.dropped)
 
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
@@ -115,7 +151,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0) -> None:
+def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0, dropped: dict | None = None) -> None:
     import pyarrow as pa
 
     offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
@@ -123,11 +159,12 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank:
     ids = np.concatenate([ids.reshape(-1) for ids, _ in batches]).astype(np.int32) if batches else np.zeros(0, np.int32)
     logits = np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
     table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
-    meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode()}
+    meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode(), b"dropped": json.dumps(dropped or {}, sort_keys=True).encode()}
     table = table.replace_schema_metadata(meta)
     tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+        faults.point("chunk")  # the table is in the temp file, its footer not yet
     os.replace(tmp, path)
 
 
@@ -145,9 +182,9 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
 
 def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
                 rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
-                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> None:
-    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); ``batch_size``:
-    sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
+                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> list[int]:
+    """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them.
+    ``batch_size``: sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
     import torch
     from tqdm import tqdm
 
@@ -161,14 +198,15 @@ def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_
     written = 0
     with torch.inference_mode():
         for chunk in tqdm(mine, desc="top-k cache", disable=not progress, unit="chunk"):
-            rows = []
+            rows, online.dropped = [], {}
             for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, plan.n_batches)):
                 ids, logits = online(index, plan.batch(index))
                 rows.append((ids.numpy(), logits.to(torch.float16).numpy()))
-            _write_chunk(directory / CHUNK_NAME.format(chunk), rows, rank)
+            _write_chunk(directory / CHUNK_NAME.format(chunk), rows, rank, online.dropped)
             written += 1
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+    return mine
 
 
 def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
@@ -182,8 +220,24 @@ def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
         partial.unlink(missing_ok=True)
     sums = {CHUNK_NAME.format(c): _sha256(directory / CHUNK_NAME.format(c)) for c in range(n_chunks)}
     nbytes = sum((directory / name).stat().st_size for name in sums)
-    io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes)
-    return {"bytes": nbytes, "chunks": n_chunks}
+    dropped = dropped_shares(_chunk_dropped(directory, n_chunks))
+    io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes, dropped_topk_mass=dropped)
+    return {"bytes": nbytes, "chunks": n_chunks, "dropped_topk_mass": dropped}
+
+
+def _chunk_dropped(directory: Path, n_chunks: int) -> dict:
+    """The chunks' ``record_dropped`` totals, summed (each chunk stores its own in its schema metadata)."""
+    import pyarrow as pa
+
+    total: dict[str, list] = {}
+    for c in range(n_chunks):
+        with pa.memory_map(str(directory / CHUNK_NAME.format(c)), "r") as source:
+            meta = pa.ipc.open_file(source).schema.metadata or {}
+        for key, (mass, count) in json.loads(meta.get(b"dropped", b"{}")).items():
+            entry = total.setdefault(key, [0.0, 0])
+            entry[0] += mass
+            entry[1] += count
+    return total
 
 
 class OfflineTargets:

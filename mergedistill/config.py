@@ -107,7 +107,7 @@ class DataConfig:
     max_length: int = 128
     mlm_probability: float = 0.15
     whole_word: bool = False
-    sampling_alpha: float = 0.7  # p_L proportional to n_L ** alpha
+    sampling_alpha: float = 0.7  # p_L proportional to n_L ** alpha, n_L = the language's training characters (see data.py)
     # lang -> factor on that language's sampling probability (renormalized): p_L ∝ w_L · n_L^α; unlisted = 1
     language_weights: Dict[str, float] = field(default_factory=dict)
     mask_seed: int = 1234

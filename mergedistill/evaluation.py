@@ -204,3 +204,30 @@ def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repea
             masked_lm_logits(model, ids, attention, masked)
             times.append(now() - start)
     return sorted(times)[len(times) // 2] * 1000
+
+
+def routed_fill_mask(model, routed, pieces: Sequence[str], text: str, lang: str, top_k: int = 3) -> dict | None:
+    """A fill-mask example for a routed student: ``text`` through the language's routed tokenizer (the ids the
+    student was trained on), its middle piece replaced by [MASK]; the student's top-k pieces there. None when
+    the text has no piece to mask or is longer than the student's positions."""
+    import torch
+
+    from mergedistill.device import device_of, to_device
+    from mergedistill.pieces import keys_to_text
+    from mergedistill.vocab import SPECIAL_IDS, SPECIAL_TOKENS
+
+    ids = routed.encode(text, lang)
+    candidates = [i for i, piece in enumerate(ids) if piece >= len(SPECIAL_TOKENS)]
+    if not candidates or len(ids) > model.config.max_position_embeddings - 2:
+        return None
+    position = candidates[len(candidates) // 2]
+    masked = list(ids)
+    masked[position] = SPECIAL_IDS["mask"]
+    with torch.inference_mode():
+        logits = model(**to_device({"input_ids": torch.tensor([masked])}, device_of(model))).logits[0, position].float().cpu()
+    probs = torch.softmax(logits, -1)
+    scores, best = torch.topk(probs, top_k)
+    shown = [pieces[i] if i >= len(SPECIAL_TOKENS) else None for i in masked]
+    shown[position] = ("▁" if pieces[ids[position]].startswith("▁") else "") + "[MASK]"
+    return {"text": keys_to_text(shown), "source": text, "masked": pieces[ids[position]],
+            "predictions": [{"token": pieces[i], "score": float(p)} for i, p in zip(best.tolist(), scores.tolist())]}

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from mergedistill import faults
 from mergedistill.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -60,6 +61,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        faults.point("write")
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -83,10 +85,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 def remove_stale_temps(final: str | os.PathLike) -> list[Path]:
     """Delete the temp dirs/files a killed writer of ``final`` left beside it (``.<name>.*.tmp``, the
-    names ``atomic_dir``/``write_text_atomic`` use). Call only where one process writes ``final``."""
+    names ``atomic_dir``/``write_text_atomic`` use, and ``.<name>.old``, the previous output a kill between
+    ``atomic_dir``'s two renames leaves). Call only where one process writes ``final`` (rank 0)."""
     final = Path(final)
     removed = []
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+    old = final.with_name(f".{final.name}.old")
+    for stale in [*final.parent.glob(f".{glob.escape(final.name)}.*.tmp"), *([old] if old.exists() else [])]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

@@ -81,6 +81,25 @@ def log_prior(counts: np.ndarray, smoothing: float = 1.0) -> np.ndarray:
     return (logp - logp.mean()).astype(np.float32)
 
 
+def start_at_prior(model, log_prior_values: np.ndarray) -> None:
+    """Make the fresh head predict ``log_prior_values`` (softmax = the corpus unigram distribution) whatever the input.
+
+    The head's LayerNorm scale is set to 0 (its shift is 0), so the transform outputs 0 and the logits are the bias
+    alone. A random head instead adds logits of several nats of noise (LayerNorm output of norm ~sqrt(hidden) against
+    pretrained embedding rows), starting above uniform cross-entropy; from the prior, every step is a gain."""
+    import torch
+
+    rows = model.get_input_embeddings().num_embeddings
+    head = set(head_parameter_names(model))
+    scales = [p for n, p in model.named_parameters() if n in head and p.ndim == 1 and n.endswith("weight") and p.shape[0] != rows]
+    if not scales:
+        raise UserError(f"{type(model).__name__}: no LayerNorm in the masked-LM head to zero")
+    with torch.no_grad():
+        for scale in scales:
+            scale.zero_()
+    set_output_bias(model, log_prior_values)
+
+
 def set_output_bias(model, values: np.ndarray) -> None:
     import torch
 

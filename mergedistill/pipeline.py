@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mergedistill import __version__, io
+from mergedistill import __version__, faults, io
 from mergedistill.config import to_dict
 from mergedistill.errors import UserError
 from mergedistill.ranks import SINGLE, Ranks, world_from_env
@@ -185,7 +185,7 @@ def run_stages(
     defaults to the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
     ranks = ranks or Ranks(*world_from_env()).connect()
-    rank_log = (lambda message: log(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
+    rank_log = (lambda message, say=log: say(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
     if not ranks.main:
         log = lambda message: None  # noqa: E731 (rank 0 reports the pipeline's progress)
     try:
@@ -219,6 +219,7 @@ def run_stages(
             results.append(StageResult(stage.name, "skipped", 0.0, final, fp))
             continue
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
+        faults.point(f"stage:{stage.name}")
         start = time.perf_counter()
 
         def attempt(out: Path, work: Path) -> dict:  # this rank's part of the stage
@@ -228,6 +229,7 @@ def run_stages(
         def seal(tmp: Path, extras: dict) -> float:
             seconds = time.perf_counter() - start
             io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+            faults.point(f"seal:{stage.name}")
             return seconds
 
         if stage.sharded and ranks.world > 1:

@@ -75,8 +75,10 @@ class Ranks:
         dist.all_gather_object(out, value, group=self._group)
         return out
 
-    def barrier(self) -> None:
-        self.gather(None)
+    def barrier(self, what: str = "") -> None:
+        """Wait for every rank; raise if one reports a failure instead (a plain barrier would let this rank
+        go on past the point where the failed one left, and the ranks' collectives would no longer pair)."""
+        self.settle(what, None)
 
     def settle(self, what: str, err: BaseException | None) -> None:
         """Every rank tells the others how its part of ``what`` ended (a barrier as well); a rank raises its

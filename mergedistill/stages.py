@@ -238,8 +238,11 @@ def vocab_fingerprint(vocab_dir: Path) -> str:
     return io.read_manifest(vocab_dir)["fingerprint"]
 
 
+DROPPED_SAMPLE_BATCHES = 20
+
+
 def stage_cache(ctx: StageContext):
-    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache
+    from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache, sample_dropped
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
@@ -247,14 +250,17 @@ def stage_cache(ctx: StageContext):
                                                  "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
                                                  "served_examples": plan.served(), "served_by_language": plan.served_by_language(),
                                                  "batches": plan.n_batches})
-    if cfg.cache.mode == "online":
-        return {"mode": "online"}
+    if cfg.cache.mode == "online":  # the dropped top-k mass, measured on the plan's first batches
+        n = min(plan.n_batches, DROPPED_SAMPLE_BATCHES)
+        dropped = sample_dropped(plan, teachers, merged.id_maps, cfg.cache.top_k, n, cfg.cache.batch_size, merged.glued_maps)
+        return {"mode": "online", "dropped_topk_mass": dropped, "dropped_topk_mass_batches": n}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
     ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
-    ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
-                                                rank=ranks.rank, world=ranks.world, progress=ranks.main,
-                                                batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable in the work dir
+    built = ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
+                                                        rank=ranks.rank, world=ranks.world, progress=ranks.main,
+                                                        batch_size=cfg.cache.batch_size, glued_maps=merged.glued_maps))  # resumable
+    ctx.log(f"[cache] built {len(built)} chunk(s): {', '.join(map(str, built[:8]))}{' ...' if len(built) > 8 else ''}")
     if not ranks.main:
         return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
@@ -439,7 +445,23 @@ def stage_export(ctx: StageContext):
     route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
-    if (ctx.out / "tokenizer.json").exists():
+    if cfg.data.tokenization == "routed":  # through the tokenizers the student was trained on, language by language
+        from mergedistill.device import resolve_device
+        from mergedistill.evaluation import routed_fill_mask
+        from mergedistill.vocab import load_routed_tokenizer, load_vocab
+
+        routed, pieces = load_routed_tokenizer(ctx.out), load_vocab(ctx.inputs["vocab"]).pieces
+        model.to(resolve_device(cfg.device)).eval()
+        for lang in sorted(assignment):
+            items = []
+            for text in eval_texts(cfg, lang, 40, split="test"):
+                example = routed_fill_mask(model, routed, pieces, text, lang)
+                if example is not None:
+                    items.append(example)
+                if len(items) >= cfg.export.fill_mask_examples:
+                    break
+            examples[lang] = items
+    elif (ctx.out / "tokenizer.json").exists():
         from mergedistill.device import resolve_device
 
         fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
@@ -493,11 +515,22 @@ def stage_report(ctx: StageContext):
         metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
         stage_seconds=seconds,
         notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
+               dropped_note(io.read_manifest(ctx.inputs["cache"]) or {}),
                f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
                "input shape (median of 5 runs)."],
     )
     write_report(ctx.out, facts)
     return {}
+
+
+def dropped_note(cache_manifest: dict) -> str:
+    """The report's line on teacher top-k mass that falls on pieces outside the merged vocabulary."""
+    shares = cache_manifest.get("dropped_topk_mass") or {}
+    where = (f" (the plan's first {cache_manifest['dropped_topk_mass_batches']} batches)" if "dropped_topk_mass_batches" in cache_manifest
+             else " (every cached batch)")
+    listed = ", ".join(f"{key} {100 * share:.2f} %" for key, share in sorted(shares.items())) or "not measured"
+    return ("Teacher top-k probability mass on pieces outside the merged vocabulary (dropped; the KD targets renormalize over the "
+            f"rest), per language@teacher{where}: {listed}")
 
 
 COMMANDS: dict = {}

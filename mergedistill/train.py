@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from mergedistill import faults
 from mergedistill.data import kd_rows
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
@@ -56,8 +57,9 @@ def setup_distributed() -> tuple[int, int]:
 def skip_shared_memory_collectives() -> None:
     """DeepSpeed's CPU backend compiles its shared-memory all-reduce op at init: 25-60 s of C++ on every new
     virtual environment (the build is keyed by its paths), for ``inference_all_reduce`` only, which training
-    never calls (its all-reduces go through torch.distributed), so it is skipped for any world size. The
-    hook is left alone if a DeepSpeed version no longer has it; on CUDA the op does not exist."""
+    never calls (its all-reduces go through torch.distributed), so it is skipped for any world size (the
+    pipeline's rank group, ``ranks.Ranks.connect``, skips it too). The hook is left alone if a DeepSpeed
+    version no longer has it."""
     import importlib
 
     backend = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is also torch itself
@@ -71,7 +73,9 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
         "gradient_accumulation_steps": train_cfg.grad_accum,
         "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum * world_size,
         "gradient_clipping": train_cfg.grad_clip,
-        "zero_optimization": {"stage": train_cfg.zero_stage},
+        # memory_efficient_linear off: ZeRO-3 would swap torch.nn.functional.linear for DeepSpeed's own for the rest of
+        # the process, so every later run in it (baseline, ablation variants, tests) would round differently
+        "zero_optimization": {"stage": train_cfg.zero_stage, "memory_efficient_linear": False},
         "optimizer": {"type": "AdamW", "params": {"lr": train_cfg.lr, "betas": [0.9, train_cfg.adam_beta2], "weight_decay": train_cfg.weight_decay,
                                                         "torch_adam": True, "foreach": True}},  # foreach: 2x faster step on CPU
         "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": train_cfg.steps, "warmup_num_steps": train_cfg.warmup_steps,
@@ -122,6 +126,7 @@ def read_latest(checkpoint_dir: Path) -> str | None:
 def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> None:
     tag = f"step-{step}"
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
+    faults.point("checkpoint")  # written, not yet `latest`
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     _kill_point(step, "written")
@@ -254,6 +259,7 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
                 tokens_window += real
                 total_tokens += real
             done = step + 1
+            faults.point("step")
             last_loss = logged_sum["loss"]
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 now = time.perf_counter()

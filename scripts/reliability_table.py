@@ -1,4 +1,5 @@
-"""Write docs/reliability.md: the bad-input catalogue of tests/reliability/test_bad_inputs.py as a table.
+"""Write docs/reliability.md: the bad-input catalogue of tests/reliability/test_bad_inputs.py as a table,
+and the fault sweep's record (tests/reliability/fault_sweep.json, from test_fault_sweep.py) when present.
 
     python scripts/reliability_table.py            # regenerate docs/reliability.md (commit it)
     python scripts/reliability_table.py --out X    # write elsewhere (the test compares the two)
@@ -10,6 +11,7 @@ directory, ``…`` = text that varies), so the table cannot drift from what the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ def code_span(text: str) -> str:
     return "`` " + cell(text) + " ``"
 
 
-def render(catalogue) -> str:
+def render(catalogue, sweep: dict | None = None) -> str:
     lines = [
         "# Reliability: bad inputs and what they do",
         "",
@@ -53,7 +55,29 @@ def render(catalogue) -> str:
         "weights as an uninterrupted run: `tests/reliability/test_kill_resume.py` (`make test-all`).",
         "",
     ]
+    if sweep:
+        lines += render_sweep(sweep)
     return "\n".join(lines)
+
+
+def render_sweep(sweep: dict) -> list[str]:
+    """The fault sweep's record (``tests/reliability/fault_sweep.json``, written by test_fault_sweep.py)."""
+    kills = sweep["kills"]
+    lines = [
+        "## Fault sweep: SIGKILL anywhere in `mergedistill run`, then the same command again",
+        "",
+        f"`tests/reliability/test_fault_sweep.py` (`make test-all`; seed {sweep['seed']}) killed the run {len(kills)} times with SIGKILL at",
+        "points picked at random from those an uninterrupted run passes (`mergedistill.faults`), covering every stage,",
+        "then ran the same command again. Each re-run finished with every stage current, nothing left over (no temp,",
+        "work or `.old` dirs), and the cache chunks, the student's weights and the evaluation rows exactly equal to",
+        "an uninterrupted one-process run's. Under `torchrun` one rank was killed; the launcher stopped the other.",
+        "",
+        "| # | launch | killed rank | stage | point | moment | outcome |",
+        "|---:|---|---:|---|---|---|---|",
+    ]
+    for number, kill in enumerate(kills, 1):
+        lines.append(f"| {number} | {kill['launch']} | {kill['killed_rank']} | {kill['stage']} | `{cell(kill['point'])}` | {cell(kill['moment'])} | {kill['outcome']} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from mergedistill.io import write_text_atomic
     from tests.reliability.test_bad_inputs import CATALOGUE
 
-    write_text_atomic(args.out, render(CATALOGUE))
+    record = REPO / "tests" / "reliability" / "fault_sweep.json"
+    sweep = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    write_text_atomic(args.out, render(CATALOGUE, sweep))
     print(f"{args.out}: {len(CATALOGUE)} cases")
     return 0
 

@@ -166,7 +166,8 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
     gen = torch.Generator().manual_seed(0)
     batches = [collate([{"input_ids": torch.randint(5, 700, (12,)).tolist(), "labels": torch.randint(0, 4, (12,)).tolist()} for _ in range(4)], 0)
                for _ in range(3)]
-    cfg = SimpleNamespace(temperature=2.0, w_soft=1.0, w_gold=0.5, w_attn=0.0, w_hidden=1.0, include_embeddings=False, density=0.1, lr=1e-2)
+    cfg = SimpleNamespace(temperature=2.0, w_soft=1.0, w_gold=0.5, w_attn=0.0, w_hidden=1.0, include_embeddings=False, density=0.1, lr=1e-2,
+                          head_lr=1e-2)
     for variant in ("bistil", "dense"):
         model, diff, head, _ = train_student(phase1, teacher, "token", 4, variant, cfg, batches, batches)
         out = tmp_path / variant

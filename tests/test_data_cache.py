@@ -188,3 +188,30 @@ def test_cache_batch_size_bounds_the_teacher_forward_and_keeps_the_targets(tmp_p
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_dropped_topk_mass_is_measured_per_language_and_teacher(tmp_path, streams, teachers, merged):
+    from mergedistill.data import teacher_view
+
+    plan = plan_of(streams, n=60)
+    maps = {name: np.array(id_map) for name, id_map in merged.id_maps.items()}
+    maps["bert"][np.arange(len(maps["bert"])) % 3 == 0] = -1  # a vocabulary that lacks a third of bert's pieces
+    fp = cache_fingerprint(plan, teachers, "v", k=4)
+    build_cache(tmp_path / "c", plan, teachers, maps, 4, fp, progress=False)
+    shares = finalize_cache(tmp_path / "c", fp, plan)["dropped_topk_mass"]
+    assert set(shares) == {f"{s.lang}@{s.teacher}" for s in streams}
+    assert all(0.0 <= share <= 1.0 for share in shares.values()) and 0.1 < shares["en@bert"] < 0.9
+    expected = []  # recomputed by hand for en@bert
+    for i in range(plan.n_batches):
+        batch = plan.batch(i)
+        if batch["lang"] == "en":
+            ids, logits = teachers["bert"].topk(*teacher_view(batch), 4)
+            lookup = np.where(ids.numpy() < len(maps["bert"]), maps["bert"][np.minimum(ids.numpy(), len(maps["bert"]) - 1)], -1)
+            expected += (torch.softmax(logits, -1) * torch.from_numpy(lookup < 0)).sum(-1).tolist()
+    assert shares["en@bert"] == pytest.approx(np.mean(expected), rel=1e-4)
+    from mergedistill.cache import sample_dropped
+    from mergedistill.stages import dropped_note
+
+    assert sample_dropped(plan, teachers, maps, 4, plan.n_batches) == pytest.approx(shares)  # online mode: the same measure
+    manifest = {"dropped_topk_mass": shares}
+    assert "en@bert" in dropped_note(manifest) and f"{100 * shares['en@bert']:.2f} %" in dropped_note(manifest)

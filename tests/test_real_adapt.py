@@ -74,6 +74,28 @@ def test_log_prior_orders_pieces_by_frequency():
     assert prior[2] > prior[1] == prior[3] > prior[0] and abs(float(prior.mean())) < 1e-6
 
 
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_head_started_at_the_prior_predicts_it_and_can_learn(tiny_encoders, arch):
+    from mergedistill.heads import masked_lm_loss
+    from mergedistill.mlm_head import attach_mlm_head, head_parameter_names, log_prior, start_at_prior
+
+    model = attach_mlm_head(tiny_encoders[arch], seed=0)
+    rows = model.get_input_embeddings().num_embeddings
+    prior = log_prior(np.random.default_rng(0).integers(0, 50, rows))
+    start_at_prior(model, prior)
+    ids = torch.randint(5, rows, (2, 12))
+    logits = model(input_ids=ids).logits
+    expected = torch.log_softmax(torch.from_numpy(prior), -1).expand_as(logits)
+    assert torch.allclose(torch.log_softmax(logits, -1), expected, atol=1e-5)  # every position predicts the prior
+    labels = torch.where(torch.rand(2, 12) < 0.5, ids, torch.full_like(ids, -100))
+    masked_lm_loss(model, ids, torch.ones_like(ids), labels).backward()
+    names = [n for n in head_parameter_names(model) if n.lower().endswith(("layer_norm.weight", "layernorm.weight"))]
+    assert len(names) == 1  # the transform's LayerNorm (BERT: cls.predictions.transform.LayerNorm, XLM-R: lm_head.layer_norm)
+    scale = dict(model.named_parameters())[names[0]]
+    assert float(scale.detach().abs().sum()) == 0.0
+    assert scale.grad is not None and scale.grad.abs().sum() > 0  # the zeroed scale still gets a gradient
+
+
 def _card(tmp_path, base, **adapt):
     recipe = {"steps": 24, "head_steps": 8, "batch_size": 8, "max_length": 32, "lr": 3e-3, "head_lr": 1e-1, "warmup": 2,
               "max_paragraphs": 150, "checkpoint_every": 5, "eval_paragraphs": 15, "prior_bias": False, **adapt}

@@ -58,12 +58,14 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     monkeypatch.setattr(corpus, "load_texts", recording)
     assert main(["run", str(root / "exp.yaml")]) == 0
     monkeypatch.setattr(corpus, "load_texts", real_load)
-    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == splits["stage_export"] == {"test"}  # select on valid, report on test
+    assert splits["stage_select"] == {"valid"} and splits["stage_eval"] == {"test"}  # select on valid, report on test
+    assert splits.get("stage_export", {"test"}) == {"test"}  # fill-mask examples (unified exports only) too
     out = root / "out"
     for stage in ("teachers", "select", "vocab", "cache", "train", "baseline", "eval", "export", "report"):
         assert read_manifest(out / stage) is not None, stage
     report = (out / "report" / "report.md").read_text()
     assert "| de |" in report and "Teacher selection" in report
+    assert "outside the merged vocabulary" in report and "de@de " in report  # the dropped top-k mass per language@teacher
     assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
     eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}
@@ -72,15 +74,34 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
     assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
-    # the export loads with plain transformers, no mergedistill import
-    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
-            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
-            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
-            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    # routed training (the default): the model loads with plain transformers, but no top-level tokenizer is
+    # shipped (it would not segment as in training); the card says how to load the routed one
+    code = ("import sys; from transformers import AutoModelForMaskedLM; m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]);"
+            "assert 'mergedistill' not in sys.modules; print(m.config.vocab_size)")
     result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "5"
-    assert "pipeline_tag: fill-mask" in (out / "export" / "README.md").read_text()
+    assert not (out / "export" / "tokenizer.json").exists() and (out / "export" / "routed").is_dir()
+    card = (out / "export" / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "load_routed_tokenizer('PATH')" in card
+    # the report's fill-mask examples read the text as the student was trained on it (routed) and show its top-1
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab
+
+    examples = json.loads((out / "export" / "fill_mask_examples.json").read_text())
+    routed, pieces = load_routed_tokenizer(out / "export"), load_vocab(out / "vocab").pieces
+    model = AutoModelForMaskedLM.from_pretrained(out / "export").eval()
+    assert set(examples) == {"en", "de", "ja"} and all(examples.values())
+    for lang, items in examples.items():
+        for item in items:
+            encoded = routed.encode(item["source"], lang)
+            position = [i for i, piece in enumerate(encoded) if piece >= 5][len([i for i in encoded if i >= 5]) // 2]
+            assert pieces[encoded[position]] == item["masked"] and "[MASK]" in item["text"]
+            encoded[position] = SPECIAL_IDS["mask"]
+            with torch.inference_mode():
+                top1 = int(model(input_ids=torch.tensor([encoded])).logits[0, position].argmax())
+            assert pieces[top1] == item["predictions"][0]["token"], (lang, item)
 
     # second run: every stage skipped
     capsys.readouterr()
@@ -134,6 +155,14 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
     served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]
     assert sum(served.values()) == 6 * 4
     assert "unified tokenization" in (out / "export" / "README.md").read_text()
+    # the export loads with plain transformers, no mergedistill import, and fills masks
+    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
+            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
+            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
+            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "5"
     tokenizer, model = AutoTokenizer.from_pretrained(out / "export"), AutoModelForMaskedLM.from_pretrained(out / "export")
     from mergedistill.stages import unified_tokenizer
 

@@ -159,3 +159,15 @@ def test_fp16_on_a_cpu_is_a_user_error_naming_the_key(tmp_path, plan, merged, te
     with pytest.raises(UserError, match=r"^train\.precision: fp16 is not supported by DeepSpeed on cpu; use train\.precision: bf16"):
         train_run(tmp_path, plan, merged, teachers, cfg(precision="fp16"))
     assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_a_zero3_run_leaves_later_runs_in_the_process_unchanged(tmp_path, plan, merged, teachers, fp32_run):
+    """DeepSpeed's ZeRO-3 may swap ``torch.nn.functional.linear`` for its own until the process ends (its
+    ``memory_efficient_linear``); a later run in the same process (the baseline stage, the next ablation
+    variant, a resumed run in a test) would then round differently from the same run in a fresh process."""
+    linear = torch.nn.functional.linear
+    train_run(tmp_path / "zero3", plan, merged, teachers, cfg(steps=2, zero_stage=3))
+    assert torch.nn.functional.linear is linear
+    student, _ = train_run(tmp_path / "after", plan, merged, teachers, cfg(steps=STEPS))
+    expected, _ = fp32_run
+    assert all(torch.equal(value, expected[key]) for key, value in weights(student).items())

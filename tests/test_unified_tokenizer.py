@@ -114,21 +114,63 @@ def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
             assert glued_right > 0.05 * total, lang  # punctuation after a word: only the glued map serves it
 
 
-def test_autotokenizer_ids_equal_training_ids_without_mergedistill(unified, tmp_path, held_out):
-    """What users load (a fresh interpreter, transformers only) gives the ids the student was trained on."""
+def test_autotokenizer_and_fill_mask_equal_training_without_mergedistill(unified, merged, tmp_path, held_out):
+    """What users load (a fresh interpreter, transformers only) gives the ids the student was trained on, and
+    ``pipeline("fill-mask")`` predicts what the student predicts on those training ids with one word masked."""
+    from mergedistill.config import StudentConfig
     from mergedistill.data import aligned_paragraphs
+    from mergedistill.student import build_student
 
+    student = build_student(StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=130), len(merged)).eval()
+    student.save_pretrained(tmp_path / "student")
     unified.save_pretrained(tmp_path / "student")
-    sentences = {lang: texts[:10] for lang, texts in held_out.items()}
-    (tmp_path / "in.json").write_text(json.dumps(sentences), encoding="utf-8")
-    script = ("import json, sys; from transformers import AutoTokenizer\n"
-              "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-              "texts = json.load(open(sys.argv[2], encoding='utf-8'))\n"
-              "print(json.dumps({l: [tok(t)['input_ids'] for t in ts] for l, ts in texts.items()}))\n"
-              "assert 'mergedistill' not in sys.modules\n")
+    cases = {}
+    for lang, texts in held_out.items():
+        texts = [t for t in texts if len(unified(t)["input_ids"]) < 120][:8]
+        for text, (s_ids, *_) in zip(texts, aligned_paragraphs(texts, unified, unified)):
+            trained = [2] + list(s_ids) + [3]
+            masked_text, expected = text, None
+            offsets = unified(text, return_offsets_mapping=True)["offset_mapping"]
+            pieces = unified.convert_ids_to_tokens(trained)
+            for j in range(2, len(pieces) - 2):  # a whole word (a ▁ piece followed by one): mask it
+                if pieces[j].startswith("▁") and len(pieces[j]) > 1 and pieces[j + 1].startswith("▁") and offsets[j][0] > 0:
+                    start, end = offsets[j]
+                    masked_text = text[:start].rstrip(" ") + " [MASK]" + text[end:]
+                    ids = trained[:j] + [4] + trained[j + 1:]
+                    with torch.no_grad():
+                        top = int(student(torch.tensor([ids])).logits[0, j].argmax())
+                    expected = (ids, top)
+                    break
+            cases.setdefault(lang, []).append({"text": text, "trained": trained, "masked": masked_text, "expected": expected})
+    (tmp_path / "in.json").write_text(json.dumps(cases), encoding="utf-8")
+    script = ("import json, sys; from transformers import AutoTokenizer, pipeline\n"
+              "tok = AutoTokenizer.from_pretrained(sys.argv[1]); fill = pipeline('fill-mask', model=sys.argv[1], tokenizer=tok)\n"
+              "cases = json.load(open(sys.argv[2], encoding='utf-8')); out = {}\n"
+              "for lang, items in cases.items():\n"
+              "    out[lang] = [[tok(c['text'])['input_ids'], tok(c['masked'])['input_ids'], fill(c['masked'], top_k=1)[0]['token'] if c['expected'] else None] for c in items]\n"
+              "assert 'mergedistill' not in sys.modules\n"
+              "print(json.dumps(out))\n")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "student"), str(tmp_path / "in.json")], capture_output=True,
-                         text=True, check=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": ""})
+                         text=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    for lang, lang_texts in sentences.items():
-        trained = [[2] + list(s_ids) + [3] for s_ids, *_ in aligned_paragraphs(lang_texts, unified, unified)]
-        assert loaded[lang] == trained, lang
+    filled = 0
+    for lang, items in cases.items():
+        for case, (ids, masked_ids, top) in zip(items, loaded[lang]):
+            assert ids == case["trained"], lang
+            if case["expected"] is not None:
+                assert masked_ids == case["expected"][0] and top == case["expected"][1], (lang, case["masked"])
+                filled += 1
+    assert filled >= 10
+
+
+def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
+    from mergedistill.config import ExperimentConfig, from_dict
+    from mergedistill.stages import model_card
+
+    assignment = {"en": ["bert"], "ja": ["xlm-roberta"]}
+    cards = {"teachers": {"cards": ["t.yaml"]}}
+    routed = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "routed"}}), {"rows": []}, assignment)
+    unified = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "unified"}}), {"rows": []}, assignment)
+    assert "load_routed_tokenizer('PATH')" in routed and "pipeline('fill-mask'" not in routed
+    assert "pipeline('fill-mask'" in unified and "load_routed_tokenizer" not in unified

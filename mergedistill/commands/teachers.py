@@ -30,7 +30,7 @@ def main(args):
         root = Path(__file__).resolve().parents[2] / "teachers"
         for path in sorted(root.rglob("*.yaml")):
             card = load_card(path)
-            kind = "demo (build)" if card.build else "hub/local"
+            kind = ("adapt (build)" if "base" in card.build else "demo (build)") if card.build else "hub/local"
             print(f"{path.relative_to(root.parent)}  {card.name:<36} {kind:<13} {','.join(card.languages)}")
         return 0
     if args.action == "import":

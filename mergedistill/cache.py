@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -44,7 +44,10 @@ def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarr
 
         rows = glued[teacher_view(batch)[2]][:, None]
         glued_ids, glued_values = map_topk(ids, values, glued_map)
-        student_ids, student_values = torch.where(rows, glued_ids, student_ids), torch.where(rows, glued_values, student_values)
+        student_ids, student_values = (
+            torch.where(rows, glued_ids, student_ids),
+            torch.where(rows, glued_values, student_values),
+        )
     return student_ids, student_values
 
 
@@ -66,8 +69,15 @@ def dropped_shares(dropped: dict) -> dict[str, float]:
     return {key: mass / count for key, (mass, count) in sorted(dropped.items()) if count}
 
 
-def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
-                    glued_map: np.ndarray | None = None, dropped: dict | None = None):
+def teacher_targets(
+    teacher,
+    id_map: np.ndarray,
+    batch: dict,
+    k: int,
+    batch_size: int | None = None,
+    glued_map: np.ndarray | None = None,
+    dropped: dict | None = None,
+):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
     ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch); ``dropped``:
     ``record_dropped`` totals, keyed ``lang@teacher``."""
@@ -81,8 +91,15 @@ def teacher_targets(teacher, id_map: np.ndarray, batch: dict, k: int, batch_size
     return student_ids.long(), student_logits.to(torch.float16).float()
 
 
-def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch_size: int | None = None,
-                  glued_map: np.ndarray | None = None, dropped: dict | None = None):
+def mixed_targets(
+    teachers: list,
+    id_map: np.ndarray,
+    batch: dict,
+    k: int,
+    batch_size: int | None = None,
+    glued_map: np.ndarray | None = None,
+    dropped: dict | None = None,
+):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
     pieces; top-k of the mixture, mapped to student ids and rounded to float16 like ``teacher_targets``."""
@@ -90,7 +107,6 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch
 
     from mergedistill.data import teacher_view
     from mergedistill.selection import mix_log_probs, mixture_weights
-    from mergedistill.vocab.merge import map_topk
 
     teacher_ids, teacher_attention, masked = teacher_view(batch)
     gold = batch["teacher_labels"][masked]
@@ -113,8 +129,14 @@ def mixed_targets(teachers: list, id_map: np.ndarray, batch: dict, k: int, batch
 class OnlineTargets:
     """Teachers run in the training loop (frozen, inference mode)."""
 
-    def __init__(self, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, batch_size: int | None = None,
-                 glued_maps: Mapping[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        teachers: Mapping[str, object],
+        id_maps: Mapping[str, np.ndarray],
+        k: int,
+        batch_size: int | None = None,
+        glued_maps: Mapping[str, np.ndarray] | None = None,
+    ):
         self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
         self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
         self.dropped: dict[str, list] = {}  # record_dropped totals of every call
@@ -122,15 +144,36 @@ class OnlineTargets:
     def __call__(self, index: int, batch: dict):
         mixture = batch.get("mixture") or ()
         if len(mixture) > 1:  # they share one tokenization, hence one id map
-            return mixed_targets([self.teachers[n] for n in mixture], self.id_maps[mixture[0]], batch, self.k, self.batch_size,
-                                 self.glued_maps.get(mixture[0]), self.dropped)
+            return mixed_targets(
+                [self.teachers[n] for n in mixture],
+                self.id_maps[mixture[0]],
+                batch,
+                self.k,
+                self.batch_size,
+                self.glued_maps.get(mixture[0]),
+                self.dropped,
+            )
         name = mixture[0] if mixture else batch["teacher"]
-        return teacher_targets(self.teachers[name], self.id_maps[name], batch, self.k, self.batch_size, self.glued_maps.get(name),
-                               self.dropped)
+        return teacher_targets(
+            self.teachers[name],
+            self.id_maps[name],
+            batch,
+            self.k,
+            self.batch_size,
+            self.glued_maps.get(name),
+            self.dropped,
+        )
 
 
-def sample_dropped(plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, n_batches: int,
-                   batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+def sample_dropped(
+    plan,
+    teachers: Mapping[str, object],
+    id_maps: Mapping[str, np.ndarray],
+    k: int,
+    n_batches: int,
+    batch_size: int | None = None,
+    glued_maps: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """``dropped_shares`` over the plan's first ``n_batches`` batches (online mode has no cache to record it in)."""
     import torch
 
@@ -143,23 +186,36 @@ def sample_dropped(plan, teachers: Mapping[str, object], id_maps: Mapping[str, n
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
     used = sorted({name for s in plan.streams for name in (s.mixture or (s.teacher,))})
-    return io.fingerprint("topk-cache", plan.fingerprint(), {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
-                          vocab_fingerprint, k)
+    return io.fingerprint(
+        "topk-cache",
+        plan.fingerprint(),
+        {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
+        vocab_fingerprint,
+        k,
+    )
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0, dropped: dict | None = None) -> None:
+def _write_chunk(
+    path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank: int = 0, dropped: dict | None = None
+) -> None:
     import pyarrow as pa
 
     offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
     k = batches[0][0].shape[1] if batches and batches[0][0].ndim == 2 else 0
     ids = np.concatenate([ids.reshape(-1) for ids, _ in batches]).astype(np.int32) if batches else np.zeros(0, np.int32)
-    logits = np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
+    logits = (
+        np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
+    )
     table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
-    meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode(), b"dropped": json.dumps(dropped or {}, sort_keys=True).encode()}
+    meta = {
+        b"offsets": offsets.tobytes(),
+        b"k": str(k).encode(),
+        b"dropped": json.dumps(dropped or {}, sort_keys=True).encode(),
+    }
     table = table.replace_schema_metadata(meta)
     tmp = path.with_suffix(f".rank{rank}.tmp")  # per rank: a rank left over from a killed run never shares one
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -180,9 +236,20 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
     io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
 
 
-def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None,
-                batch_size: int | None = None, glued_maps: Mapping[str, np.ndarray] | None = None) -> list[int]:
+def build_cache(
+    directory: str | Path,
+    plan,
+    teachers: Mapping[str, object],
+    id_maps: Mapping[str, np.ndarray],
+    k: int,
+    fp: str,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+    batch_size: int | None = None,
+    glued_maps: Mapping[str, np.ndarray] | None = None,
+) -> list[int]:
     """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them.
     ``batch_size``: sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
     import torch
@@ -221,7 +288,16 @@ def finalize_cache(directory: str | Path, fp: str, plan) -> dict:
     sums = {CHUNK_NAME.format(c): _sha256(directory / CHUNK_NAME.format(c)) for c in range(n_chunks)}
     nbytes = sum((directory / name).stat().st_size for name in sums)
     dropped = dropped_shares(_chunk_dropped(directory, n_chunks))
-    io.write_manifest(directory, fp, complete=True, n_batches=plan.n_batches, chunk=CHUNK, checksums=sums, bytes=nbytes, dropped_topk_mass=dropped)
+    io.write_manifest(
+        directory,
+        fp,
+        complete=True,
+        n_batches=plan.n_batches,
+        chunk=CHUNK,
+        checksums=sums,
+        bytes=nbytes,
+        dropped_topk_mass=dropped,
+    )
     return {"bytes": nbytes, "chunks": n_chunks, "dropped_topk_mass": dropped}
 
 
@@ -250,7 +326,9 @@ class OfflineTargets:
         if manifest is None:
             raise UserError(f"{self.directory}: no cache manifest; {rebuild}")
         if manifest.get("fingerprint") != fp:
-            raise UserError(f"cache {self.directory} was built for different teachers, vocabulary or data (stale fingerprint); {rebuild}")
+            raise UserError(
+                f"cache {self.directory} was built for different teachers, vocabulary or data (stale fingerprint); {rebuild}"
+            )
         if not manifest.get("complete"):
             raise UserError(f"cache {self.directory} is incomplete (an interrupted build); {rebuild}")
         self.chunk = manifest["chunk"]
@@ -259,7 +337,9 @@ class OfflineTargets:
             for name, expected in self.checksums.items():
                 path = self.directory / name
                 if not path.exists() or _sha256(path) != expected:
-                    raise UserError(f"{path}: cache chunk is missing, truncated or corrupted (checksum mismatch); {rebuild}")
+                    raise UserError(
+                        f"{path}: cache chunk is missing, truncated or corrupted (checksum mismatch); {rebuild}"
+                    )
         self._loaded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
 
     def _chunk(self, chunk: int):

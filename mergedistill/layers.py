@@ -28,7 +28,9 @@ def teacher_layers(n_student: int, stride: int) -> list[int]:
 def student_layers(n_teacher: int, stride: int) -> int:
     """Layers of a student cut from an ``n_teacher``-layer teacher with stride ``stride`` (BiStil phase 1)."""
     if stride < 1 or n_teacher // stride < 1:
-        raise UserError(f"phase1.layer_stride={stride}: the teacher has {n_teacher} layers, so the stride must be 1..{n_teacher}")
+        raise UserError(
+            f"phase1.layer_stride={stride}: the teacher has {n_teacher} layers, so the stride must be 1..{n_teacher}"
+        )
     return n_teacher // stride
 
 

@@ -38,14 +38,18 @@ def attach_mlm_head(encoder, seed: int = 0):
         try:
             model = AutoModelForMaskedLM.from_config(config)
         except ValueError as err:
-            raise UserError(f"encoder {config.model_type}: transformers has no masked-LM class for it ({str(err).splitlines()[0][:160]})") from None
+            raise UserError(
+                f"encoder {config.model_type}: transformers has no masked-LM class for it ({str(err).splitlines()[0][:160]})"
+            ) from None
     target = model.base_model
     state = {k: v for k, v in base.state_dict().items() if not k.startswith(IGNORED_BASE_KEYS)}
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise UserError(f"encoder {config.model_type}: its weights do not fit {type(model).__name__} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"encoder {config.model_type}: its weights do not fit {type(model).__name__} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     if not head_is_tied(model):
         raise UserError(f"{type(model).__name__}: the decoder could not be tied to the input embeddings")
@@ -91,7 +95,11 @@ def start_at_prior(model, log_prior_values: np.ndarray) -> None:
 
     rows = model.get_input_embeddings().num_embeddings
     head = set(head_parameter_names(model))
-    scales = [p for n, p in model.named_parameters() if n in head and p.ndim == 1 and n.endswith("weight") and p.shape[0] != rows]
+    scales = [
+        p
+        for n, p in model.named_parameters()
+        if n in head and p.ndim == 1 and n.endswith("weight") and p.shape[0] != rows
+    ]
     if not scales:
         raise UserError(f"{type(model).__name__}: no LayerNorm in the masked-LM head to zero")
     with torch.no_grad():

@@ -19,11 +19,14 @@ call per example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from mergedistill.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 # (language, teacher) -> {"acc": float, "pll_per_char": float, "fertility": float, "unk_rate": float}
 ScoreTable = Mapping[tuple[str, str], Mapping[str, float]]
@@ -42,7 +45,9 @@ class Candidates:
         if allowed:
             names = [t for t in names if t in allowed]
         if not names:
-            raise UserError(f"language {lang!r} has no teacher among the cards (select.candidates); add a teacher card whose languages include it")
+            raise UserError(
+                f"language {lang!r} has no teacher among the cards (select.candidates); add a teacher card whose languages include it"
+            )
         return names
 
 
@@ -84,7 +89,9 @@ class Static(Strategy):
             assignment[lang] = names
         extra = sorted(set(self.cfg.assignment) - set(candidates.languages))
         if extra:
-            raise UserError(f"select.assignment.{extra[0]}: language not in corpus.languages; remove it or add the language")
+            raise UserError(
+                f"select.assignment.{extra[0]}: language not in corpus.languages; remove it or add the language"
+            )
         return assignment
 
 
@@ -98,7 +105,9 @@ class ScoreBased(Strategy):
         for teacher in candidates.for_language(lang, self.cfg.candidates):
             metrics = scores.get((lang, teacher))
             if metrics is None:
-                raise UserError(f"no held-out score for teacher {teacher!r} on {lang!r}; run `mergedistill select` again")
+                raise UserError(
+                    f"no held-out score for teacher {teacher!r} on {lang!r}; run `mergedistill select` again"
+                )
             value = selection_score(metrics, self.cfg.fertility_penalty, self.cfg.unk_penalty)
             ranked.append((teacher, value, float(metrics.get("acc", 0.0))))
         ranked.sort(key=lambda item: (-item[1], -item[2], item[0]))  # deterministic tie-break by name
@@ -108,7 +117,8 @@ class ScoreBased(Strategy):
         if scores is None:
             raise ValueError("the score strategy needs a score table")
         return {
-            lang: [t for t, _ in self.ranking(lang, candidates, scores)[: self.cfg.top_m]] for lang in candidates.languages
+            lang: [t for t, _ in self.ranking(lang, candidates, scores)[: self.cfg.top_m]]
+            for lang in candidates.languages
         }
 
 
@@ -171,8 +181,13 @@ def check_shared_tokenization(assignment: Assignment, tokenizations: Mapping[str
             )
 
 
-def primary_teacher(names: Sequence[str], served: Mapping[str, int] | None = None, scores: Mapping[str, Mapping[str, float]] | None = None,
-                    fertility_penalty: float = 0.0, unk_penalty: float = 0.0) -> str:
+def primary_teacher(
+    names: Sequence[str],
+    served: Mapping[str, int] | None = None,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
+    fertility_penalty: float = 0.0,
+    unk_penalty: float = 0.0,
+) -> str:
     """The teacher a language is evaluated and exported through: of its ``names``, the one that served most of its
     training examples (``served``: teacher -> examples; min-ce splits), else (one mixed stream, ``weighted``) the one
     with the best held-out selection score (``scores``: teacher -> metrics; ties: accuracy, then name), else the first."""
@@ -181,7 +196,14 @@ def primary_teacher(names: Sequence[str], served: Mapping[str, int] | None = Non
         return max(names, key=lambda n: (counts.get(n, -1), -list(names).index(n)))
     rated = [n for n in names if scores and n in scores]
     if rated:
-        return min(rated, key=lambda n: (-selection_score(scores[n], fertility_penalty, unk_penalty), -float(scores[n].get("acc", 0.0)), n))
+        return min(
+            rated,
+            key=lambda n: (
+                -selection_score(scores[n], fertility_penalty, unk_penalty),
+                -float(scores[n].get("acc", 0.0)),
+                n,
+            ),
+        )
     return names[0]
 
 
@@ -192,7 +214,9 @@ def make_strategy(select_cfg) -> Strategy:
     try:
         return STRATEGIES[select_cfg.strategy](select_cfg)
     except KeyError:
-        raise UserError(f"select.strategy: unknown strategy {select_cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}") from None
+        raise UserError(
+            f"select.strategy: unknown strategy {select_cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        ) from None
 
 
 def format_table(scores: ScoreTable, assignment: Assignment, served: Mapping[str, int] | None = None) -> str:

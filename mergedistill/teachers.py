@@ -66,12 +66,19 @@ def load_card(path: str | Path) -> TeacherCard:
 
 def looks_local(source: str) -> bool:
     """A source is a local directory when it exists, or when it is clearly a path (./, /, ~, runs/...)."""
-    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.startswith("runs/") or source.count("/") > 1
+    return (
+        os.path.exists(source)
+        or source.startswith((".", "/", "~"))
+        or source.startswith("runs/")
+        or source.count("/") > 1
+    )
 
 
 def check_local_checkpoint(directory: Path) -> None:
     if not directory.is_dir():
-        raise UserError(f"{directory}: teacher directory not found; build it (mergedistill teachers build) or fix the card's source")
+        raise UserError(
+            f"{directory}: teacher directory not found; build it (mergedistill teachers build) or fix the card's source"
+        )
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise UserError(f"{directory}: no config.json; a teacher directory must come from save_pretrained")
@@ -92,7 +99,11 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     for file in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
         stat = file.stat()
         digest.update(f"{file.relative_to(directory)}\0{stat.st_size}\0".encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest() if stat.st_size <= FULLY_HASHED_BYTES else str(stat.st_mtime_ns).encode())
+        digest.update(
+            hashlib.sha256(file.read_bytes()).digest()
+            if stat.st_size <= FULLY_HASHED_BYTES
+            else str(stat.st_mtime_ns).encode()
+        )
     return digest.hexdigest()
 
 
@@ -124,11 +135,19 @@ class Teacher:
         self.device = device
         self.vocab = normalize_vocab(tokenizer)
         if card.family and card.family != self.vocab.family:
-            raise UserError(f"teacher {card.name}: card says family {card.family!r} but the tokenizer is {self.vocab.family!r}; fix the card")
+            raise UserError(
+                f"teacher {card.name}: card says family {card.family!r} but the tokenizer is {self.vocab.family!r}; fix the card"
+            )
         self._fingerprint: str | None = None
 
     @classmethod
-    def load(cls, card: TeacherCard | str | Path, device: str = "cpu", need_attentions: bool = False, zoo_dir: str | None = None) -> "Teacher":
+    def load(
+        cls,
+        card: TeacherCard | str | Path,
+        device: str = "cpu",
+        need_attentions: bool = False,
+        zoo_dir: str | None = None,
+    ) -> "Teacher":
         """Load from a card, a card path, or a checkpoint (local dir or hub name) given directly."""
         from transformers import AutoModelForMaskedLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -149,13 +168,18 @@ class Teacher:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForMaskedLM.from_pretrained(
-                source, dtype=resolve_dtype(card.dtype, device), attn_implementation="eager" if need_attentions else None, **kwargs
+                source,
+                dtype=resolve_dtype(card.dtype, device),
+                attn_implementation="eager" if need_attentions else None,
+                **kwargs,
             )
         except OSError as err:
             if looks_local(source):
                 raise UserError(f"{source}: cannot load teacher ({str(err).splitlines()[0]})") from None
-            raise UserError(f"teacher {card.name}: cannot load {source!r} from the HuggingFace hub ({str(err).splitlines()[0][:150]}); "
-                            "without internet, download it elsewhere and set the card's source to the local directory") from None
+            raise UserError(
+                f"teacher {card.name}: cannot load {source!r} from the HuggingFace hub ({str(err).splitlines()[0][:150]}); "
+                "without internet, download it elsewhere and set the card's source to the local directory"
+            ) from None
         except ValueError as err:
             raise UserError(f"{source}: not a masked-LM checkpoint ({str(err).splitlines()[0][:200]})") from None
         if tokenizer.mask_token_id is None:
@@ -166,8 +190,10 @@ class Teacher:
         for token in tokenizer.all_special_tokens:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id >= rows:
-                raise UserError(f"{source}: special token {token!r} has id {token_id} but the model has {rows} token embeddings; "
-                                "the tokenizer does not match the model (save the checkpoint's own tokenizer, or resize_token_embeddings)")
+                raise UserError(
+                    f"{source}: special token {token!r} has id {token_id} but the model has {rows} token embeddings; "
+                    "the tokenizer does not match the model (save the checkpoint's own tokenizer, or resize_token_embeddings)"
+                )
         model.to(device).eval()
         for param in model.parameters():
             param.requires_grad_(False)
@@ -184,11 +210,15 @@ class Teacher:
         character or word divide by the text actually scored, not the whole text."""
         limit = min(max_length or self.card.max_length, self.card.max_length)
         texts = list(texts)
-        encoded = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True, return_offsets_mapping=True)
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=limit, add_special_tokens=True, return_offsets_mapping=True
+        )
         covered = []
         for text, offsets in zip(texts, encoded["offset_mapping"]):
             end = max((stop for _, stop in offsets), default=0)
-            covered.append(len(text) if not text[end:].strip() else end)  # untruncated: the whole text, trailing space too
+            covered.append(
+                len(text) if not text[end:].strip() else end
+            )  # untruncated: the whole text, trailing space too
         return encoded["input_ids"], covered
 
     def num_parameters(self) -> int:

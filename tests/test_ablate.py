@@ -30,7 +30,9 @@ variants:
 @pytest.fixture(scope="module")
 def ablation_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
-    (root / "multi.yaml").write_text(CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert"))
+    (root / "multi.yaml").write_text(
+        CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert")
+    )
     (root / "de.yaml").write_text(CARD.format(name="de", root=root, langs="de", family="bytelevel", arch="roberta"))
     (root / "ja.yaml").write_text(CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta"))
     (root / "exp.yaml").write_text(EXPERIMENT.format(root=root))
@@ -43,16 +45,21 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     assert main(["ablate", str(root / "ablation.yaml")]) == 0
     with open(root / "ablation" / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["variant"], r["lang"]) for r in rows} == {(v, l) for v in ("multilingual-only", "min-ce") for l in ("en", "de", "ja")}
+    assert {(r["variant"], r["lang"]) for r in rows} == {
+        (v, lang) for v in ("multilingual-only", "min-ce") for lang in ("en", "de", "ja")
+    }
     table = (root / "ablation" / "table.md").read_text()
     assert "multilingual-only" in table and "min-ce" in table
     # every row is its variant's eval.json row, read back unchanged
     for variant in ("multilingual-only", "min-ce"):
         evaluated = json.loads((root / "ablation" / variant / "eval" / "eval.json").read_text())["rows"]
-        assert {(r["lang"], r["teacher"], float(r["student_pll_per_char"])) for r in rows if r["variant"] == variant} == \
-            {(r["lang"], r["teacher"], r["student_pll_per_char"]) for r in evaluated}
+        assert {
+            (r["lang"], r["teacher"], float(r["student_pll_per_char"])) for r in rows if r["variant"] == variant
+        } == {(r["lang"], r["teacher"], r["student_pll_per_char"]) for r in evaluated}
     served = {(r["variant"], r["lang"]): r["teacher"] for r in rows}
-    assert all(served[("multilingual-only", lang)] == "multi" for lang in ("en", "de", "ja"))  # the reference's static assignment
+    assert all(
+        served[("multilingual-only", lang)] == "multi" for lang in ("en", "de", "ja")
+    )  # the reference's static assignment
     assert all(float(r["student_pll_per_char"]) < 0 and int(r["student_params"]) > 0 for r in rows)
     # every variant is an ordinary run directory, stopped after eval (no export)
     for variant in ("multilingual-only", "min-ce"):
@@ -63,21 +70,31 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     # teacher wins which paragraph varies with the tiny teachers' training; tests/test_min_ce_routing.py checks
     # the choice itself on teachers whose right answer is known.)
     assignment = json.loads((root / "ablation" / "min-ce" / "select" / "assignment.json").read_text())
-    assert assignment == {"strategy": "min-ce", "per_example": True, "assignment": {"en": ["multi"], "de": ["de", "multi"], "ja": ["ja", "multi"]}}
+    assert assignment == {
+        "strategy": "min-ce",
+        "per_example": True,
+        "assignment": {"en": ["multi"], "de": ["de", "multi"], "ja": ["ja", "multi"]},
+    }
     cfg = variant_configs(load_config(root / "ablation.yaml", schema=AblationConfig))["min-ce"]
     out = root / "ablation" / "min-ce"
     plan, teachers, _ = make_plan(cfg, out / "vocab", out / "select", log=lambda m: None)
     recorded = json.loads((out / "cache" / "plan.json").read_text())["streams"]
     assert {s.name: len(s.sequences) for s in plan.streams} == recorded
-    assert set(recorded) <= {"en@multi", "de@de", "de@multi", "ja@ja", "ja@multi"} and {s.split("@")[0] for s in recorded} == {"en", "de", "ja"}
+    assert set(recorded) <= {"en@multi", "de@de", "de@multi", "ja@ja", "ja@multi"} and {
+        s.split("@")[0] for s in recorded
+    } == {"en", "de", "ja"}
     for lang in ("de", "ja"):
         texts = train_texts(cfg, lang)
         split = per_example_split(cfg, teachers, lang, [lang, "multi"], texts, log=lambda m: None)
         assert sorted(t for part in split.values() for t in part) == sorted(texts)
-        assert {f"{lang}@{name}" for name, part in split.items() if part} == {s for s in recorded if s.startswith(f"{lang}@")}
+        assert {f"{lang}@{name}" for name, part in split.items() if part} == {
+            s for s in recorded if s.startswith(f"{lang}@")
+        }
     # deltas and the table's cells are each variant minus the reference, per language
     pll = {(r["variant"], r["lang"]): float(r["student_pll_per_char"]) for r in rows}
-    deltas = comparison([{k: (float(v) if k == "student_pll_per_char" else v) for k, v in r.items()} for r in rows], "multilingual-only")
+    deltas = comparison(
+        [{k: (float(v) if k == "student_pll_per_char" else v) for k, v in r.items()} for r in rows], "multilingual-only"
+    )
     for lang in ("en", "de", "ja"):
         reference, chosen = pll[("multilingual-only", lang)], pll[("min-ce", lang)]
         assert deltas[lang] == {"multilingual-only": 0.0, "min-ce": chosen - reference}
@@ -92,7 +109,9 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
 
 def test_variants_must_share_the_budget(ablation_root, tmp_path):
     root = ablation_root
-    text = ABLATION.format(root=root).replace("select: {strategy: min-ce}", "select: {strategy: min-ce}\n    train: {steps: 99}")
+    text = ABLATION.format(root=root).replace(
+        "select: {strategy: min-ce}", "select: {strategy: min-ce}\n    train: {steps: 99}"
+    )
     (tmp_path / "a.yaml").write_text(text)
     ablation = load_config(tmp_path / "a.yaml", schema=AblationConfig)
     problems = budget_problems(variant_configs(ablation, "a.yaml"))
@@ -101,7 +120,9 @@ def test_variants_must_share_the_budget(ablation_root, tmp_path):
 
 
 def test_bad_ablation_configs_name_the_key(tmp_path, capsys):
-    (tmp_path / "a.yaml").write_text("base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: min-ce}}}\n")
+    (tmp_path / "a.yaml").write_text(
+        "base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: min-ce}}}\n"
+    )
     with pytest.raises(UserError, match="reference"):
         load_config(tmp_path / "a.yaml", schema=AblationConfig)
     (tmp_path / "b.yaml").write_text("base: missing.yaml\nvariants: {x: {}}\n")

@@ -1,7 +1,6 @@
 """Smoke tests of benchmarks/: every script runs at tiny sizes and ends with the JSON line run_all collects."""
 
 import importlib.util
-import json
 import math
 import os
 import subprocess
@@ -23,7 +22,14 @@ def load_run_all():
 
 def run_benchmark(name: str, *args: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = load_run_all().last_json_line(proc.stdout)
     assert result is not None, f"{name}: no final JSON line in:\n{proc.stdout[-1000:]}"
@@ -51,22 +57,56 @@ def assert_measured(result: dict, keys) -> None:
 def bert_mlm_params(layers, hidden, heads, intermediate, vocab, max_position=512) -> int:
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=intermediate, max_position_embeddings=max_position)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_position,
+    )
     return sum(p.numel() for p in BertForMaskedLM(config).parameters())
 
 
-LATENCY_MEASURES = ("teacher_latency_ms_b1", "student_latency_ms_b1", "teacher_latency_ms_big_batch", "student_latency_ms_big_batch",
-                    "teacher_seq_per_s", "student_seq_per_s", "latency_ratio_teacher_over_student_b1",
-                    "latency_ratio_teacher_over_student_big_batch", "throughput_ratio_student_over_teacher", "seconds")
-THROUGHPUT_MEASURES = ("tokens_per_s_masked_only_head", "achieved_gflops", "matmul_peak_gflops", "mfu_ratio", "full_head_over_masked_only_step_time",
-                       "offline_over_online_tokens_per_s", "offline_tokens_per_s", "online_tokens_per_s", "cache_bytes_per_masked_token")
+LATENCY_MEASURES = (
+    "teacher_latency_ms_b1",
+    "student_latency_ms_b1",
+    "teacher_latency_ms_big_batch",
+    "student_latency_ms_big_batch",
+    "teacher_seq_per_s",
+    "student_seq_per_s",
+    "latency_ratio_teacher_over_student_b1",
+    "latency_ratio_teacher_over_student_big_batch",
+    "throughput_ratio_student_over_teacher",
+    "seconds",
+)
+THROUGHPUT_MEASURES = (
+    "tokens_per_s_masked_only_head",
+    "achieved_gflops",
+    "matmul_peak_gflops",
+    "mfu_ratio",
+    "full_head_over_masked_only_step_time",
+    "offline_over_online_tokens_per_s",
+    "offline_tokens_per_s",
+    "online_tokens_per_s",
+    "cache_bytes_per_masked_token",
+)
 
 
 def test_inference_latency_quick():
     result = run_benchmark("inference_latency", "--quick", "--repeats", "2")
-    assert (result["benchmark"], result["teacher"], result["student"]) == ("inference_latency", "synthetic", "synthetic")
-    assert (result["device"], result["dtype"], result["seq"], result["batch"], result["encoder_only"]) == ("cpu", "float32", 32, 4, False)
+    assert (result["benchmark"], result["teacher"], result["student"]) == (
+        "inference_latency",
+        "synthetic",
+        "synthetic",
+    )
+    assert (result["device"], result["dtype"], result["seq"], result["batch"], result["encoder_only"]) == (
+        "cpu",
+        "float32",
+        32,
+        4,
+        False,
+    )
     # --quick's synthetic models (--help: "tiny models"), counted here
     assert (result["teacher_model"], result["student_model"]) == ("bert 2x128, vocab 2,000", "bert 1x64, vocab 2,000")
     assert result["teacher_params"] == bert_mlm_params(2, 128, 2, 512, 2_000)
@@ -77,10 +117,29 @@ def test_inference_latency_quick():
 def test_peer_distill_quick_trains_both_runs_from_the_same_start():
     result = run_benchmark("peer_distill", "--quick", "--peer", "hf")
     # --quick: "tiny sizes and 4 steps" (its --help), whatever --steps says
-    assert (result["benchmark"], result["peer"], result["peer_version"], result["steps"]) == ("peer_distill", "hf-distilbert-loop", None, 4)
-    assert all(isinstance(result[key], int) and result[key] > 0 for key in ("teacher_params", "student_params", "batch", "seq", "vocab", "k"))
-    assert_measured(result, ("mergedistill_steps_per_s", "peer_steps_per_s", "steps_per_s_ratio_mergedistill_over_peer", "teacher_topk_mass",
-                             "mergedistill_final_loss", "peer_final_loss", "mergedistill_heldout_mlm_ce", "peer_heldout_mlm_ce"))
+    assert (result["benchmark"], result["peer"], result["peer_version"], result["steps"]) == (
+        "peer_distill",
+        "hf-distilbert-loop",
+        None,
+        4,
+    )
+    assert all(
+        isinstance(result[key], int) and result[key] > 0
+        for key in ("teacher_params", "student_params", "batch", "seq", "vocab", "k")
+    )
+    assert_measured(
+        result,
+        (
+            "mergedistill_steps_per_s",
+            "peer_steps_per_s",
+            "steps_per_s_ratio_mergedistill_over_peer",
+            "teacher_topk_mass",
+            "mergedistill_final_loss",
+            "peer_final_loss",
+            "mergedistill_heldout_mlm_ce",
+            "peer_heldout_mlm_ce",
+        ),
+    )
     # both runs start from one initial student; training towards the teacher lowers its KL to the teacher
     assert result["mergedistill_heldout_kl_masked"] < result["initial_heldout_kl_masked"]
     assert result["peer_heldout_kl_masked"] < result["initial_heldout_kl_masked"]
@@ -94,13 +153,17 @@ def test_train_throughput_small():
     assert (result["benchmark"], result["device"], result["dtype"]) == ("train_throughput", "cpu", "float32")
     assert (result["batch"], result["seq"], result["vocab"]) == (2, 128, 32_000)
     # the reference student of the script's docstring (6 layers, 384 hidden, 12 heads, vocabulary 32,000), counted here
-    student = build_student(StudentConfig(layers=6, hidden=384, heads=12, intermediate=1536, max_position=130, dropout=0.0), 32_000)
+    student = build_student(
+        StudentConfig(layers=6, hidden=384, heads=12, intermediate=1536, max_position=130, dropout=0.0), 32_000
+    )
     assert result["student_params"] == sum(p.numel() for p in student.parameters())
     assert_measured(result, THROUGHPUT_MEASURES)
 
 
-@pytest.mark.parametrize("name,args", [("train_throughput", ("--steps", "1", "--batch", "2")),
-                                       ("inference_latency", ("--quick", "--repeats", "2"))])
+@pytest.mark.parametrize(
+    "name,args",
+    [("train_throughput", ("--steps", "1", "--batch", "2")), ("inference_latency", ("--quick", "--repeats", "2"))],
+)
 def test_speed_benchmarks_take_the_gpu_suites_bf16_path(name, args):
     """`make bench-gpu` passes --device cuda --dtype bf16; the bf16 half of that path runs here on the CPU."""
     result = run_benchmark(name, *args, "--dtype", "bf16")

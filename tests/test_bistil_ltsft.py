@@ -11,14 +11,26 @@ def _model(seed=0):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
 def _batches(n, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(5, 50, (8, 10), generator=gen), "labels": torch.randint(0, 3, (8,), generator=gen)} for _ in range(n)]
+    return [
+        {"input_ids": torch.randint(5, 50, (8, 10), generator=gen), "labels": torch.randint(0, 3, (8,), generator=gen)}
+        for _ in range(n)
+    ]
 
 
 def _loss(model, batch):
@@ -35,7 +47,11 @@ def test_select_mask_is_global_top_k():
 
 def test_lt_sft_changes_exactly_the_density():
     model = _model()
-    eligible = [n for n, _ in model.named_parameters() if n.startswith("bert.") and "pooler" not in n and "word_embeddings" not in n]
+    eligible = [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("bert.") and "pooler" not in n and "word_embeddings" not in n
+    ]
     head = [n for n, _ in model.named_parameters() if n not in eligible]
     theta0 = snapshot(model)
     batches = _batches(6)
@@ -87,17 +103,32 @@ def test_sparse_diff_rejects_other_model(tmp_path):
 def test_phase2_head_learns_at_head_lr_and_the_body_at_lr(tmp_path, variant):
     from types import SimpleNamespace
 
-    from mergedistill.bistil.phase2 import task_model, train_student
-
     from transformers import BertForMaskedLM
 
-    BertForMaskedLM(_model(seed=3).config).save_pretrained(tmp_path / "phase1")  # a phase-1 masked LM: the task head is new
+    from mergedistill.bistil.phase2 import task_model, train_student
+
+    BertForMaskedLM(_model(seed=3).config).save_pretrained(
+        tmp_path / "phase1"
+    )  # a phase-1 masked LM: the task head is new
     teacher = _model(seed=4).eval()
     batches = [{**b, "attention_mask": torch.ones_like(b["input_ids"])} for b in _batches(4)]
-    cfg = SimpleNamespace(temperature=1.0, w_soft=1.0, w_gold=1.0, w_attn=0.0, w_hidden=0.0, include_embeddings=False, lr=1e-2,
-                          head_lr=1e-12, density=0.5)
-    trained, _, head, _ = train_student(tmp_path / "phase1", teacher, "sequence", 3, variant, cfg, batches[:2], batches[2:])
+    cfg = SimpleNamespace(
+        temperature=1.0,
+        w_soft=1.0,
+        w_gold=1.0,
+        w_attn=0.0,
+        w_hidden=0.0,
+        include_embeddings=False,
+        lr=1e-2,
+        head_lr=1e-12,
+        density=0.5,
+    )
+    trained, _, head, _ = train_student(
+        tmp_path / "phase1", teacher, "sequence", 3, variant, cfg, batches[:2], batches[2:]
+    )
     fresh = task_model(tmp_path / "phase1", "sequence", 3)  # the same seed: the head's initial weights
-    assert head and all(torch.allclose(value, dict(fresh.named_parameters())[name], atol=1e-8) for name, value in head.items())
+    assert head and all(
+        torch.allclose(value, dict(fresh.named_parameters())[name], atol=1e-8) for name, value in head.items()
+    )
     body = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(dict(trained.named_parameters())[body], dict(fresh.named_parameters())[body])

@@ -11,7 +11,10 @@ from tests.conftest import ASSIGNMENT
 
 @pytest.fixture(scope="module")
 def streams(teachers, texts, merged):
-    return [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64) for lang, (t,) in sorted(ASSIGNMENT.items())]
+    return [
+        make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64)
+        for lang, (t,) in sorted(ASSIGNMENT.items())
+    ]
 
 
 def plan_of(streams, n=12, seed=0, **kw):
@@ -38,18 +41,27 @@ def test_a_languages_share_depends_neither_on_a_split_nor_on_the_tokenizer(teach
 
     en, de = texts["en"], texts["de"]
     whole = [stream("en", "bert", en), stream("de", "roberta", de)]
-    split = [stream("en", "bert", en[::2]), stream("en", "xlm-roberta", en[1::2]), stream("de", "roberta", de)]  # min-ce: en over two
+    split = [
+        stream("en", "bert", en[::2]),
+        stream("en", "xlm-roberta", en[1::2]),
+        stream("de", "roberta", de),
+    ]  # min-ce: en over two
     other = [stream("en", "bert", en), stream("de", "bert", de)]  # de read by a teacher with another fertility
     assert len(other[1].sequences) != len(whole[1].sequences)
     p_whole, p_split = probabilities(whole), probabilities(split)
     assert p_split[:2].sum() == pytest.approx(p_whole[0]) and p_split[2] == pytest.approx(p_whole[1])
-    assert p_split[0] / p_split[1] == pytest.approx(len(split[0].sequences) / len(split[1].sequences))  # within en: by size
+    assert p_split[0] / p_split[1] == pytest.approx(
+        len(split[0].sequences) / len(split[1].sequences)
+    )  # within en: by size
     assert np.allclose(probabilities(other), p_whole)
 
 
 def test_language_weights_scale_a_languages_share(streams):
     lang = streams[0].lang
-    base, weighted = plan_of(streams, n=4000, alpha=0.5), plan_of(streams, n=4000, alpha=0.5, language_weights={lang: 3.0})
+    base, weighted = (
+        plan_of(streams, n=4000, alpha=0.5),
+        plan_of(streams, n=4000, alpha=0.5, language_weights={lang: 3.0}),
+    )
     expected = base.probabilities.copy()
     expected[0] *= 3.0
     assert np.allclose(weighted.probabilities, expected / expected.sum())
@@ -63,7 +75,9 @@ def test_language_weights_scale_a_languages_share(streams):
         from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"xx": 2.0}}})
     with pytest.raises(UserError, match=r"language_weights.ja' must be a finite number > 0"):
         from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 0.0}}})
-    assert from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 2.0}}}).data.language_weights == {"ja": 2.0}
+    assert from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 2.0}}}).data.language_weights == {
+        "ja": 2.0
+    }
 
 
 def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
@@ -76,11 +90,15 @@ def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
     id_map = merged.id_maps[batch["teacher"]]
     masked = batch["labels"] != -100
     unmasked = ~masked & batch["attention_mask"].bool()
-    mapped = torch.from_numpy(np.where(id_map[batch["teacher_input_ids"].numpy()] < 0, 1, id_map[batch["teacher_input_ids"].numpy()]))
+    mapped = torch.from_numpy(
+        np.where(id_map[batch["teacher_input_ids"].numpy()] < 0, 1, id_map[batch["teacher_input_ids"].numpy()])
+    )
     assert torch.equal(batch["input_ids"][unmasked], mapped[unmasked])  # student input = teacher input mapped
     mask_id = teachers[batch["teacher"]].vocab.roles["mask"]
     at_mask = batch["teacher_input_ids"] == mask_id
-    assert torch.equal(batch["input_ids"][at_mask], torch.full((int(at_mask.sum()),), 4))  # teacher [MASK] -> student [MASK]
+    assert torch.equal(
+        batch["input_ids"][at_mask], torch.full((int(at_mask.sum()),), 4)
+    )  # teacher [MASK] -> student [MASK]
     rate = masked.sum() / (batch["attention_mask"].sum() - 2 * batch["attention_mask"].shape[0])
     assert 0.08 < float(rate) < 0.25
 
@@ -105,7 +123,9 @@ def test_online_equals_offline_targets_and_loss(tmp_path, streams, teachers, mer
         assert torch.equal(off_ids, on_ids) and torch.equal(off_logits, on_logits)
         assert off_ids.shape == (int((batch["labels"] != -100).sum()), 5)
         student_logits = torch.randn(off_ids.shape[0], len(merged), generator=torch.Generator().manual_seed(i))
-        assert kd_soft_ce(student_logits, off_ids, off_logits, 2.0) == kd_soft_ce(student_logits, on_ids, on_logits, 2.0)
+        assert kd_soft_ce(student_logits, off_ids, off_logits, 2.0) == kd_soft_ce(
+            student_logits, on_ids, on_logits, 2.0
+        )
 
 
 def test_interrupted_build_resumes_byte_identical_and_ranks_split_the_work(tmp_path, streams, teachers, merged):
@@ -122,7 +142,11 @@ def test_interrupted_build_resumes_byte_identical_and_ranks_split_the_work(tmp_p
     names = sorted(p.name for p in (tmp_path / "full").glob("chunk-*.arrow"))
     assert len(names) == 3
     for name in names:
-        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "ranks" / name).read_bytes()
+        assert (
+            (tmp_path / "full" / name).read_bytes()
+            == (tmp_path / "resumed" / name).read_bytes()
+            == (tmp_path / "ranks" / name).read_bytes()
+        )
 
 
 def test_stale_truncated_and_corrupted_caches_are_refused(tmp_path, streams, teachers, merged):
@@ -158,11 +182,15 @@ def test_train_checks_the_cache_against_its_own_plan_and_short_targets_raise(tmp
     fp = cache_fingerprint(plan, teachers, "vocab-fp", k=4)
     build_cache(tmp_path / "cache" / "topk", plan, teachers, merged.id_maps, 4, fp, progress=False)
     finalize_cache(tmp_path / "cache" / "topk", fp, plan)
-    io.write_manifest(tmp_path / "cache", "stage-fp", cache_fingerprint=fp)  # the cache stage records its own fingerprint
+    io.write_manifest(
+        tmp_path / "cache", "stage-fp", cache_fingerprint=fp
+    )  # the cache stage records its own fingerprint
     cfg = SimpleNamespace(cache=SimpleNamespace(mode="offline", top_k=4))
     ctx = SimpleNamespace(inputs={"cache": tmp_path / "cache", "vocab": tmp_path / "vocab"})
     assert _targets(cfg, ctx, plan, teachers, merged)(0)[0].shape[1] == 4
-    with pytest.raises(UserError, match="stale fingerprint"):  # train's plan differs from the one the cache was built for
+    with pytest.raises(
+        UserError, match="stale fingerprint"
+    ):  # train's plan differs from the one the cache was built for
         _targets(cfg, ctx, plan_of(streams, n=60, seed=5), teachers, merged)
     ids, logits = OfflineTargets(tmp_path / "cache" / "topk", fp)(0)
     with pytest.raises(ValueError, match="rows"):
@@ -172,10 +200,19 @@ def test_train_checks_the_cache_against_its_own_plan_and_short_targets_raise(tmp
 def test_cache_batch_size_bounds_the_teacher_forward_and_keeps_the_targets(tmp_path, streams, teachers, merged):
     plan = plan_of(streams, n=30)
     sizes = []  # sequences per teacher forward
-    hooks = [getattr(t.model, t.model.base_model_prefix).register_forward_pre_hook(  # the encoder (masked-only head, heads.py)
-        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True) for t in teachers.values()]
+    hooks = [
+        getattr(
+            t.model, t.model.base_model_prefix
+        ).register_forward_pre_hook(  # the encoder (masked-only head, heads.py)
+            lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
+        for t in teachers.values()
+    ]
     try:
-        whole, split = OnlineTargets(teachers, merged.id_maps, 4), OnlineTargets(teachers, merged.id_maps, 4, batch_size=3)
+        whole, split = (
+            OnlineTargets(teachers, merged.id_maps, 4),
+            OnlineTargets(teachers, merged.id_maps, 4, batch_size=3),
+        )
         for i in (0, 5):
             batch = plan.batch(i)
             sizes.clear()
@@ -206,12 +243,16 @@ def test_dropped_topk_mass_is_measured_per_language_and_teacher(tmp_path, stream
         batch = plan.batch(i)
         if batch["lang"] == "en":
             ids, logits = teachers["bert"].topk(*teacher_view(batch), 4)
-            lookup = np.where(ids.numpy() < len(maps["bert"]), maps["bert"][np.minimum(ids.numpy(), len(maps["bert"]) - 1)], -1)
+            lookup = np.where(
+                ids.numpy() < len(maps["bert"]), maps["bert"][np.minimum(ids.numpy(), len(maps["bert"]) - 1)], -1
+            )
             expected += (torch.softmax(logits, -1) * torch.from_numpy(lookup < 0)).sum(-1).tolist()
     assert shares["en@bert"] == pytest.approx(np.mean(expected), rel=1e-4)
     from mergedistill.cache import sample_dropped
     from mergedistill.stages import dropped_note
 
-    assert sample_dropped(plan, teachers, maps, 4, plan.n_batches) == pytest.approx(shares)  # online mode: the same measure
+    assert sample_dropped(plan, teachers, maps, 4, plan.n_batches) == pytest.approx(
+        shares
+    )  # online mode: the same measure
     manifest = {"dropped_topk_mass": shares}
     assert "en@bert" in dropped_note(manifest) and f"{100 * shares['en@bert']:.2f} %" in dropped_note(manifest)

@@ -8,8 +8,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_configuration_reference_is_current():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
 
 

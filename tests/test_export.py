@@ -16,9 +16,13 @@ import torch
 from tests.helpers.tiny_runs import ARCHS, TOKENIZATIONS
 
 HELPER = Path(__file__).resolve().parent / "helpers" / "export_predict.py"
-LOGIT_ATOL = 1e-5  # fp32, the same weights: the eval path pads batches of 32 and projects masked positions only (seen: <= 1e-7)
+LOGIT_ATOL = (
+    1e-5  # fp32, the same weights: the eval path pads batches of 32 and projects masked positions only (seen: <= 1e-7)
+)
 TEXTS_PER_LANGUAGE = 5
-VARIANTS = [pytest.param(arch, tokenization, id=f"{arch}-{tokenization}") for arch in ARCHS for tokenization in TOKENIZATIONS]
+VARIANTS = [
+    pytest.param(arch, tokenization, id=f"{arch}-{tokenization}") for arch in ARCHS for tokenization in TOKENIZATIONS
+]
 
 
 def read_json(path):
@@ -61,17 +65,24 @@ def eval_path(student, teacher, id_map, texts, cfg, unified):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation, "paired_scores", spy_scores)
         patch.setattr(heads, "masked_lm_logits", spy_logits)
-        evaluation.compare_student(student, teacher, id_map, texts, cfg.cache.top_k, pll_paragraphs=0, student_tokenizer=unified)
+        evaluation.compare_student(
+            student, teacher, id_map, texts, cfg.cache.top_k, pll_paragraphs=0, student_tokenizer=unified
+        )
     counts = [int(m.sum()) for m in captured["masked"]]
     logits = torch.cat(captured["logits"]).split(counts)
-    return [(ids.tolist(), np.flatnonzero(m).tolist(), lg) for ids, m, lg in zip(captured["ids"], captured["masked"], logits)]
+    return [
+        (ids.tolist(), np.flatnonzero(m).tolist(), lg)
+        for ids, m, lg in zip(captured["ids"], captured["masked"], logits)
+    ]
 
 
 def trained_ids(cfg, teacher, id_map, text, lang, unified):
     """The student input ids training builds for ``text`` alone (``data`` stream + plan, masking undone)."""
     from mergedistill.data import DataPlan, make_stream
 
-    stream = make_stream(lang, teacher, [text], id_map, cfg.data.max_length, cfg.data.whole_word, student_tokenizer=unified)
+    stream = make_stream(
+        lang, teacher, [text], id_map, cfg.data.max_length, cfg.data.whole_word, student_tokenizer=unified
+    )
     plan = DataPlan([stream], 1, 1, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed)
     batch = plan.batch(0)
     return torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])[0].tolist()
@@ -79,8 +90,13 @@ def trained_ids(cfg, teacher, id_map, text, lang, unified):
 
 def run_export_in_fresh_python(export: Path, tokenization: str, items: list[dict], tmp_path: Path) -> dict:
     (tmp_path / "request.json").write_text(json.dumps({"tokenization": tokenization, "items": items}), encoding="utf-8")
-    result = subprocess.run([sys.executable, str(HELPER), str(export), str(tmp_path / "request.json"), str(tmp_path / "result.json")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(HELPER), str(export), str(tmp_path / "request.json"), str(tmp_path / "result.json")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return read_json(tmp_path / "result.json")
 
@@ -94,7 +110,9 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
 
     run = tiny_runs.get(arch, tokenization)
     cfg, out = run.cfg(), run.out
-    evaluated = {row["lang"]: row["teacher"] for row in read_json(out / "eval" / "eval.json")["rows"]}  # language -> teacher
+    evaluated = {
+        row["lang"]: row["teacher"] for row in read_json(out / "eval" / "eval.json")["rows"]
+    }  # language -> teacher
     assert sorted(evaluated) == sorted(cfg.corpus.languages)
     merged = load_vocab(out / "vocab")
     teachers = load_teachers(cfg, set(evaluated.values()))
@@ -147,7 +165,9 @@ def test_routed_folder_is_the_vocabularys_routing(arch, tokenization, tiny_runs)
     assert config["routes"] == evaluated
     assert config["teachers"] == sorted(set(config["routes"].values()))
     assert config["max_length"] == cfg.data.max_length
-    assert sorted(p.name for p in (out / "export" / "routed").iterdir()) == sorted(config["teachers"] + ["routed_tokenizer.json"])
+    assert sorted(p.name for p in (out / "export" / "routed").iterdir()) == sorted(
+        config["teachers"] + ["routed_tokenizer.json"]
+    )
     teachers = load_teachers(cfg, set(config["teachers"]))
     vocab_size = read_json(out / "export" / "config.json")["vocab_size"]
     from transformers import AutoTokenizer

@@ -51,15 +51,22 @@ def script_teachers(root, texts):
     tokenizer = train_tokenizer("wordpiece", texts, vocab_size=400)
     special = set(tokenizer.all_special_ids)
     pieces = {i: tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer)) if i not in special}
-    ids = {"cyrillic": [i for i, p in pieces.items() if CYRILLIC.search(p)], "latin": [i for i, p in pieces.items() if LATIN.search(p)]}
+    ids = {
+        "cyrillic": [i for i, p in pieces.items() if CYRILLIC.search(p)],
+        "latin": [i for i, p in pieces.items() if LATIN.search(p)],
+    }
     # the premise: every non-special piece belongs to exactly one script
-    assert sorted(ids["cyrillic"] + ids["latin"]) == sorted(pieces), [p for i, p in pieces.items() if (i in ids["latin"]) == (i in ids["cyrillic"])]
+    assert sorted(ids["cyrillic"] + ids["latin"]) == sorted(pieces), [
+        p for i, p in pieces.items() if (i in ids["latin"]) == (i in ids["cyrillic"])
+    ]
     base = tiny_mlm("bert", tokenizer, hidden=16, layers=1, heads=2, intermediate=32, max_position=66, seed=1)
     for name, other in (("latin", "cyrillic"), ("cyrillic", "latin")):
         model = copy.deepcopy(base)
         model.cls.predictions.bias.data[ids[other]] -= PENALTY  # (the decoder's bias is the same tensor)
         save_pretrained_teacher(model, tokenizer, root / "teachers" / name)
-        (root / f"{name}.yaml").write_text(f"name: {name}\nsource: {root}/teachers/{name}\nlanguages: [sr]\nmax_length: 64\n")
+        (root / f"{name}.yaml").write_text(
+            f"name: {name}\nsource: {root}/teachers/{name}\nlanguages: [sr]\nmax_length: 64\n"
+        )
     return ids
 
 
@@ -69,15 +76,27 @@ def routed(tmp_path_factory):
     texts = paragraphs()
     (root / "sr.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     script_teachers(root, texts)
-    cfg = from_dict(ExperimentConfig, {
-        "name": "min-ce-scripts", "output_dir": str(root / "out"), "seed": 0,
-        "corpus": {"languages": ["sr"], "sources": {"sr": {"path": str(root / "sr.txt")}}, "max_eval_paragraphs": 6},
-        "teachers": {"cards": [str(root / "latin.yaml"), str(root / "cyrillic.yaml")]},
-        "select": {"strategy": "min-ce"}, "vocab": {"unified_tokenizer": False}, "data": {"max_length": 32},
-        "cache": {"mode": "online", "top_k": 4},
-        "student": {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "max_position": 40},
-        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1},
-    }, source="test")
+    cfg = from_dict(
+        ExperimentConfig,
+        {
+            "name": "min-ce-scripts",
+            "output_dir": str(root / "out"),
+            "seed": 0,
+            "corpus": {
+                "languages": ["sr"],
+                "sources": {"sr": {"path": str(root / "sr.txt")}},
+                "max_eval_paragraphs": 6,
+            },
+            "teachers": {"cards": [str(root / "latin.yaml"), str(root / "cyrillic.yaml")]},
+            "select": {"strategy": "min-ce"},
+            "vocab": {"unified_tokenizer": False},
+            "data": {"max_length": 32},
+            "cache": {"mode": "online", "top_k": 4},
+            "student": {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "max_position": 40},
+            "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1},
+        },
+        source="test",
+    )
     run_experiment(cfg, until="cache")
     return cfg
 
@@ -102,12 +121,16 @@ def test_min_ce_sends_each_paragraph_to_the_teacher_that_reads_its_script(routed
     from mergedistill.vocab import load_vocab
 
     merged = load_vocab(out / "vocab")
-    wanted = {f"sr@{name}": make_stream("sr", teachers[name], texts, merged.id_maps[name], cfg.data.max_length).sequences
-              for name, texts in expected.items()}
+    wanted = {
+        f"sr@{name}": make_stream("sr", teachers[name], texts, merged.id_maps[name], cfg.data.max_length).sequences
+        for name, texts in expected.items()
+    }
     recorded = json.loads((out / "cache" / "plan.json").read_text())
     assert recorded["streams"] == {name: len(sequences) for name, sequences in wanted.items()}
     plan, _, _ = make_plan(cfg, out / "vocab", out / "select", log=lambda m: None)
     assert sorted(s.name for s in plan.streams) == sorted(wanted)
     for stream in plan.streams:
         got = wanted[stream.name]
-        assert len(stream.sequences) == len(got) and all((a == b).all() for a, b in zip(stream.sequences, got)), stream.name
+        assert len(stream.sequences) == len(got) and all((a == b).all() for a, b in zip(stream.sequences, got)), (
+            stream.name
+        )

@@ -40,7 +40,9 @@ def test_accuracy_is_deterministic_and_sees_right_and_wrong_models():
     right = masked_token_accuracy(FixedModel(), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)
     assert right["acc"] == 1.0 and right["masked"] == 4
     assert right == masked_token_accuracy(FixedModel(), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)
-    assert masked_token_accuracy(FixedModel(right=False), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)["acc"] == 0.0
+    assert (
+        masked_token_accuracy(FixedModel(right=False), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)["acc"] == 0.0
+    )
 
 
 def test_fertility_counts_pieces_per_word_and_unknowns():
@@ -72,7 +74,9 @@ def test_speed_measurement_never_builds_full_vocabulary_logits(arch, tiny_teache
 
     model = AutoModelForMaskedLM.from_pretrained(tiny_teachers[arch]).eval()
     projected = []  # rows that reach the vocabulary projection, per call
-    model.get_output_embeddings().register_forward_hook(lambda module, args, out: projected.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: projected.append(out.reshape(-1, out.shape[-1]).shape[0])
+    )
     assert latency_ms(model, model.config.vocab_size, batch_size=4, length=32, repeats=2) > 0
     assert projected and max(projected) < 4 * 32 / 2  # about 15 % of the 128 positions, never all of them
 
@@ -85,7 +89,9 @@ def test_per_character_scores_divide_by_the_text_actually_scored(teachers, corpu
     eval_set = teacher_eval_set(teacher, [long_text])
     scored = long_text[: eval_set.chars[0]]
     assert 0 < eval_set.chars[0] < len(long_text) / 2 and eval_set.words[0] == len(scored.split())
-    assert teacher.tokenizer(scored)["input_ids"] == eval_set.sequences[0].tolist()  # the ids stand for exactly that prefix
+    assert (
+        teacher.tokenizer(scored)["input_ids"] == eval_set.sequences[0].tolist()
+    )  # the ids stand for exactly that prefix
     short = corpus_texts["en"]["valid"][0]
     assert teacher_eval_set(teacher, [short]).chars == [len(short)]  # an uncut text counts whole
     once, longer = teacher_metrics(teacher, [long_text]), teacher_metrics(teacher, [long_text + " " + long_text])

@@ -55,7 +55,9 @@ def test_attached_head_loads_as_masked_lm_tied_with_the_encoder_weights(tiny_enc
             assert torch.equal(state[name], value), name  # the encoder is untouched
     # same head init for the same seed; another seed gives another head
     again, other = attach_mlm_head(tiny_encoders[arch], seed=0), attach_mlm_head(tiny_encoders[arch], seed=1)
-    name = next(n for n in head_parameter_names(model) if dict(model.named_parameters())[n].ndim == 2)  # the transform's dense
+    name = next(
+        n for n in head_parameter_names(model) if dict(model.named_parameters())[n].ndim == 2
+    )  # the transform's dense
     assert torch.equal(dict(again.named_parameters())[name], dict(model.named_parameters())[name])
     assert not torch.equal(dict(other.named_parameters())[name], dict(model.named_parameters())[name])
     # a Teacher accepts the directory once the tokenizer is beside it (it refused the bare encoder)
@@ -90,17 +92,36 @@ def test_head_started_at_the_prior_predicts_it_and_can_learn(tiny_encoders, arch
     labels = torch.where(torch.rand(2, 12) < 0.5, ids, torch.full_like(ids, -100))
     masked_lm_loss(model, ids, torch.ones_like(ids), labels).backward()
     names = [n for n in head_parameter_names(model) if n.lower().endswith(("layer_norm.weight", "layernorm.weight"))]
-    assert len(names) == 1  # the transform's LayerNorm (BERT: cls.predictions.transform.LayerNorm, XLM-R: lm_head.layer_norm)
+    assert (
+        len(names) == 1
+    )  # the transform's LayerNorm (BERT: cls.predictions.transform.LayerNorm, XLM-R: lm_head.layer_norm)
     scale = dict(model.named_parameters())[names[0]]
     assert float(scale.detach().abs().sum()) == 0.0
     assert scale.grad is not None and scale.grad.abs().sum() > 0  # the zeroed scale still gets a gradient
 
 
 def _card(tmp_path, base, **adapt):
-    recipe = {"steps": 24, "head_steps": 8, "batch_size": 8, "max_length": 32, "lr": 3e-3, "head_lr": 1e-1, "warmup": 2,
-              "max_paragraphs": 150, "checkpoint_every": 5, "eval_paragraphs": 15, "prior_bias": False, **adapt}
-    return TeacherCard(name="tiny-adapted", source=str(tmp_path / "zoo" / "tiny-adapted"), languages=LANGS, max_length=64,
-                       build={"base": str(base), "trim": {"theta": 0.0, "max_paragraphs": 150}, "adapt": recipe})
+    recipe = {
+        "steps": 24,
+        "head_steps": 8,
+        "batch_size": 8,
+        "max_length": 32,
+        "lr": 3e-3,
+        "head_lr": 1e-1,
+        "warmup": 2,
+        "max_paragraphs": 150,
+        "checkpoint_every": 5,
+        "eval_paragraphs": 15,
+        "prior_bias": False,
+        **adapt,
+    }
+    return TeacherCard(
+        name="tiny-adapted",
+        source=str(tmp_path / "zoo" / "tiny-adapted"),
+        languages=LANGS,
+        max_length=64,
+        build={"base": str(base), "trim": {"theta": 0.0, "max_paragraphs": 150}, "adapt": recipe},
+    )
 
 
 def test_adaptation_lowers_the_mlm_loss_reports_drift_and_resumes(tiny_encoders, tmp_path):
@@ -116,10 +137,14 @@ def test_adaptation_lowers_the_mlm_loss_reports_drift_and_resumes(tiny_encoders,
     for lang in LANGS:
         assert report["masked_accuracy_after"][lang]["ce"] < report["masked_accuracy_before"][lang]["ce"] - 0.1, report
     drift = report["drift"]
-    assert 0.0 < drift["token_cosine"] < 0.9999 and 0.0 < drift["sentence_cosine"] < 0.9999  # the encoder moved, and says how much
+    assert (
+        0.0 < drift["token_cosine"] < 0.9999 and 0.0 < drift["sentence_cosine"] < 0.9999
+    )  # the encoder moved, and says how much
     assert "encoder drift" in logs[-1] and "en:" in logs[-1]
     model = AutoModelForMaskedLM.from_pretrained(out)
-    assert len(AutoTokenizer.from_pretrained(out)) == model.get_input_embeddings().num_embeddings == report["vocab_after"]
+    assert (
+        len(AutoTokenizer.from_pretrained(out)) == model.get_input_embeddings().num_embeddings == report["vocab_after"]
+    )
     assert not (tmp_path / "zoo" / "tiny-adapted.partial").exists()
     # current: skipped
     assert build_teacher(card, seed=0, progress=False, log=logs.append) == out and "up to date" in logs[-1]

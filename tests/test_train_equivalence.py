@@ -32,8 +32,16 @@ STEPS = 6
 
 def train_run(tmp, plan, merged, teachers, train_cfg, student_cfg=STUDENT, batch_fn=None, **kw):
     student = build_student(student_cfg, len(merged), seed=0)
-    result = train(student, train_cfg, batch_fn or plan.batch, OnlineTargets(teachers, merged.id_maps, 4), tmp, progress=False,
-                   log=lambda m: None, **kw)
+    result = train(
+        student,
+        train_cfg,
+        batch_fn or plan.batch,
+        OnlineTargets(teachers, merged.id_maps, 4),
+        tmp,
+        progress=False,
+        log=lambda m: None,
+        **kw,
+    )
     return student, result
 
 
@@ -87,14 +95,30 @@ def test_grad_accum_2_gives_the_weights_of_one_batch_twice_as_big(tmp_path, plan
     """AdamW's update m/(sqrt(v)+eps) and clipping to a norm hide a constant factor on the gradient, so a
     sum of micro-batch gradients instead of their mean would pass unseen: these runs clip nothing and use
     eps=1, far above sqrt(v), which makes each update proportional to the gradient itself."""
-    no_dropout = StudentConfig(**{**STUDENT.__dict__, "dropout": 0.0})  # the two runs draw dropout masks of other shapes
+    no_dropout = StudentConfig(
+        **{**STUDENT.__dict__, "dropout": 0.0}
+    )  # the two runs draw dropout masks of other shapes
     pairs = equal_pairs(plan, STEPS)
     linear = {"optimizer": {"params": {**deepspeed_config(cfg(), 1)["optimizer"]["params"], "eps": 1.0}}}
     settings = dict(steps=STEPS, grad_clip=0.0, deepspeed=linear)
-    accumulated, _ = train_run(tmp_path / "accum", plan, merged, teachers, cfg(**settings, grad_accum=2), no_dropout,
-                               batch_fn=lambda i: pairs[i // 2][i % 2])
-    big, _ = train_run(tmp_path / "big", plan, merged, teachers, cfg(**settings, batch_size=8), no_dropout,
-                       batch_fn=lambda i: concatenated(*pairs[i]))
+    accumulated, _ = train_run(
+        tmp_path / "accum",
+        plan,
+        merged,
+        teachers,
+        cfg(**settings, grad_accum=2),
+        no_dropout,
+        batch_fn=lambda i: pairs[i // 2][i % 2],
+    )
+    big, _ = train_run(
+        tmp_path / "big",
+        plan,
+        merged,
+        teachers,
+        cfg(**settings, batch_size=8),
+        no_dropout,
+        batch_fn=lambda i: concatenated(*pairs[i]),
+    )
     got, expected = weights(accumulated), weights(big)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
@@ -149,14 +173,20 @@ def test_resume_is_exact_under_zero2_and_bf16(tmp_path, plan, merged, teachers, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     expected, got = (checkpoint_leaves(tmp_path / run / "checkpoints" / f"step-{STEPS}") for run in ("full", "cut"))
     assert expected.keys() == got.keys()
-    differ = [k for k in expected if not (torch.equal(expected[k], got[k]) if isinstance(expected[k], torch.Tensor) else expected[k] == got[k])]
+    differ = [
+        k
+        for k in expected
+        if not (torch.equal(expected[k], got[k]) if isinstance(expected[k], torch.Tensor) else expected[k] == got[k])
+    ]
     assert differ == []
 
 
 def test_fp16_on_a_cpu_is_a_user_error_naming_the_key(tmp_path, plan, merged, teachers):
     """DeepSpeed's CPU accelerator has no fp16: without the check, ``deepspeed.initialize`` raises a bare
     ``ValueError: Type fp16 is not supported on your device.`` (the CLI's path is in reliability/test_bad_inputs.py)."""
-    with pytest.raises(UserError, match=r"^train\.precision: fp16 is not supported by DeepSpeed on cpu; use train\.precision: bf16"):
+    with pytest.raises(
+        UserError, match=r"^train\.precision: fp16 is not supported by DeepSpeed on cpu; use train\.precision: bf16"
+    ):
         train_run(tmp_path, plan, merged, teachers, cfg(precision="fp16"))
     assert not tmp_path.joinpath("checkpoints").exists()
 

@@ -50,11 +50,15 @@ def test_pretokenizer_splits_what_the_teachers_split():
 def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
     from mergedistill.vocab.report import agreement_rows
 
-    rows = agreement_rows(held_out, {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}, unified, merged)
+    rows = agreement_rows(
+        held_out, {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}, unified, merged
+    )
     for row in rows:  # tiny 1,200-piece four-language teachers, fitted on 200 paragraphs a language (the demo: README)
         # a Japanese "word" (between spaces) is a whole clause: one differing piece anywhere in it counts
         assert row["word_agreement"] >= (0.45 if row["lang"] == "ja" else 0.7) and row["paragraph_agreement"] > 0.1, row
-        assert row["kd_coverage"] >= 0.8 and row["byte_fallback"] < 0.1, row  # ja: characters the tiny teacher lacks too
+        assert row["kd_coverage"] >= 0.8 and row["byte_fallback"] < 0.1, (
+            row
+        )  # ja: characters the tiny teacher lacks too
     assert merged.metadata["unified"]["fit"]["right_after"] > merged.metadata["unified"]["fit"]["right_before"]
 
 
@@ -97,7 +101,9 @@ def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
     from mergedistill.data import DataPlan, make_stream, teacher_view
 
     for lang, (name,) in sorted(ASSIGNMENT.items()):
-        stream = make_stream(lang, teachers[name], texts[lang][:120], merged.id_maps[name], max_length=64, student_tokenizer=unified)
+        stream = make_stream(
+            lang, teachers[name], texts[lang][:120], merged.id_maps[name], max_length=64, student_tokenizer=unified
+        )
         plan = DataPlan([stream], batch_size=8, n_batches=8, seed=0)
         right = glued_right = total = 0
         for i in range(8):
@@ -105,7 +111,9 @@ def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
             queried = teacher_view(batch)[2]
             gold_teacher = batch["teacher_labels"][queried][:, None]
             gold_student = batch["labels"][batch["kd_positions"]]
-            mapped, _ = to_student(gold_teacher, torch.zeros(gold_teacher.shape), merged.id_maps[name], batch, merged.glued_maps[name])
+            mapped, _ = to_student(
+                gold_teacher, torch.zeros(gold_teacher.shape), merged.id_maps[name], batch, merged.glued_maps[name]
+            )
             right += int((mapped[:, 0] == gold_student).sum())
             glued_right += int((mapped[:, 0] == gold_student)[batch["teacher_glued"][queried]].sum())
             total += len(gold_student)
@@ -121,7 +129,9 @@ def test_autotokenizer_and_fill_mask_equal_training_without_mergedistill(unified
     from mergedistill.data import aligned_paragraphs
     from mergedistill.student import build_student
 
-    student = build_student(StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=130), len(merged)).eval()
+    student = build_student(
+        StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=130), len(merged)
+    ).eval()
     student.save_pretrained(tmp_path / "student")
     unified.save_pretrained(tmp_path / "student")
     cases = {}
@@ -133,25 +143,38 @@ def test_autotokenizer_and_fill_mask_equal_training_without_mergedistill(unified
             offsets = unified(text, return_offsets_mapping=True)["offset_mapping"]
             pieces = unified.convert_ids_to_tokens(trained)
             for j in range(2, len(pieces) - 2):  # a whole word (a ▁ piece followed by one): mask it
-                if pieces[j].startswith("▁") and len(pieces[j]) > 1 and pieces[j + 1].startswith("▁") and offsets[j][0] > 0:
+                if (
+                    pieces[j].startswith("▁")
+                    and len(pieces[j]) > 1
+                    and pieces[j + 1].startswith("▁")
+                    and offsets[j][0] > 0
+                ):
                     start, end = offsets[j]
                     masked_text = text[:start].rstrip(" ") + " [MASK]" + text[end:]
-                    ids = trained[:j] + [4] + trained[j + 1:]
+                    ids = trained[:j] + [4] + trained[j + 1 :]
                     with torch.no_grad():
                         top = int(student(torch.tensor([ids])).logits[0, j].argmax())
                     expected = (ids, top)
                     break
-            cases.setdefault(lang, []).append({"text": text, "trained": trained, "masked": masked_text, "expected": expected})
+            cases.setdefault(lang, []).append(
+                {"text": text, "trained": trained, "masked": masked_text, "expected": expected}
+            )
     (tmp_path / "in.json").write_text(json.dumps(cases), encoding="utf-8")
-    script = ("import json, sys; from transformers import AutoTokenizer, pipeline\n"
-              "tok = AutoTokenizer.from_pretrained(sys.argv[1]); fill = pipeline('fill-mask', model=sys.argv[1], tokenizer=tok)\n"
-              "cases = json.load(open(sys.argv[2], encoding='utf-8')); out = {}\n"
-              "for lang, items in cases.items():\n"
-              "    out[lang] = [[tok(c['text'])['input_ids'], tok(c['masked'])['input_ids'], fill(c['masked'], top_k=1)[0]['token'] if c['expected'] else None] for c in items]\n"
-              "assert 'mergedistill' not in sys.modules\n"
-              "print(json.dumps(out))\n")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "student"), str(tmp_path / "in.json")], capture_output=True,
-                         text=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": ""})
+    script = (
+        "import json, sys; from transformers import AutoTokenizer, pipeline\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1]); fill = pipeline('fill-mask', model=sys.argv[1], tokenizer=tok)\n"
+        "cases = json.load(open(sys.argv[2], encoding='utf-8')); out = {}\n"
+        "for lang, items in cases.items():\n"
+        "    out[lang] = [[tok(c['text'])['input_ids'], tok(c['masked'])['input_ids'], fill(c['masked'], top_k=1)[0]['token'] if c['expected'] else None] for c in items]\n"
+        "assert 'mergedistill' not in sys.modules\n"
+        "print(json.dumps(out))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "student"), str(tmp_path / "in.json")],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     filled = 0
@@ -170,7 +193,11 @@ def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
 
     assignment = {"en": ["bert"], "ja": ["xlm-roberta"]}
     cards = {"teachers": {"cards": ["t.yaml"]}}
-    routed = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "routed"}}), {"rows": []}, assignment)
-    unified = model_card(from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "unified"}}), {"rows": []}, assignment)
+    routed = model_card(
+        from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "routed"}}), {"rows": []}, assignment
+    )
+    unified = model_card(
+        from_dict(ExperimentConfig, {**cards, "data": {"tokenization": "unified"}}), {"rows": []}, assignment
+    )
     assert "load_routed_tokenizer('PATH')" in routed and "pipeline('fill-mask'" not in routed
     assert "pipeline('fill-mask'" in unified and "load_routed_tokenizer" not in unified

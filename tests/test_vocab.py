@@ -12,7 +12,6 @@ from mergedistill.pieces import NormalizedVocab
 from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab, map_topk, merge_vocabs
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
 from mergedistill.vocab.report import fertility_rows, merged_examples, overlap_table
-
 from tests.conftest import ASSIGNMENT
 
 
@@ -67,7 +66,12 @@ def test_pruning_and_cap():
 def test_min_freq_drops_pieces_rarer_than_the_threshold():
     vocab = NormalizedVocab("sentencepiece", (None, "▁a", "▁b", "▁c", "▁d"), {"unk": 0}, False)
     counts = {"t": np.array([0, 90, 9, 0, 1])}  # probabilities 0.9, 0.09, 0, 0.01
-    assert merge_vocabs({"t": vocab}, counts, min_freq=0.05).id_maps["t"].tolist()[1:] == [5, 6, -1, -1]  # ▁d occurs, but rarer
+    assert merge_vocabs({"t": vocab}, counts, min_freq=0.05).id_maps["t"].tolist()[1:] == [
+        5,
+        6,
+        -1,
+        -1,
+    ]  # ▁d occurs, but rarer
     assert merge_vocabs({"t": vocab}, counts, min_freq=0.01).id_maps["t"].tolist()[1:] == [5, 6, -1, 7]
     assert (merge_vocabs({"t": vocab}, counts, min_freq=0.0).id_maps["t"][1:] >= 0).all()  # 0 keeps even unseen ▁c
 
@@ -86,7 +90,11 @@ def test_map_topk_drops_ids_past_the_end_of_the_id_map():
     id_map = np.array([0, 7, -1, 9], dtype=np.int32)  # a tokenizer of 4 ids; the output layer has 6 rows
     ids, logits = torch.tensor([[5, 1, 4]]), torch.tensor([[3.0, 2.0, 1.0]])
     student_ids, student_logits = map_topk(ids, logits, id_map)
-    assert student_ids.tolist() == [[-1, 7, -1]] and torch.isinf(student_logits[0, [0, 2]]).all() and student_logits[0, 1] == 2.0
+    assert (
+        student_ids.tolist() == [[-1, 7, -1]]
+        and torch.isinf(student_logits[0, [0, 2]]).all()
+        and student_logits[0, 1] == 2.0
+    )
     np_ids, np_logits = map_topk(ids.numpy(), logits.numpy(), id_map)
     assert np_ids.tolist() == [[-1, 7, -1]] and np.isinf(np_logits[0, [0, 2]]).all()
 
@@ -97,14 +105,21 @@ def test_build_is_byte_identical_and_reloads(tmp_path, teachers, texts, merged):
         with atomic_dir(tmp_path / out) as tmp:
             write_vocab_dir(tmp, again, teachers, ASSIGNMENT)
     compare = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
+
     def same(c):
         return not c.diff_files and not c.left_only and not c.right_only and all(same(s) for s in c.subdirs.values())
+
     assert same(compare)
     loaded = load_vocab(tmp_path / "a")
-    assert loaded.pieces == merged.pieces and all(np.array_equal(loaded.id_maps[n], merged.id_maps[n]) for n in merged.id_maps)
+    assert loaded.pieces == merged.pieces and all(
+        np.array_equal(loaded.id_maps[n], merged.id_maps[n]) for n in merged.id_maps
+    )
     routed = load_routed_tokenizer(tmp_path / "a")
     text = texts["de"][0]
-    assert routed.encode(text, "de") == merged.map_ids("roberta", teachers["roberta"].tokenizer(text)["input_ids"]).tolist()
+    assert (
+        routed.encode(text, "de")
+        == merged.map_ids("roberta", teachers["roberta"].tokenizer(text)["input_ids"]).tolist()
+    )
 
 
 def test_unified_tokenizer_loads_without_mergedistill(tmp_path, teachers, texts, merged):
@@ -116,7 +131,9 @@ def test_unified_tokenizer_loads_without_mergedistill(tmp_path, teachers, texts,
         "print(ids[0], ids[-1], t.mask_token_id, len(ids)); print(t.decode(ids, skip_special_tokens=True))"
     )
     text = texts["ja"][0]
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "v" / "unified"), text], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "v" / "unified"), text], capture_output=True, text=True, check=True
+    )
     first, last, mask, n = map(int, out.stdout.splitlines()[0].split())
     assert (first, last, mask) == (2, 3, 4) and n > 2
     assert out.stdout.splitlines()[1].replace(" ", "") == text.replace(" ", "")  # byte fallback: nothing lost

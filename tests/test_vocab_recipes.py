@@ -26,8 +26,11 @@ def fingerprints(cfg) -> dict[str, str]:
 
 
 def matching_experiment(recipe_cfg):
-    matches = [path for path in sorted((ROOT / "experiments").rglob("*.yaml"))
-               if (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("output_dir") == recipe_cfg.output_dir]
+    matches = [
+        path
+        for path in sorted((ROOT / "experiments").rglob("*.yaml"))
+        if (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("output_dir") == recipe_cfg.output_dir
+    ]
     assert len(matches) == 1, f"one experiment must write {recipe_cfg.output_dir}, found {matches}"
     return load_config(matches[0])
 

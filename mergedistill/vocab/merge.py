@@ -34,8 +34,12 @@ class MergedVocab:
     id_maps: dict[str, np.ndarray]  # teacher name -> int32 [teacher vocab size]: student id or -1
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # student id -> corpus count
     metadata: dict = field(default_factory=dict)
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # student id -> unified Unigram score (empty: from counts)
-    glued_maps: dict[str, np.ndarray] = field(default_factory=dict)  # teacher -> student id where no space precedes (vocab.build)
+    scores: np.ndarray = field(
+        default_factory=lambda: np.zeros(0)
+    )  # student id -> unified Unigram score (empty: from counts)
+    glued_maps: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # teacher -> student id where no space precedes (vocab.build)
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -50,7 +54,7 @@ def piece_counts(tokenizer, texts, batch: int = 1000) -> np.ndarray:
     """How often each teacher id occurs when ``tokenizer`` tokenizes ``texts`` (no special tokens)."""
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     for start in range(0, len(texts), batch):
-        ids = tokenizer(list(texts[start:start + batch]), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(list(texts[start : start + batch]), add_special_tokens=False)["input_ids"]
         flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
         counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
     return counts
@@ -100,8 +104,10 @@ def merge_vocabs(
         room = max_size - len(SPECIAL_TOKENS)
         needed = [k for k in ordered if k in required]
         if len(needed) > room:
-            raise UserError(f"vocab.max_size={max_size} is below the {len(needed) + len(SPECIAL_TOKENS)} pieces the teachers need "
-                            "to tokenize their languages (specials included); raise vocab.max_size or set it to null")
+            raise UserError(
+                f"vocab.max_size={max_size} is below the {len(needed) + len(SPECIAL_TOKENS)} pieces the teachers need "
+                "to tokenize their languages (specials included); raise vocab.max_size or set it to null"
+            )
         optional = [k for k in ordered if k not in required][: room - len(needed)]
         chosen = set(needed) | set(optional)
         ordered = [k for k in ordered if k in chosen]

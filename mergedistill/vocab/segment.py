@@ -35,7 +35,9 @@ HAN_MODES = ("none", "all", "kana-free")
 # keeps pieces such as "る)。" in them)
 _PUNCT = r"[^\p{L}\p{N}\p{M}▁\s]"
 _PUNCT_ALL = r"▁?" + _PUNCT + "+"
-_PUNCT_KANA_FREE = r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[\p{L}\p{N}\p{M}]|▁(?!" + _PUNCT + r"))*+\K▁?" + _PUNCT + "+"
+_PUNCT_KANA_FREE = (
+    r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[\p{L}\p{N}\p{M}]|▁(?!" + _PUNCT + r"))*+\K▁?" + _PUNCT + "+"
+)
 _BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _HAN_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KANA_CHAR = re.compile(r"[\u3040-\u30ff]")
@@ -71,8 +73,10 @@ def isolates_cjk(tokenizer) -> bool:
 def strips_accents(tokenizer) -> bool:
     spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
     text = json.dumps(spec)
-    return '"StripAccents"' in text or ('"BertNormalizer"' in text and (spec.get("strip_accents") or
-                                                                       (spec.get("strip_accents") is None and spec.get("lowercase"))))
+    return '"StripAccents"' in text or (
+        '"BertNormalizer"' in text
+        and (spec.get("strip_accents") or (spec.get("strip_accents") is None and spec.get("lowercase")))
+    )
 
 
 def choose_convention(teachers_by_lang: dict, texts: dict) -> Convention:
@@ -95,7 +99,11 @@ def choose_convention(teachers_by_lang: dict, texts: dict) -> Convention:
     han = "none" if not isolating else "all" if len(isolating) == len(han_langs) else "kana-free"
     # punctuation: split unless a SentencePiece teacher (no such split) serves a language written without kana
     keeps = [lang for lang in sorted(teachers_by_lang) if detect_family(teachers_by_lang[lang]) == "sentencepiece"]
-    kana_langs = {lang for lang in keeps if len(_KANA_CHAR.findall("".join(texts[lang][:200]))) > 0.05 * len("".join(texts[lang][:200]))}
+    kana_langs = {
+        lang
+        for lang in keeps
+        if len(_KANA_CHAR.findall("".join(texts[lang][:200]))) > 0.05 * len("".join(texts[lang][:200]))
+    }
     punct = "all" if not keeps else "kana-free" if set(keeps) <= kana_langs else "none"
     lower = all(detect_lowercase(t) for t in teachers_by_lang.values()) if teachers_by_lang else False
     return Convention(han, punct, lower, lower and all(strips_accents(t) for t in teachers_by_lang.values()))
@@ -169,12 +177,15 @@ def unified_pieces(text: str, encoding) -> list[Piece]:
 def teacher_faithful(tokenizer, vocab, texts: Sequence[str], normalize=None) -> list[list[Piece]]:
     """``faithful_pieces`` of every text under a teacher (``vocab``: its ``NormalizedVocab``)."""
     encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    return [faithful_pieces(text, offsets, [vocab.keys[i] for i in ids], normalize)
-            for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"])]
+    return [
+        faithful_pieces(text, offsets, [vocab.keys[i] for i in ids], normalize)
+        for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"])
+    ]
 
 
 def word_agreement(text: str, ours: list[Piece], theirs: list[Piece]) -> tuple[int, int]:
     """(whitespace words whose pieces are the same on both sides, words)."""
+
     def by_word(pieces):
         starts = [p[0] for p in pieces]
         out = []
@@ -204,7 +215,11 @@ def pretoken_targets(text: str, pretokens, pieces: list[Piece]) -> list[tuple[st
         lo = bisect.bisect_left(starts, body_start)
         hi = bisect.bisect_left(starts, b)
         inside = pieces[lo:hi]
-        if (lo > 0 and pieces[lo - 1][1] > body_start) or (inside and inside[-1][1] > b) or any(p[2] is None for p in inside):
+        if (
+            (lo > 0 and pieces[lo - 1][1] > body_start)
+            or (inside and inside[-1][1] > b)
+            or any(p[2] is None for p in inside)
+        ):
             continue
         keys = tuple(p[2] for p in inside)
         if "".join(keys) == string:

@@ -29,7 +29,13 @@ ROUTED_CONFIG = "routed_tokenizer.json"
 class RoutedTokenizer:
     """language -> (teacher tokenizer, id map); ``encode`` returns student ids aligned with the teacher's."""
 
-    def __init__(self, routes: Mapping[str, str], tokenizers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], max_length: int = 512):
+    def __init__(
+        self,
+        routes: Mapping[str, str],
+        tokenizers: Mapping[str, object],
+        id_maps: Mapping[str, np.ndarray],
+        max_length: int = 512,
+    ):
         self.routes = dict(routes)
         self.tokenizers = dict(tokenizers)
         self.id_maps = dict(id_maps)
@@ -71,7 +77,9 @@ def load_routed_tokenizer(directory: str | Path) -> RoutedTokenizer:
     if not config_path.is_file():
         candidate = directory / "routed" / ROUTED_CONFIG
         if not candidate.is_file():
-            raise UserError(f"{directory}: no {ROUTED_CONFIG}; pass the student's export directory or its routed/ folder")
+            raise UserError(
+                f"{directory}: no {ROUTED_CONFIG}; pass the student's export directory or its routed/ folder"
+            )
         directory, config_path = directory / "routed", candidate
     config = json.loads(config_path.read_text(encoding="utf-8"))
     tokenizers = {name: AutoTokenizer.from_pretrained(directory / name) for name in config["teachers"]}
@@ -85,7 +93,7 @@ def unified_scores(vocab: MergedVocab, smoothing: float = 0.5) -> list[float]:
     if len(vocab.scores) == len(vocab):
         return [float(s) for s in vocab.scores]
     counts = np.asarray(vocab.counts, dtype=np.float64) if len(vocab.counts) else np.zeros(len(vocab))
-    body = counts[len(SPECIAL_TOKENS):] + smoothing
+    body = counts[len(SPECIAL_TOKENS) :] + smoothing
     log_total = math.log(body.sum())
     scores = [0.0] * len(SPECIAL_TOKENS) + [float(math.log(c) - log_total) for c in body]
     # byte pieces are the fallback of last resort
@@ -110,19 +118,38 @@ def build_unified_tokenizer(vocab: MergedVocab, model_max_length: int = 512):
     from mergedistill.vocab.segment import Convention, unified_normalizer, unified_pretokenizer
 
     unified = vocab.metadata.get("unified", {})
-    convention = Convention(unified.get("han", "none"), unified.get("punct", "none"), unified.get("lowercase", False), unified.get("strip_accents", False))
+    convention = Convention(
+        unified.get("han", "none"),
+        unified.get("punct", "none"),
+        unified.get("lowercase", False),
+        unified.get("strip_accents", False),
+    )
     has_bytes = "<0x00>" in vocab.pieces
-    model = models.Unigram(list(zip(vocab.pieces, unified_scores(vocab))), unk_id=SPECIAL_IDS["unk"], byte_fallback=has_bytes)
+    model = models.Unigram(
+        list(zip(vocab.pieces, unified_scores(vocab))), unk_id=SPECIAL_IDS["unk"], byte_fallback=has_bytes
+    )
     tok = Tokenizer(model)
     tok.normalizer = unified_normalizer(convention)
     tok.pre_tokenizer = unified_pretokenizer(convention)
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")]
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", SPECIAL_IDS["cls"]), ("[SEP]", SPECIAL_IDS["sep"])]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", SPECIAL_IDS["cls"]), ("[SEP]", SPECIAL_IDS["sep"])],
     )
     tok.add_special_tokens(special_added_tokens())
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=model_max_length,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def copy_tokenizer_files(source: str | Path, target: str | Path) -> None:

@@ -54,7 +54,9 @@ def main(export: str, request_path: str, result_path: str) -> None:
         with torch.inference_mode():
             logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits[0, item["masked"]]
         results.append({"ids": ids, "mask_id": mask_id, "unk_id": unk_id, "logits": logits.tolist()})
-    assert not any(name == "mergedistill" or name.startswith("mergedistill.") for name in sys.modules), "mergedistill was imported"
+    assert not any(name == "mergedistill" or name.startswith("mergedistill.") for name in sys.modules), (
+        "mergedistill was imported"
+    )
     Path(result_path).write_text(json.dumps({"items": results}), encoding="utf-8")
 
 

@@ -40,9 +40,13 @@ class TinyRuns:
         from tests.test_run_pipeline import CARD, EXPERIMENT
 
         self.root = root
-        (root / "multi.yaml").write_text(CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert"))
+        (root / "multi.yaml").write_text(
+            CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert")
+        )
         (root / "de.yaml").write_text(CARD.format(name="de", root=root, langs="de", family="bytelevel", arch="roberta"))
-        (root / "ja.yaml").write_text(CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta"))
+        (root / "ja.yaml").write_text(
+            CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta")
+        )
         (root / "exp.yaml").write_text(EXPERIMENT.format(root=root))
         self.runs: dict[tuple[str, str], TinyRun] = {}
 
@@ -51,7 +55,12 @@ class TinyRuns:
             from mergedistill.cli import main
 
             baseline = "true" if (arch, tokenization) == WITH_BASELINE else "false"
-            overrides = (f"output_dir={self.root / 'out'}", f"student.arch={arch}", f"data.tokenization={tokenization}", f"eval.baseline={baseline}")
+            overrides = (
+                f"output_dir={self.root / 'out'}",
+                f"student.arch={arch}",
+                f"data.tokenization={tokenization}",
+                f"eval.baseline={baseline}",
+            )
             assert main(["run", str(self.root / "exp.yaml"), *overrides]) == 0
             copy = self.root / f"{arch}-{tokenization}"
             shutil.copytree(self.root / "out", copy, ignore=shutil.ignore_patterns("topk", "*.work"))

@@ -42,8 +42,14 @@ def train_in_process(world: Path, run: str) -> None:
 
 def train_killed_at(world: Path, run: str, kill_at: str) -> None:
     env = {**clean_env(), KILL_AT: kill_at}
-    done = subprocess.run([sys.executable, "-m", "mergedistill", "train", "exp.yaml", f"output_dir={run}"], cwd=world, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mergedistill", "train", "exp.yaml", f"output_dir={run}"],
+        cwd=world,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
@@ -72,5 +78,7 @@ def test_sigkill_inside_the_save_then_resume_gives_the_uninterrupted_weights(wor
     assert manifest["resumed_from_step"] == 3
     assert weights.keys() == expected.keys()
     assert [name for name in expected if not torch.equal(weights[name], expected[name])] == []
-    steps = [json.loads(line)["step"] for line in (world / "killed" / "train" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (world / "killed" / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 13))  # steps 4-6, logged before the kill, were redone and are listed once

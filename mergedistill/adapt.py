@@ -249,7 +249,7 @@ def build_adapted_teacher(
     from transformers.utils import logging as hf_logging
 
     from mergedistill.mlm_head import head_parameter_names
-    from mergedistill.zoo import _mlm_step, _save_state
+    from mergedistill.zoo import _mlm_step, load_train_state, save_train_state
 
     hf_logging.disable_progress_bar()  # one bar per save/load would drown the build's own
     recipe = adapt_recipe(card)
@@ -338,15 +338,9 @@ def build_adapted_teacher(
             for g in groups
         ],
     )
-    start = 0
     state_path = work / "state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+    start = load_train_state(state_path, model, optimizer, scheduler)
+    if start:
         log(f"[adapt] {card.name}: resuming at step {start}/{steps}")
     if start == 0:
         torch.manual_seed(seed)  # dropout; a resumed run restores the saved RNG state instead
@@ -366,16 +360,7 @@ def build_adapted_teacher(
         bar.set_postfix(loss=f"{loss.item():.3f}", lang=lang, phase="head" if step < head_steps else "all")
         done = step + 1
         if done % int(train["checkpoint_every"]) == 0 or done == steps:
-            _save_state(
-                state_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": done,
-                },
-            )
+            save_train_state(state_path, model, optimizer, scheduler, done)
         if stop_at_step is not None and done >= stop_at_step and done < steps:
             raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
     bar.close()

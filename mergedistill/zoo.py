@@ -233,12 +233,34 @@ def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pa
     return alignment_loss(sides[0], sides[1], train["align_temperature"])
 
 
-def _save_state(path: Path, state: dict) -> None:
+def save_train_state(path: Path, model, optimizer, scheduler, step: int) -> None:
+    """A resumable training state (weights, optimizer, schedule, RNG, step), written atomically."""
     import torch
 
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "step": step,
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def load_train_state(path: Path, model, optimizer, scheduler) -> int:
+    """Restore what ``save_train_state`` wrote; the step to resume at (0 when there is no state)."""
+    import torch
+
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
 
 
 def build_teacher(
@@ -342,15 +364,9 @@ def build_teacher(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (steps - s) / max(steps - warmup, 1)))
     )
-    start = 0
     state_path = work / "state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+    start = load_train_state(state_path, model, optimizer, scheduler)
+    if start:
         log(f"[zoo] {card.name}: resuming at step {start}")
 
     model.train()
@@ -377,16 +393,7 @@ def build_teacher(
         bar.set_postfix(loss=f"{loss.item():.3f}", lang=lang)
         done = step + 1
         if done % train["checkpoint_every"] == 0 or done == steps:
-            _save_state(
-                state_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": done,
-                },
-            )
+            save_train_state(state_path, model, optimizer, scheduler, done)
         if stop_at_step is not None and done >= stop_at_step and done < steps:
             raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
     bar.close()

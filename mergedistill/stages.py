@@ -841,6 +841,12 @@ def pipeline_stages(cfg) -> list[Stage]:
     return stages
 
 
+def say(message: str) -> None:
+    """One line on stderr in one write, so that the lines of several ranks never run into each other."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None):
     """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``)."""
     command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
@@ -857,7 +863,7 @@ def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), unt
         cfg.output_dir,
         only=set(only) if only else None,
         force=set(force or ()),
-        log=lambda message: print(message, file=sys.stderr, flush=True),
+        log=say,
     )
     out = Path(cfg.output_dir)
     if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-baseline test test-all bench bench-gpu ablate clean-venv
+.PHONY: demo demo-baseline test test-all bench bench-gpu gpu-check ablate clean-venv
 
 # Pinned torch first so pip takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
@@ -42,6 +42,10 @@ bench: $(BENCH_STAMP)
 # on a machine with a CUDA GPU (and a CUDA build of torch): the speed benchmarks in bf16 -> benchmarks/RESULTS-gpu.md
 bench-gpu: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py --gpu
+
+# on a machine with a CUDA GPU (~8 min): the demo in bf16/ZeRO-2 and the BiStil demo on CUDA (few steps), then bench-gpu
+gpu-check: $(BENCH_STAMP)
+	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mergedistill.device import device_problems
 from mergedistill.errors import UserError
 
 T = TypeVar("T")
@@ -59,10 +60,11 @@ class TeachersConfig:
 
     cards: List[str] = field(default_factory=list)
     zoo_dir: str = "runs/zoo"  # where `teachers build` writes demo teachers (one dir per card)
-    device: str = "cpu"
+    device: str = ""  # "" = the run-level `device`; or auto | cpu | cuda | cuda:N for the teachers alone
 
     def problems(self):
-        return [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-multi.yaml)")]
+        out = [] if self.cards else [("cards", "must list at least one teacher card (e.g. teachers/demo-multi.yaml)")]
+        return out + (device_problems(self.device) if self.device else [])
 
 
 @dataclass
@@ -219,6 +221,7 @@ class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs/experiment"
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -232,7 +235,7 @@ class ExperimentConfig:
 
     def problems(self):
         """Checks that span sections."""
-        out = []
+        out = device_problems(self.device)
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
             out.append(("train.alpha_hidden", "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
                                               "does not store; set cache.mode: online (or both weights to 0)"))

@@ -150,7 +150,7 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         with torch.inference_mode():
             t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(t_attention), torch.from_numpy(t_where))
             s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(s_attention), torch.from_numpy(s_where))
-        s_logp = torch.log_softmax(s_logits.float(), -1)
+        s_logp = torch.log_softmax(s_logits.float(), -1).cpu()  # t_logits and the gold ids are on the CPU
         gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][t_masked[i]] for i in rows]))
         gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][s_masked[i]] for i in rows]))
         t_top = t_logits.argmax(-1)
@@ -170,14 +170,16 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
 
 def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:
     """Median forward latency in milliseconds on random ids (same shape for every model compared), on the
-    model's device (CPU in the eval stage; a GPU is synchronised before each clock reading)."""
+    model's device (the run's ``device``; a GPU is synchronised before each clock reading)."""
     import time
 
     import torch
 
-    device = next(model.parameters()).device
-    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0)).to(device)
-    attention = torch.ones_like(ids)
+    from mergedistill.device import device_of, to_device
+
+    device = device_of(model)
+    ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0))
+    ids, attention = to_device((ids, torch.ones_like(ids)), device)
 
     def now():
         if device.type == "cuda":

@@ -25,7 +25,11 @@ def _head(model):
 
 
 def masked_lm_logits(model, input_ids, attention_mask, masked, output_hidden_states: bool = False, output_attentions: bool = False):
-    """(logits [n_masked, V] in the row-major order of ``masked`` [B,T] bool, encoder outputs)."""
+    """(logits [n_masked, V] in the row-major order of ``masked`` [B,T] bool, encoder outputs), both on the
+    model's device (the inputs are moved there)."""
+    from mergedistill.device import device_of, to_device
+
+    input_ids, attention_mask, masked = to_device((input_ids, attention_mask, masked), device_of(model))
     known = _head(model)
     extra = {name: True for name, wanted in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)) if wanted}
     if known is None:
@@ -42,6 +46,9 @@ def masked_lm_loss(model, input_ids, attention_mask, labels):
     the masked positions only."""
     import torch
 
+    from mergedistill.device import device_of, to_device
+
+    labels = to_device(labels, device_of(model))
     masked = labels != -100
     logits, _ = masked_lm_logits(model, input_ids, attention_mask, masked)
     return torch.nn.functional.cross_entropy(logits.float(), labels[masked])

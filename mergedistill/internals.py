@@ -71,15 +71,17 @@ class TeacherInternals:
             log(f"[train] hidden/attention terms skip batches of teacher {name}: {reason}")
 
     def __call__(self, batch):
-        """(teacher encoder outputs, layer stride) or None when the batch's teacher does not take part."""
+        """(teacher encoder outputs on the teacher's device, layer stride) or None when the batch's teacher does not take part."""
         import torch
 
         name = batch["teacher"]
         if name not in self.strides:
             return None
+        from mergedistill.device import device_of, to_device
+
         model = self.teachers[name].model
         encoder = getattr(model, model.base_model_prefix)
+        input_ids, attention_mask = to_device((batch["teacher_input_ids"], batch["attention_mask"]), device_of(model))
         with torch.no_grad():  # not inference_mode: these tensors meet the student's in the autograd graph
-            out = encoder(input_ids=batch["teacher_input_ids"], attention_mask=batch["attention_mask"],
-                          output_hidden_states=self.want_hidden, output_attentions=self.want_attn)
+            out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.want_hidden, output_attentions=self.want_attn)
         return out, self.strides[name]

@@ -48,7 +48,8 @@ def _batches(n: int, size: int):
 
 
 def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], mask_id: int, pad_id: int, batch_size: int = 32):
-    """Yield (batch indices, log-probs [n_masked, V] in row-major order) with masked positions replaced by ``mask_id``."""
+    """Yield (batch indices, log-probs [n_masked, V] in row-major order, on the CPU) with masked positions replaced by
+    ``mask_id``; the model runs on its own device (``heads.masked_lm_logits`` moves the inputs there)."""
     import torch
 
     for rows in _batches(len(sequences), batch_size):
@@ -59,7 +60,7 @@ def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], 
             where[r, : len(masked[i])] = masked[i]
         with torch.inference_mode():
             logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(where))
-            yield rows, torch.log_softmax(logits.float(), dim=-1)
+            yield rows, torch.log_softmax(logits.float(), dim=-1).cpu()  # the gold ids it meets are on the CPU
 
 
 def masked_token_accuracy(model, eval_set: EvalSet, mask_id: int, pad_id: int, seed: int = 0, prob: float = 0.15, batch_size: int = 32) -> dict:

@@ -184,7 +184,7 @@ def run_stages(
     """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened. ``ranks``
     defaults to the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
-    ranks = ranks or Ranks(*world_from_env()).connect()
+    ranks = ranks or Ranks(*world_from_env()).connect(getattr(cfg, "device", "auto"))
     rank_log = (lambda message, say=log: say(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
     if not ranks.main:
         log = lambda message: None  # noqa: E731 (rank 0 reports the pipeline's progress)

@@ -36,11 +36,16 @@ class Ranks:
     def main(self) -> bool:
         return self.rank == 0
 
-    def connect(self) -> "Ranks":
+    def connect(self, device: str = "auto") -> "Ranks":
         """Join the launcher's process group (DeepSpeed's own init, reused by ``deepspeed.initialize``) and
-        make the CPU group the waits use. A no-op for one process."""
+        make the CPU group the waits use. ``device`` is the run's (config ``device``): on ``cpu`` DeepSpeed
+        must not pick a visible GPU for the group, as ``train`` makes it not for the engine. A no-op for one process."""
         if self.world == 1 or self._group is not None:
             return self
+        from mergedistill.device import resolve_device
+
+        if resolve_device(device).type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         import torch.distributed as dist
 

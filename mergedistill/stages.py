@@ -36,9 +36,11 @@ def load_cards(cfg):
 
 
 def load_teachers(cfg, names=None):
+    from mergedistill.device import resolve_device
     from mergedistill.teachers import Teacher
 
-    return {c.name: Teacher.load(c, device=cfg.teachers.device) for c in load_cards(cfg) if names is None or c.name in names}
+    device = str(resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"))
+    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 
 def read_json(path: Path):
@@ -275,7 +277,7 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
         internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals)
+    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
     if not ctx.ranks.main:  # every rank trained on its own micro-batches; rank 0 writes the output
         return {}
     student = unpartitioned_student(student, result)
@@ -298,6 +300,7 @@ def stage_baseline(ctx):
 def stage_eval(ctx: StageContext):
     from transformers import AutoModelForMaskedLM
 
+    from mergedistill.device import resolve_device
     from mergedistill.evaluation import compare_student, latency_ms
 
     cfg = ctx.cfg
@@ -306,10 +309,11 @@ def stage_eval(ctx: StageContext):
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
-    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").eval()
+    device = resolve_device(cfg.device)
+    student = AutoModelForMaskedLM.from_pretrained(ctx.inputs["train"] / "model").to(device).eval()
     baseline = None
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
-        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").eval()
+        baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
     rows = []
     for lang in sorted(assignment):
@@ -376,7 +380,9 @@ def stage_export(ctx: StageContext):
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
     if (ctx.out / "tokenizer.json").exists():
-        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=-1)
+        from mergedistill.device import resolve_device
+
+        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
@@ -401,6 +407,7 @@ def stage_export(ctx: StageContext):
 
 
 def stage_report(ctx: StageContext):
+    from mergedistill.device import resolve_device
     from mergedistill.report import ReportFacts, write_report
 
     cfg = ctx.cfg
@@ -426,7 +433,8 @@ def stage_report(ctx: StageContext):
         metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
         stage_seconds=seconds,
         notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
-               "Speed-ups compare the student with the teachers it replaces on the same CPU input shape (median of 5 runs)."],
+               f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
+               "input shape (median of 5 runs)."],
     )
     write_report(ctx.out, facts)
     return {}
@@ -457,6 +465,12 @@ def pipeline_stages(cfg) -> list[Stage]:
     return stages
 
 
+def say(message: str) -> None:
+    """One line on stderr in one write, so that the lines of several ranks never run into each other."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None):
     """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``)."""
     command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
@@ -466,7 +480,7 @@ def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), unt
         names = [s.name for s in stages]
         stages = stages[: names.index(until) + 1]
     results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
-                         log=lambda message: print(message, file=sys.stderr, flush=True))
+                         log=say)
     out = Path(cfg.output_dir)
     if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:
         print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")

@@ -88,7 +88,7 @@ def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.
         positions = t_emb.position_embeddings.weight[offset: offset + s_emb.position_embeddings.weight.shape[0]]
         s_emb.position_embeddings.weight[: positions.shape[0]] = positions
         s_emb.token_type_embeddings.weight[:] = t_emb.token_type_embeddings.weight[0]
-        teacher_words = t_emb.word_embeddings.weight
+        teacher_words = t_emb.word_embeddings.weight.float().cpu()  # a teacher on a GPU (in bf16) too; the student is built on the CPU
         student_words = s_emb.word_embeddings.weight
         owned = np.flatnonzero(np.asarray(id_map) >= 0)
         student_ids = np.asarray(id_map)[owned]

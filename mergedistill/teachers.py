@@ -177,7 +177,7 @@ class Teacher:
         from mergedistill.heads import masked_lm_logits
 
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device), positions.to(self.device))
+            logits, _ = masked_lm_logits(self.model, input_ids, attention_mask, positions)  # moved to the model's device there
             return logits.float().cpu()
 
     def topk(self, input_ids, attention_mask, positions, k: int):

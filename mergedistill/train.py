@@ -9,6 +9,9 @@
   only after every file is written does ``latest`` (a one-line pointer) get replaced atomically, so a kill
   at any moment leaves the previous checkpoint as the latest readable one.
 - The student's vocabulary projection runs only at masked positions (``heads.masked_lm_logits``).
+- Devices (``mergedistill.device``): the student lives on the DeepSpeed engine's device (the run's
+  ``device``: ``cuda:$LOCAL_RANK`` on a GPU); each batch, the teachers' targets and hidden states are moved
+  there by ``to_device``. Teachers read the CPU batch and move it to their own device themselves.
 """
 
 from __future__ import annotations
@@ -149,15 +152,24 @@ def trim_metrics(path: Path, last_step: int) -> None:
 
 def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Callable | None, out_dir: str | Path, resume: bool = True,
           progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print,
-          internals_fn: Callable | None = None) -> TrainResult:
+          internals_fn: Callable | None = None, device: str = "auto") -> TrainResult:
     """Distil into ``student`` for ``train_cfg.steps`` optimizer steps. ``targets_fn(index, batch)`` gives the
     teacher top-k; None trains with gold MLM only. ``internals_fn(batch)`` (``internals.TeacherInternals``)
     gives the teacher's hidden states/attentions for the ``alpha_hidden``/``alpha_attn`` terms.
-    ``stop_at_step`` simulates a kill (tests)."""
-    import deepspeed
+    ``device``: where the student trains (``mergedistill.device.resolve_device``). ``stop_at_step``
+    simulates a kill (tests)."""
     from tqdm import tqdm
 
+    from mergedistill.device import device_of, resolve_device, to_device
+
     rank, world = setup_distributed()
+    placed = resolve_device(device, "device")
+    if placed.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick a visible GPU by itself
+    else:
+        torch.cuda.set_device(placed)
+    import deepspeed
+
     skip_shared_memory_collectives()
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / "checkpoints"
@@ -167,6 +179,7 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     model = MaskedLMForDistillation(student)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                            config=deepspeed_config(train_cfg, world))
+    on = device_of(engine.module)  # the student's device, where every tensor of the loss goes
     start = 0
     tag = read_latest(checkpoint_dir) if resume else None
     if tag is not None:
@@ -198,20 +211,21 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
             logged_sum: dict[str, float] = {}
             for micro in range(train_cfg.grad_accum):
                 index = (step * train_cfg.grad_accum + micro) * world + rank
-                batch = batch_fn(index)
+                host_batch = batch_fn(index)  # the teachers take it from here to their own device
+                batch = to_device(host_batch, on)
                 masked = batch["labels"] != -100
-                teacher_inside = internals_fn(batch) if internals_fn is not None else None
+                teacher_inside = internals_fn(host_batch) if internals_fn is not None else None
                 if teacher_inside is None:
                     logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked), None
                 else:
                     logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked, want_hidden, want_attn)
                 terms = {"mlm": mlm_ce(logits, batch["labels"][masked])}
                 if teacher_inside is not None:
-                    teacher_out, layer_stride = teacher_inside
+                    teacher_out, layer_stride = to_device(teacher_inside, on)
                     terms.update(internal_terms(student_inside, teacher_out, batch["attention_mask"], layer_stride, want_hidden, want_attn,
                                                 train_cfg.hidden_loss))
                 if targets_fn is not None:
-                    topk_ids, topk_logits = targets_fn(index, batch)
+                    topk_ids, topk_logits = to_device(targets_fn(index, host_batch), on)
                     rows = kd_rows(batch)  # unified mode: only masked groups of one piece per side have targets
                     terms["kd"] = kd_soft_ce(logits if rows is None else logits[rows], topk_ids, topk_logits, train_cfg.temperature,
                                              train_cfg.t2_scaling)

@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mergedistill import io
+from mergedistill.device import device_of, to_device
 from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_loss
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
@@ -178,7 +179,8 @@ def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pa
     for side in (0, 1):
         rows = [np.asarray([cls_id, *pairs[i][side][:keep], sep_id], dtype=np.int64) for i in picks]
         ids, attention = pad_batch(rows, pad_id)
-        sides.append(model.base_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(attention)).last_hidden_state[:, 0])
+        ids, attention = to_device((torch.from_numpy(ids), torch.from_numpy(attention)), device_of(model))
+        sides.append(model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state[:, 0])
     return alignment_loss(sides[0], sides[1], train["align_temperature"])
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from mergedistill.bistil.tasks import TASK_NAMES
 from mergedistill.config import _non_negative, _one_of, _positive
+from mergedistill.device import device_problems
 
 TASKS = ("topic", "keyterms")  # the default; TASK_NAMES lists all
 VARIANTS = ("bistil", "dense", "self-taught", "scratch", "random-init")
@@ -115,6 +116,7 @@ class BistilConfig:
     target: str = "de"
     corpus_dir: str = ""  # "" = the embedded corpus
     threads: int = 0  # torch threads (0 = leave torch's default)
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N: where phase 1, phase 2 and the evaluation run
     trim: TrimConfig = field(default_factory=TrimConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)
     phase2: Phase2Config = field(default_factory=Phase2Config)
@@ -122,4 +124,4 @@ class BistilConfig:
 
     def problems(self):
         out = [] if self.source != self.target else [("target", f"must differ from source ({self.source})")]
-        return out + _non_negative(self, "threads")
+        return out + _non_negative(self, "threads") + device_problems(self.device)

@@ -13,11 +13,14 @@ def predict(model, batches):
     (token tasks); the example index lets the bootstrap resample whole examples."""
     import torch
 
+    from mergedistill.device import device_of, to_device
+
     preds, golds, examples, offset = [], [], [], 0
     model.eval()
     with torch.inference_mode():
         for batch in batches:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model))
+            logits = model(**inputs).logits.cpu()
             labels = batch["labels"]
             rows = torch.arange(offset, offset + len(labels))
             offset += len(labels)
@@ -112,18 +115,20 @@ def flops_per_sequence(config, seq_len: int, num_labels: int, token_level: bool)
 
 
 def latency(model, batch: dict, repeats: int = 10) -> float:
-    """Median seconds of one forward pass on CPU (one warm-up pass first)."""
+    """Median seconds of one forward pass on the model's device (one warm-up pass first)."""
     import torch
 
+    from mergedistill.device import device_of, to_device
+
     model.eval()
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model))
     times = []
     with torch.inference_mode():
         model(**inputs)
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = _clock(model)
             model(**inputs)
-            times.append(time.perf_counter() - start)
+            times.append(_clock(model) - start)
     return statistics.median(times)
 
 
@@ -131,18 +136,33 @@ def interleaved_latency(models: dict, batch: dict, repeats: int = 10) -> dict:
     """name -> median seconds, measured round-robin so load on a shared machine hits every model alike."""
     import torch
 
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    from mergedistill.device import device_of, to_device
+
+    host = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs = {name: to_device(host, device_of(model)) for name, model in models.items()}
     times = {name: [] for name in models}
     with torch.inference_mode():
-        for model in models.values():
+        for name, model in models.items():
             model.eval()
-            model(**inputs)
+            model(**inputs[name])
         for _ in range(repeats):
             for name, model in models.items():
-                start = time.perf_counter()
-                model(**inputs)
-                times[name].append(time.perf_counter() - start)
+                start = _clock(model)
+                model(**inputs[name])
+                times[name].append(_clock(model) - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _clock(model) -> float:
+    """perf_counter after the model's GPU (if any) has finished its queued work."""
+    from mergedistill.device import device_of
+
+    device = device_of(model)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def evaluate_all(run) -> dict:
@@ -161,18 +181,18 @@ def evaluate_all(run) -> dict:
     phase1 = read_manifest(run.out / "phase1")
     results = {"config": to_dict(cfg), "trim": {k: trim[k] for k in ("original_vocab", "kept_vocab", "theta", "params_before", "params_after")},
                "phase1_best": phase1["best"], "student_layers": phase1["layers"], "teacher_layers": phase1["teacher_layers"],
-               "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "tasks": {}}
+               "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "device": str(run.device), "tasks": {}}
     for task in cfg.phase2.tasks:
         source = load_task(task, cfg.source, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.target)
         target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.source)
         kind, num_labels = source.kind, source.num_labels
         cls = AutoModelForSequenceClassification if kind == "sequence" else AutoModelForTokenClassification
-        models = {"teacher": cls.from_pretrained(str(run.task_teacher(task))).eval()}
+        models = {"teacher": cls.from_pretrained(str(run.task_teacher(task))).to(run.device).eval()}
         manifests = {}
         for variant in cfg.phase2.variants:
             directory = run.out / "phase2" / task / variant
             manifests[variant] = read_manifest(directory)
-            models[variant] = load_student(manifests[variant]["phase1"], directory, kind, num_labels)
+            models[variant] = load_student(manifests[variant]["phase1"], directory, kind, num_labels).to(run.device)
         batches = {lang: eval_batches(encode(data, tokenizer, cfg.phase2.max_length), 64, tokenizer.pad_token_id)
                    for lang, data in ((cfg.source, source), (cfg.target, target))}
         speed_examples = encode(target, tokenizer, cfg.phase2.max_length)[: cfg.eval.latency_batch_size]

@@ -31,7 +31,7 @@ def select_mask(theta0: Mapping, theta1: Mapping, density: float) -> dict:
     names = list(theta0)
     flat = torch.cat([(theta1[n].float() - theta0[n].float()).abs().reshape(-1) for n in names])
     k = int(round(density * flat.numel()))
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
         chosen[torch.topk(flat, k, sorted=False).indices] = True
     out, start = {}, 0
@@ -111,7 +111,7 @@ class SparseDiff:
 
         entries = {}
         for name, before in theta0.items():
-            delta = theta1[name].detach().double().reshape(-1) - before.double().reshape(-1)
+            delta = theta1[name].detach().double().cpu().reshape(-1) - before.detach().double().cpu().reshape(-1)  # stored on the CPU
             index = torch.nonzero(delta, as_tuple=False).reshape(-1)
             entries[name] = (index, delta[index].clone(), tuple(before.shape))
         return cls(entries)

@@ -92,9 +92,11 @@ def balanced_schedule(sizes: Mapping[str, int], batch_size: int, steps: int, see
 def _forward(model, batch, need_logits: bool) -> tuple:
     """(encoder outputs, MLM logits at the masked positions or None). The vocabulary projection is the
     costliest part of a small masked-LM, so it runs only when the logit term is on, and only where masked."""
+    from mergedistill.device import device_of, to_device
     from mergedistill.heads import masked_lm_logits
 
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, output_hidden_states=True)
+    inputs = dict(to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model)),
+                  output_attentions=True, output_hidden_states=True)
     if need_logits:
         logits, out = masked_lm_logits(model, batch["input_ids"], batch["attention_mask"], batch["masked"], True, True)
         return out, logits
@@ -133,6 +135,8 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     import torch
     from tqdm import tqdm
 
+    from mergedistill.device import device_of, to_device
+
     torch.manual_seed(seed)
     if teacher is not None:
         teacher.eval()
@@ -143,8 +147,10 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers if teacher is not None else 1
     weights = dict(w_attn=cfg.w_attn, w_hidden=cfg.w_hidden, w_logit=cfg.w_logit, temperature=cfg.temperature)
+    on = device_of(student)  # the teacher is on the same device (the run's ``device``)
     eval_batches = [masked_batch(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], tokenizer, cfg.mlm_probability, seed, "eval", lang, b)
                     for lang, seqs in sorted(valid.items()) for b in range(min(cfg.eval_batches, math.ceil(len(seqs) / cfg.batch_size)))]
+    eval_batches = [to_device(batch, on) for batch in eval_batches]
 
     def evaluate() -> float:
         student.eval()
@@ -160,7 +166,7 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     log(f"phase1: step 0 eval loss {best[0]:.4f}")
     plan = balanced_schedule({lang: len(seqs) for lang, seqs in train.items()}, cfg.batch_size, cfg.steps, seed)
     for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False, disable=None), start=1):
-        batch = masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step)
+        batch = to_device(masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step), on)
         loss, terms = _loss(student, teacher, batch, stride, weights, objective)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -59,9 +59,12 @@ def distill_loss_fn(teacher, stride: int, temperature: float, w_soft: float, w_g
     import torch
     import torch.nn.functional as F
 
+    from mergedistill.device import device_of, to_device
+
     need_internals = w_attn > 0 or w_hidden > 0
 
     def loss_fn(student, batch):
+        batch = to_device(batch, device_of(student))  # the teacher is on the same device (the run's ``device``)
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       output_attentions=need_internals, output_hidden_states=need_internals)
         s_out = student(**inputs)
@@ -69,7 +72,7 @@ def distill_loss_fn(teacher, stride: int, temperature: float, w_soft: float, w_g
         total = s_logits.sum() * 0.0
         if w_soft > 0 or need_internals:
             with torch.no_grad():
-                t_out = teacher(**inputs)
+                t_out = teacher(**to_device(inputs, device_of(teacher)))
             if w_soft > 0:
                 total = total + w_soft * soft_ce(s_logits, _rows(t_out.logits, batch["labels"])[0], temperature)
             if need_internals:
@@ -82,12 +85,15 @@ def distill_loss_fn(teacher, stride: int, temperature: float, w_soft: float, w_g
 
 
 def gold_loss(model, batch):
+    from mergedistill.device import device_of, to_device
+
+    batch = to_device(batch, device_of(model))
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
-def train_task_teacher(base_dir, kind: str, num_labels: int, batches, lr: float, seed: int = 0):
-    """The MMT fine-tuned densely on gold source-language labels."""
-    model = task_model(base_dir, kind, num_labels, seed=seed)
+def train_task_teacher(base_dir, kind: str, num_labels: int, batches, lr: float, seed: int = 0, device="cpu"):
+    """The MMT fine-tuned densely on gold source-language labels (on ``device``)."""
+    model = task_model(base_dir, kind, num_labels, seed=seed).to(device)
     train_steps(model, list(model.parameters()), gold_loss, batches, lr, weight_decay=0.01, desc="task teacher")
     return model.eval()
 
@@ -108,7 +114,9 @@ def base_parameter_names(model, phase1_dir) -> set:
 
 def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str, cfg, dense_batches, sparse_batches, seed: int = 0):
     """Train one student variant; returns (model, SparseDiff vs the phase-1 body, head state, losses)."""
-    student = task_model(phase1_dir, kind, num_labels, seed=seed)
+    from mergedistill.device import device_of
+
+    student = task_model(phase1_dir, kind, num_labels, seed=seed).to(device_of(teacher))
     stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers
     gold_only = variant == "self-taught"
     loss_fn = distill_loss_fn(teacher, stride, cfg.temperature, 0.0 if gold_only else cfg.w_soft, 1.0 if gold_only else cfg.w_gold,
@@ -125,7 +133,7 @@ def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str,
     else:
         _, _, losses = lt_sft(student, eligible, loss_fn, dense_batches, sparse_batches, cfg.density, cfg.lr, 0.01)
     diff = SparseDiff.between(theta0, snapshot(student, eligible))
-    head = {n: p.detach().clone() for n, p in student.named_parameters() if n not in base}
+    head = {n: p.detach().cpu().clone() for n, p in student.named_parameters() if n not in base}
     return student.eval(), diff, head, losses
 
 

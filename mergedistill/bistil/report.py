@@ -56,7 +56,7 @@ def render(results: dict) -> str:
            f"Student: {results['student_layers']} of {results['teacher_layers']} layers (s = {cfg['phase1']['layer_stride']}, "
            f"{cfg['phase1']['layer_choice']}); phase 1 best eval loss {results['phase1_best']['best_eval_loss']:.4f} at step "
            f"{results['phase1_best']['best_step']}.", "",
-           f"Latency: median CPU forward time of a batch of {results['latency_batch']} {cfg['target']} test examples, "
+           f"Latency: median {results.get('device', 'cpu').split(':')[0].replace('cpu', 'CPU').replace('cuda', 'GPU')} forward time of a batch of {results['latency_batch']} {cfg['target']} test examples, "
            f"{results['threads']} torch thread(s), models measured round-robin. FLOPs: analytic estimate at the batch's mean length "
            f"({results['mean_length']:.1f} tokens).", ""]
     for task, entry in results["tasks"].items():

@@ -92,6 +92,13 @@ class Run:
         self.times: dict[str, float] = {}
         self._teacher: tuple[Path, str] | None = None
 
+    @property
+    def device(self):
+        """Where phase 1, phase 2 and the evaluation run (``cfg.device``, see ``mergedistill.device``)."""
+        from mergedistill.device import resolve_device
+
+        return resolve_device(self.cfg.device)
+
     def teacher(self) -> tuple[Path, str]:
         """(MMT directory, its fingerprint), built and hashed once per run."""
         if self._teacher is None:
@@ -142,7 +149,8 @@ class Run:
 
         def build(tmp):
             teacher, tokenizer = _load_mlm(self.out / "trim")
-            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=random_init, seed=c.seed)
+            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=random_init, seed=c.seed).to(self.device)
+            teacher.to(self.device)
             train = {lang: pack_language(tokenizer, _texts(c, lang, "train", p.max_paragraphs), p.max_length) for lang in (c.source, c.target)}
             valid = {lang: pack_language(tokenizer, _texts(c, lang, "valid", None), p.max_length) for lang in (c.source, c.target)}
             student, history = train_phase1(teacher if objective == "distil" else None, student, tokenizer, train, valid, p, seed=c.seed,
@@ -189,7 +197,7 @@ class Run:
 
             tokenizer = AutoTokenizer.from_pretrained(str(self.out / "trim"))
             batches, data = self.batches(task, tokenizer, p.teacher_steps, "teacher")
-            model = train_task_teacher(self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed)
+            model = train_task_teacher(self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed, device=self.device)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             return {"task": task}
@@ -216,7 +224,7 @@ class Run:
             dense, data = self.batches(task, tokenizer, p.dense_steps, "student")
             sparse, _ = self.batches(task, tokenizer, p.sparse_steps, "student-sparse")
             cls = AutoModelForSequenceClassification if data.kind == "sequence" else AutoModelForTokenClassification
-            teacher = cls.from_pretrained(str(teacher_path), attn_implementation="eager").eval()
+            teacher = cls.from_pretrained(str(teacher_path), attn_implementation="eager").to(self.device).eval()
             if teacher.config.vocab_size != len(tokenizer):
                 raise UserError(f"phase2.task_teacher: {teacher_path} has {teacher.config.vocab_size} pieces, the trimmed vocabulary "
                                 f"{len(tokenizer)}; fine-tune the trimmed teacher ({self.out / 'trim'}) or leave task_teacher empty")

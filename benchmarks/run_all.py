@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         "# Benchmark results",
         "",
         f"Written by `{'make bench-gpu' if args.gpu else 'make bench'}` (`python benchmarks/run_all.py{' --gpu' if args.gpu else ''}`) "
-        f"on {datetime.date.today().isoformat()}." + (" inference_latency and train_throughput ran on the GPU in bf16." if args.gpu else ""),
+        f"on {datetime.date.today().isoformat()}."
+        + (" inference_latency and train_throughput ran on the GPU in bf16." if args.gpu else ""),
         "Ratios are measured within one run; absolute numbers depend on the machine and its load.",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
@@ -109,7 +110,9 @@ def main(argv=None) -> int:
         "| benchmark | what it measures | result (final JSON line) |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {DESCRIPTIONS.get(name, '')} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows]
+    lines += [
+        f"| {name} | {DESCRIPTIONS.get(name, '')} | `{json.dumps(result, sort_keys=True)}` |" for name, result in rows
+    ]
     from mergedistill.io import write_text_atomic
 
     write_text_atomic(out, "\n".join(lines) + "\n")

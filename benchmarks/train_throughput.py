@@ -22,8 +22,8 @@ import tempfile
 
 import numpy as np
 import torch
-
 from common import add_device_args, autocast, clock, describe, resolve
+
 from mergedistill.cache import OfflineTargets, OnlineTargets, build_cache, finalize_cache
 from mergedistill.config import StudentConfig
 from mergedistill.heads import masked_lm_logits
@@ -55,7 +55,13 @@ class Batches:
         masked = torch.rand(ids.shape, generator=g) < 0.15
         labels = torch.where(masked, ids, torch.full_like(ids, -100))
         inputs = ids.masked_fill(masked, 4)
-        return {"input_ids": inputs, "attention_mask": torch.ones_like(ids), "labels": labels, "teacher_input_ids": inputs, "teacher": "t"}
+        return {
+            "input_ids": inputs,
+            "attention_mask": torch.ones_like(ids),
+            "labels": labels,
+            "teacher_input_ids": inputs,
+            "teacher": "t",
+        }
 
 
 class SyntheticTeacher:
@@ -64,8 +70,20 @@ class SyntheticTeacher:
 
         torch.manual_seed(1)
         self.device = device
-        self.model = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                                                intermediate_size=2048, max_position_embeddings=LENGTH + 2)).eval().to(device=device, dtype=dtype)
+        self.model = (
+            BertForMaskedLM(
+                BertConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=512,
+                    num_hidden_layers=6,
+                    num_attention_heads=8,
+                    intermediate_size=2048,
+                    max_position_embeddings=LENGTH + 2,
+                )
+            )
+            .eval()
+            .to(device=device, dtype=dtype)
+        )
 
     def topk(self, input_ids, attention_mask, positions, k):
         """Top-k on the CPU, where the cache writer and the id maps expect it."""
@@ -112,7 +130,9 @@ def main():
     device, dtype = resolve(parser, args)
     torch.manual_seed(0)
     peak = matmul_peak(device, dtype)
-    student = build_student(StudentConfig(layers=6, hidden=384, heads=12, intermediate=1536, max_position=LENGTH + 2, dropout=0.0), VOCAB)
+    student = build_student(
+        StudentConfig(layers=6, hidden=384, heads=12, intermediate=1536, max_position=LENGTH + 2, dropout=0.0), VOCAB
+    )
     student.to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     batches = Batches(args.steps + 1, args.batch)
@@ -138,12 +158,20 @@ def main():
     flops_per_step = 6 * body * tokens + 6 * embedding * masked_tokens + 3 * attention
     achieved = flops_per_step / masked_s
     result = {
-        "benchmark": "train_throughput", **describe(device, dtype), "student_params": params, "vocab": VOCAB, "batch": args.batch, "seq": LENGTH,
+        "benchmark": "train_throughput",
+        **describe(device, dtype),
+        "student_params": params,
+        "vocab": VOCAB,
+        "batch": args.batch,
+        "seq": LENGTH,
         "tokens_per_s_masked_only_head": round(masked_tps, 1),
-        "achieved_gflops": round(achieved / 1e9, 2), "matmul_peak_gflops": round(peak / 1e9, 2), "mfu_ratio": round(achieved / peak, 3),
+        "achieved_gflops": round(achieved / 1e9, 2),
+        "matmul_peak_gflops": round(peak / 1e9, 2),
+        "mfu_ratio": round(achieved / peak, 3),
         "full_head_over_masked_only_step_time": round(full_s / masked_s, 2),
         "offline_over_online_tokens_per_s": round(offline_tps / online_tps, 2),
-        "offline_tokens_per_s": round(offline_tps, 1), "online_tokens_per_s": round(online_tps, 1),
+        "offline_tokens_per_s": round(offline_tps, 1),
+        "online_tokens_per_s": round(online_tps, 1),
         "cache_bytes_per_masked_token": round(summary["bytes"] / (masked_tokens * batches.n_batches), 1),
         "threads": torch.get_num_threads(),
     }

@@ -36,9 +36,13 @@ class AblationConfig:
             out.append(("variants", "must name at least one variant (name: {config fragment})"))
         for name, fragment in self.variants.items():
             if not isinstance(fragment, dict):
-                out.append((f"variants.{name}", "must be a mapping of config sections (e.g. {select: {strategy: score}})"))
+                out.append(
+                    (f"variants.{name}", "must be a mapping of config sections (e.g. {select: {strategy: score}})")
+                )
             elif "output_dir" in fragment:
-                out.append((f"variants.{name}.output_dir", "is set by the ablation (<output_dir>/<variant>); remove it"))
+                out.append(
+                    (f"variants.{name}.output_dir", "is set by the ablation (<output_dir>/<variant>); remove it")
+                )
         if self.reference is not None and self.reference not in self.variants:
             out.append(("reference", f"names no variant; choose one of {', '.join(self.variants)}"))
         return out
@@ -58,11 +62,18 @@ def variant_configs(ablation: AblationConfig, source: str = "<ablation>", overri
 
     base_path = Path(ablation.base)
     if not base_path.is_file():
-        raise UserError(f"{source}: base {ablation.base!r} is not a file; point `base:` at an experiment YAML (e.g. experiments/demo.yaml)")
+        raise UserError(
+            f"{source}: base {ablation.base!r} is not a file; point `base:` at an experiment YAML (e.g. experiments/demo.yaml)"
+        )
     base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
     configs = {}
     for name, fragment in ablation.variants.items():
-        data = _merge(base, ablation.common, fragment, {"name": f"{ablation.name}-{name}", "output_dir": str(Path(ablation.output_dir) / name)})
+        data = _merge(
+            base,
+            ablation.common,
+            fragment,
+            {"name": f"{ablation.name}-{name}", "output_dir": str(Path(ablation.output_dir) / name)},
+        )
         configs[name] = from_dict(ExperimentConfig, data, source=f"{source} (variant {name})", overrides=overrides)
     return configs
 
@@ -77,7 +88,9 @@ def budget_problems(configs: dict) -> list[str]:
     for name, cfg in configs.items():
         for key in keys:
             if to_dict(cfg)[key] != to_dict(first)[key]:
-                out.append(f"variant {name} changes `{key}` (vs {first_name}); ablations must share {', '.join(keys)}: put it under `common:`")
+                out.append(
+                    f"variant {name} changes `{key}` (vs {first_name}); ablations must share {', '.join(keys)}: put it under `common:`"
+                )
     return out
 
 
@@ -87,14 +100,28 @@ def collect(configs: dict) -> list[dict]:
     for name, cfg in configs.items():
         out = Path(cfg.output_dir)
         eval_data = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
-        seconds = {stage: (io.read_manifest(out / stage) or {}).get("seconds", 0.0) for stage in ("select", "vocab", "cache", "train")}
+        seconds = {
+            stage: (io.read_manifest(out / stage) or {}).get("seconds", 0.0)
+            for stage in ("select", "vocab", "cache", "train")
+        }
         vocab_size = (io.read_manifest(out / "vocab") or {}).get("size")
         for row in eval_data["rows"]:
-            rows.append({"variant": name, "lang": row["lang"], "teacher": row["teacher"],
-                         "student_pll_per_char": row["student_pll_per_char"], "teacher_pll_per_char": row["teacher_pll_per_char"],
-                         "student_acc": row["student_acc"], "teacher_acc": row["teacher_acc"], "agreement": row["agreement"],
-                         "student_params": eval_data["sizes"]["student_params"], "vocab_size": vocab_size,
-                         "cache_seconds": seconds["cache"], "train_seconds": seconds["train"]})
+            rows.append(
+                {
+                    "variant": name,
+                    "lang": row["lang"],
+                    "teacher": row["teacher"],
+                    "student_pll_per_char": row["student_pll_per_char"],
+                    "teacher_pll_per_char": row["teacher_pll_per_char"],
+                    "student_acc": row["student_acc"],
+                    "teacher_acc": row["teacher_acc"],
+                    "agreement": row["agreement"],
+                    "student_params": eval_data["sizes"]["student_params"],
+                    "vocab_size": vocab_size,
+                    "cache_seconds": seconds["cache"],
+                    "train_seconds": seconds["train"],
+                }
+            )
     return rows
 
 
@@ -112,9 +139,13 @@ def markdown_table(rows: list[dict], reference: str) -> str:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     langs = sorted({r["lang"] for r in rows})
     cell = {(r["variant"], r["lang"]): r for r in rows}
-    lines = ["Student pseudo-log-likelihood per character on held-out text (higher is better; tokenizer-independent), "
-             f"with the difference to `{reference}`, and the serving teacher:", "",
-             "| lang | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    lines = [
+        "Student pseudo-log-likelihood per character on held-out text (higher is better; tokenizer-independent), "
+        f"with the difference to `{reference}`, and the serving teacher:",
+        "",
+        "| lang | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
     for lang in langs:
         cells = []
         for v in variants:
@@ -122,20 +153,40 @@ def markdown_table(rows: list[dict], reference: str) -> str:
             if r is None:
                 cells.append("–")
                 continue
-            delta = r["student_pll_per_char"] - cell[(reference, lang)]["student_pll_per_char"] if (reference, lang) in cell else 0.0
+            delta = (
+                r["student_pll_per_char"] - cell[(reference, lang)]["student_pll_per_char"]
+                if (reference, lang) in cell
+                else 0.0
+            )
             shown = f"{r['student_pll_per_char']:.3f}" + ("" if v == reference else f" ({delta:+.3f})")
             cells.append(f"{shown} · {r['teacher']}")
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    lines += ["", "Masked-token accuracy, student / its teacher, on the serving teacher's tokenization (comparable across "
-              "variants only where they route a language through the same teacher):", "",
-              "| lang | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    lines += [
+        "",
+        "Masked-token accuracy, student / its teacher, on the serving teacher's tokenization (comparable across "
+        "variants only where they route a language through the same teacher):",
+        "",
+        "| lang | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
     for lang in langs:
-        cells = [f"{cell[(v, lang)]['student_acc']:.3f} / {cell[(v, lang)]['teacher_acc']:.3f}" if (v, lang) in cell else "–" for v in variants]
+        cells = [
+            f"{cell[(v, lang)]['student_acc']:.3f} / {cell[(v, lang)]['teacher_acc']:.3f}" if (v, lang) in cell else "–"
+            for v in variants
+        ]
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    lines += ["", "Cost per variant:", "", "| variant | student params | vocabulary | cache s | train s |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Cost per variant:",
+        "",
+        "| variant | student params | vocabulary | cache s | train s |",
+        "|---|---|---|---|---|",
+    ]
     for v in variants:
         r = next(r for r in rows if r["variant"] == v)
-        lines.append(f"| {v} | {r['student_params']:,} | {r['vocab_size']:,} | {r['cache_seconds']:.0f} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {v} | {r['student_params']:,} | {r['vocab_size']:,} | {r['cache_seconds']:.0f} | {r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +198,9 @@ def csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def run_ablation(ablation: AblationConfig, source: str = "<ablation>", overrides: list[str] | None = None, log=print) -> Path:
+def run_ablation(
+    ablation: AblationConfig, source: str = "<ablation>", overrides: list[str] | None = None, log=print
+) -> Path:
     from mergedistill.stages import run_experiment
 
     configs = variant_configs(ablation, source, overrides)

@@ -49,8 +49,9 @@ class AlignedSequence:
     teacher_groups: np.ndarray
 
 
-def pack_aligned(paragraphs, student_max: int, teacher_max: int, student_specials: tuple[int, int],
-                 teacher_specials: tuple[int, int]) -> list[AlignedSequence]:
+def pack_aligned(
+    paragraphs, student_max: int, teacher_max: int, student_specials: tuple[int, int], teacher_specials: tuple[int, int]
+) -> list[AlignedSequence]:
     """Pack aligned paragraphs ``(student ids, teacher ids, student groups, teacher groups)`` into
     ``[CLS] p1 [SEP] p2 [SEP] ...`` on both sides, cutting only between groups, so that each side fits its
     maximum length. A group longer than a whole sequence is dropped (it cannot be cut without breaking
@@ -76,7 +77,7 @@ def pack_aligned(paragraphs, student_max: int, teacher_max: int, student_special
         s_cut = np.searchsorted(s_groups, np.arange(n_groups + 1), "left")
         t_cut = np.searchsorted(t_groups, np.arange(n_groups + 1), "left")
         for group in range(n_groups):
-            s_part, t_part = s_ids[s_cut[group]:s_cut[group + 1]], t_ids[t_cut[group]:t_cut[group + 1]]
+            s_part, t_part = s_ids[s_cut[group] : s_cut[group + 1]], t_ids[t_cut[group] : t_cut[group + 1]]
             if len(s_part) + 2 > student_max or len(t_part) + 2 > teacher_max:
                 continue
             if len(s) + len(s_part) + 1 > student_max or len(t) + len(t_part) + 1 > teacher_max:
@@ -98,8 +99,16 @@ def one_to_one(student_groups: np.ndarray, teacher_groups: np.ndarray) -> np.nda
     return np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 1])
 
 
-def mask_aligned(seq: AlignedSequence, rng: np.random.Generator, prob: float, student_mask: int, teacher_mask: int,
-                 student_pool: np.ndarray, teacher_pool: np.ndarray, only: np.ndarray | None = None):
+def mask_aligned(
+    seq: AlignedSequence,
+    rng: np.random.Generator,
+    prob: float,
+    student_mask: int,
+    teacher_mask: int,
+    student_pool: np.ndarray,
+    teacher_pool: np.ndarray,
+    only: np.ndarray | None = None,
+):
     """Choose ``prob`` of the groups (at least one; among ``only`` when given), then per chosen group 80 % mask
     token, 10 % random pieces, 10 % unchanged, on both sides. Returns (student input, teacher input, student
     masked, teacher masked, chosen groups)."""
@@ -112,7 +121,10 @@ def mask_aligned(seq: AlignedSequence, rng: np.random.Generator, prob: float, st
     chosen = np.sort(rng.choice(candidates, size=count, replace=False))
     draw = rng.random(count)
     s_masked, t_masked = np.isin(seq.student_groups, chosen), np.isin(seq.teacher_groups, chosen)
-    s_to_mask, t_to_mask = np.isin(seq.student_groups, chosen[draw < 0.8]), np.isin(seq.teacher_groups, chosen[draw < 0.8])
+    s_to_mask, t_to_mask = (
+        np.isin(seq.student_groups, chosen[draw < 0.8]),
+        np.isin(seq.teacher_groups, chosen[draw < 0.8]),
+    )
     random_groups = chosen[(draw >= 0.8) & (draw < 0.9)]
     s_random, t_random = np.isin(seq.student_groups, random_groups), np.isin(seq.teacher_groups, random_groups)
     s_in[s_to_mask], t_in[t_to_mask] = student_mask, teacher_mask

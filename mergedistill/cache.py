@@ -85,8 +85,13 @@ class OnlineTargets:
 
 def cache_fingerprint(plan, teachers: Mapping[str, object], vocab_fingerprint: str, k: int) -> str:
     used = sorted({name for s in plan.streams for name in (s.mixture or (s.teacher,))})
-    return io.fingerprint("topk-cache", plan.fingerprint(), {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
-                          vocab_fingerprint, k)
+    return io.fingerprint(
+        "topk-cache",
+        plan.fingerprint(),
+        {n: (teachers[n].fingerprint(), teachers[n].tokenizer_fingerprint()) for n in used},
+        vocab_fingerprint,
+        k,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -99,7 +104,9 @@ def _write_chunk(path: Path, batches: list[tuple[np.ndarray, np.ndarray]], rank:
     offsets = np.cumsum([0] + [len(ids) for ids, _ in batches]).astype(np.int64)
     k = batches[0][0].shape[1] if batches and batches[0][0].ndim == 2 else 0
     ids = np.concatenate([ids.reshape(-1) for ids, _ in batches]).astype(np.int32) if batches else np.zeros(0, np.int32)
-    logits = np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
+    logits = (
+        np.concatenate([lg.reshape(-1) for _, lg in batches]).astype(np.float16) if batches else np.zeros(0, np.float16)
+    )
     table = pa.table({"ids": pa.array(ids), "logits": pa.array(logits)})
     meta = {b"offsets": offsets.tobytes(), b"k": str(k).encode()}
     table = table.replace_schema_metadata(meta)
@@ -122,8 +129,18 @@ def prepare_cache(directory: str | Path, plan, k: int, fp: str) -> None:
     io.write_manifest(directory, fp, complete=False, k=k, n_batches=plan.n_batches, chunk=CHUNK)
 
 
-def build_cache(directory: str | Path, plan, teachers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], k: int, fp: str,
-                rank: int = 0, world: int = 1, progress: bool = True, stop_after_chunks: int | None = None) -> list[int]:
+def build_cache(
+    directory: str | Path,
+    plan,
+    teachers: Mapping[str, object],
+    id_maps: Mapping[str, np.ndarray],
+    k: int,
+    fp: str,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> list[int]:
     """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them."""
     import torch
     from tqdm import tqdm
@@ -174,7 +191,9 @@ class OfflineTargets:
         if manifest is None:
             raise UserError(f"{self.directory}: no cache manifest; {rebuild}")
         if manifest.get("fingerprint") != fp:
-            raise UserError(f"cache {self.directory} was built for different teachers, vocabulary or data (stale fingerprint); {rebuild}")
+            raise UserError(
+                f"cache {self.directory} was built for different teachers, vocabulary or data (stale fingerprint); {rebuild}"
+            )
         if not manifest.get("complete"):
             raise UserError(f"cache {self.directory} is incomplete (an interrupted build); {rebuild}")
         self.chunk = manifest["chunk"]
@@ -183,7 +202,9 @@ class OfflineTargets:
             for name, expected in self.checksums.items():
                 path = self.directory / name
                 if not path.exists() or _sha256(path) != expected:
-                    raise UserError(f"{path}: cache chunk is missing, truncated or corrupted (checksum mismatch); {rebuild}")
+                    raise UserError(
+                        f"{path}: cache chunk is missing, truncated or corrupted (checksum mismatch); {rebuild}"
+                    )
         self._loaded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
 
     def _chunk(self, chunk: int):
@@ -219,4 +240,8 @@ class OfflineTargets:
 
 
 def targets_fn(mode: str, **kwargs) -> Callable:
-    return OfflineTargets(kwargs["directory"], kwargs["fp"]) if mode == "offline" else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])
+    return (
+        OfflineTargets(kwargs["directory"], kwargs["fp"])
+        if mode == "offline"
+        else OnlineTargets(kwargs["teachers"], kwargs["id_maps"], kwargs["k"])
+    )

@@ -23,7 +23,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from mergedistill import __version__
 from mergedistill.errors import UserError
 
-VERBS = ("corpus", "teachers", "select", "vocab", "cache", "train", "eval", "export", "run", "ablate", "bistil")  # modules in commands/
+VERBS = (
+    "corpus",
+    "teachers",
+    "select",
+    "vocab",
+    "cache",
+    "train",
+    "eval",
+    "export",
+    "run",
+    "ablate",
+    "bistil",
+)  # modules in commands/
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -109,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk is the user's to fix too: one line, exit 2 (finished stages are kept)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
             raise
-        print(f"mergedistill {args.verb}: error: {err.filename or 'output'}: no space left on device; "
-              "free some disk space and re-run the same command", file=sys.stderr)
+        print(
+            f"mergedistill {args.verb}: error: {err.filename or 'output'}: no space left on device; "
+            "free some disk space and re-run the same command",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"mergedistill {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -116,8 +116,11 @@ class DataConfig:
         out = _one_of(self.tokenization, ("routed", "unified"), "tokenization") + _positive(self, "max_length")
         if not 0 < self.mlm_probability < 1:
             out.append(("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}"))
-        out += [(f"language_weights.{lang}", f"must be a finite number > 0, got {w}") for lang, w in self.language_weights.items()
-                if not (math.isfinite(w) and w > 0)]
+        out += [
+            (f"language_weights.{lang}", f"must be a finite number > 0, got {w}")
+            for lang, w in self.language_weights.items()
+            if not (math.isfinite(w) and w > 0)
+        ]
         return out + _non_negative(self, "sampling_alpha")
 
 
@@ -190,12 +193,18 @@ class TrainConfig:
         out = _positive(self, "steps", "batch_size", "grad_accum", "lr", "temperature", "checkpoint_every", "log_every")
         if not 0.0 < self.adam_beta2 < 1.0:
             out.append(("adam_beta2", f"must be in (0, 1), got {self.adam_beta2}"))
-        out += _non_negative(self, "warmup_steps", "weight_decay", "grad_clip", "alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attn")
+        out += _non_negative(
+            self, "warmup_steps", "weight_decay", "grad_clip", "alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attn"
+        )
         if self.zero_stage not in (0, 1, 2, 3):
             out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"))
         if self.alpha_kd + self.alpha_mlm + self.alpha_hidden + self.alpha_attn <= 0:
             out.append(("alpha_kd", "at least one loss weight must be > 0"))
-        return out + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision") + _one_of(self.hidden_loss, ("mse", "cosine"), "hidden_loss")
+        return (
+            out
+            + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision")
+            + _one_of(self.hidden_loss, ("mse", "cosine"), "hidden_loss")
+        )
 
 
 @dataclass
@@ -221,7 +230,9 @@ class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs/experiment"
     seed: int = 0
-    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
+    device: str = (
+        "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
+    )
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -237,21 +248,42 @@ class ExperimentConfig:
         """Checks that span sections."""
         out = device_problems(self.device)
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
-            out.append(("train.alpha_hidden", "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
-                                              "does not store; set cache.mode: online (or both weights to 0)"))
+            out.append(
+                (
+                    "train.alpha_hidden",
+                    "the hidden/attention terms need the teachers' hidden states, which the top-k cache "
+                    "does not store; set cache.mode: online (or both weights to 0)",
+                )
+            )
         unknown = sorted(set(self.data.language_weights) - set(self.corpus.languages))
         if unknown:
-            out.append((f"data.language_weights.{unknown[0]}", f"is not in corpus.languages ({', '.join(self.corpus.languages)}); "
-                                                               "remove it or add the language"))
+            out.append(
+                (
+                    f"data.language_weights.{unknown[0]}",
+                    f"is not in corpus.languages ({', '.join(self.corpus.languages)}); remove it or add the language",
+                )
+            )
         if self.data.tokenization == "unified":
             if not self.vocab.unified_tokenizer:
-                out.append(("data.tokenization", "'unified' reads the student's text with the merged vocabulary's unified tokenizer: "
-                                                 "set vocab.unified_tokenizer: true (or use routed)"))
+                out.append(
+                    (
+                        "data.tokenization",
+                        "'unified' reads the student's text with the merged vocabulary's unified tokenizer: "
+                        "set vocab.unified_tokenizer: true (or use routed)",
+                    )
+                )
             if self.train.alpha_hidden > 0 or self.train.alpha_attn > 0:
-                out.append(("train.alpha_hidden", "hidden/attention terms compare positions 1:1, which only routed tokenization gives: "
-                                                  "set both to 0 or data.tokenization: routed"))
+                out.append(
+                    (
+                        "train.alpha_hidden",
+                        "hidden/attention terms compare positions 1:1, which only routed tokenization gives: "
+                        "set both to 0 or data.tokenization: routed",
+                    )
+                )
             if self.data.whole_word:
-                out.append(("data.whole_word", "unified mode already masks whole aligned character groups: set it to false"))
+                out.append(
+                    ("data.whole_word", "unified mode already masks whole aligned character groups: set it to false")
+                )
         return out
 
 

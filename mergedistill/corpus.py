@@ -35,7 +35,9 @@ def resolve_dir(corpus_dir: str | Path | None = None) -> Path:
     """The corpus directory to read (``None``/empty: the embedded one), checked to hold a manifest."""
     directory = Path(corpus_dir) if corpus_dir else EMBEDDED_CORPUS_DIR
     if not (directory / "manifest.json").is_file():
-        raise UserError(f"{directory}: no corpus here (manifest.json missing); set corpus.dir or rebuild with `mergedistill corpus build`")
+        raise UserError(
+            f"{directory}: no corpus here (manifest.json missing); set corpus.dir or rebuild with `mergedistill corpus build`"
+        )
     return directory
 
 
@@ -57,7 +59,9 @@ def _load_embedded(lang: str, split: str, directory: Path):
     path = directory / lang / f"{split}.jsonl.gz"
     if not path.is_file():
         known = ", ".join(languages(directory))
-        raise UserError(f"{path}: language {lang!r} is not in the corpus (has: {known}); add a corpus.sources entry for it")
+        raise UserError(
+            f"{path}: language {lang!r} is not in the corpus (has: {known}); add a corpus.sources entry for it"
+        )
     return load_dataset("json", data_files=str(path), split="train")
 
 
@@ -75,14 +79,18 @@ def _user_files(lang: str, pattern: str) -> list[str]:
     if not files:
         raise UserError(f"corpus.sources.{lang}.path: no file matches {pattern!r}")
     if len({f.endswith(JSON_SUFFIXES) for f in files}) > 1:
-        raise UserError(f"corpus.sources.{lang}.path: {pattern!r} matches both JSON Lines and text files; use one kind per language")
+        raise UserError(
+            f"corpus.sources.{lang}.path: {pattern!r} matches both JSON Lines and text files; use one kind per language"
+        )
     for file in files:
         try:
             with _open_text(file) as handle:
                 for number, line in enumerate(handle, 1):
                     if len(line) > MAX_LINE_CHARS and not file.endswith(JSON_SUFFIXES):
-                        raise UserError(f"{file}:{number}: a line of {len(line):,} characters (limit {MAX_LINE_CHARS:,}); "
-                                        "a text corpus holds one paragraph per line, so break the text into paragraphs")
+                        raise UserError(
+                            f"{file}:{number}: a line of {len(line):,} characters (limit {MAX_LINE_CHARS:,}); "
+                            "a text corpus holds one paragraph per line, so break the text into paragraphs"
+                        )
         except UnicodeDecodeError:
             raise UserError(f"{_first_non_utf8(file)}: not UTF-8; convert it, e.g. `iconv -t UTF-8`") from None
     return files
@@ -147,13 +155,19 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any]):
     else:
         raise UserError(f"corpus.sources.{lang}: give `path: <files>` or `hub: <dataset name>`")
     if text_field not in raw.column_names:
-        raise UserError(f"corpus.sources.{lang}.text_field: column {text_field!r} not found (has: {', '.join(raw.column_names)})")
+        raise UserError(
+            f"corpus.sources.{lang}.text_field: column {text_field!r} not found (has: {', '.join(raw.column_names)})"
+        )
     has_ids = "id" in raw.column_names
     has_modules = "module" in raw.column_names
 
     def to_record(row, index):
         text = " ".join(str(row[text_field]).split())
-        return {"id": str(row["id"]) if has_ids else f"{lang}:{index}", "module": str(row["module"]) if has_modules else "", "text": text}
+        return {
+            "id": str(row["id"]) if has_ids else f"{lang}:{index}",
+            "module": str(row["module"]) if has_modules else "",
+            "text": text,
+        }
 
     records = raw.map(to_record, with_indices=True, remove_columns=raw.column_names)
     return records.filter(lambda r: bool(r["text"]) and split_of(r["id"]) == split)
@@ -220,7 +234,15 @@ def format_stats(corpus_stats: dict) -> str:
     header = ["lang", *(f"{s} par" for s in SPLITS), "train chars", *modules]
     rows = [header]
     for lang, entry in corpus_stats.items():
-        rows.append([lang, *(str(entry["splits"][s]["paragraphs"]) for s in SPLITS), str(entry["splits"]["train"]["chars"]),
-                     *(str(entry["modules"].get(m, 0)) for m in modules)])
+        rows.append(
+            [
+                lang,
+                *(str(entry["splits"][s]["paragraphs"]) for s in SPLITS),
+                str(entry["splits"]["train"]["chars"]),
+                *(str(entry["modules"].get(m, 0)) for m in modules),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
+    )

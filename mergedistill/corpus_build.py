@@ -162,7 +162,9 @@ def download_and_extract(lang: str, workdir: Path) -> tuple[Path, str]:
     """``apt-get download`` + ``dpkg-deb -x`` one language's package; returns (help root, "package=version")."""
     missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
-        raise UserError(f"corpus build needs {' and '.join(missing)} (a Debian or Ubuntu machine); use the embedded data/corpus instead")
+        raise UserError(
+            f"corpus build needs {' and '.join(missing)} (a Debian or Ubuntu machine); use the embedded data/corpus instead"
+        )
     suffix, help_dir = LANGUAGES[lang]
     package = f"libreoffice-help-{suffix}"
     target = workdir / lang
@@ -170,9 +172,13 @@ def download_and_extract(lang: str, workdir: Path) -> tuple[Path, str]:
     result = subprocess.run(["apt-get", "download", package], cwd=target, capture_output=True, text=True)
     debs = sorted(target.glob("*.deb"))
     if result.returncode != 0 or not debs:
-        raise UserError(f"apt-get download {package} failed ({result.stderr.strip()[:200]}); run `apt-get update` first")
+        raise UserError(
+            f"apt-get download {package} failed ({result.stderr.strip()[:200]}); run `apt-get update` first"
+        )
     subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(target / "root")], check=True)
-    version = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(debs[0]), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return target / "root" / "usr/share/libreoffice/help" / help_dir, f"{package}={version}"
 
 
@@ -250,13 +256,20 @@ The output is deterministic: the same packages give byte-identical files.
 """
 
 
-def write_corpus(out_dir: str | Path, records: dict[str, list[dict]], packages: dict[str, str], max_per_language: int | None = None) -> dict:
+def write_corpus(
+    out_dir: str | Path, records: dict[str, list[dict]], packages: dict[str, str], max_per_language: int | None = None
+) -> dict:
     """Write ``<lang>/{train,valid,test}.jsonl.gz``, ``manifest.json`` and ``LICENSE-CORPUS.md`` atomically."""
     records = subsample(records, max_per_language)
     languages = list(records)
-    manifest = {"source": "Debian libreoffice-help-* packages (LibreOffice help, MPL-2.0)", "license": "MPL-2.0",
-                "packages": {lang: packages[lang] for lang in languages}, "splits": {}, "languages": languages,
-                "split_rule": "sha1(id) bucket: test < 0.05 <= valid < 0.10 <= train"}
+    manifest = {
+        "source": "Debian libreoffice-help-* packages (LibreOffice help, MPL-2.0)",
+        "license": "MPL-2.0",
+        "packages": {lang: packages[lang] for lang in languages},
+        "splits": {},
+        "languages": languages,
+        "split_rule": "sha1(id) bucket: test < 0.05 <= valid < 0.10 <= train",
+    }
     package_list = "\n".join(f"- `{packages[lang]}`" for lang in languages)
     with atomic_dir(out_dir) as tmp_out:
         for lang in languages:
@@ -272,7 +285,9 @@ def write_corpus(out_dir: str | Path, records: dict[str, list[dict]], packages: 
     return manifest
 
 
-def build_corpus(out_dir: str | Path, languages: list[str] | None = None, max_per_language: int | None = None, progress: bool = True) -> dict:
+def build_corpus(
+    out_dir: str | Path, languages: list[str] | None = None, max_per_language: int | None = None, progress: bool = True
+) -> dict:
     """Download the packages, parse, align, split and write ``out_dir`` atomically; return the manifest."""
     from tqdm import tqdm
 

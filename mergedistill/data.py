@@ -46,26 +46,53 @@ class Stream:
     random_pool: np.ndarray  # teacher ids allowed as random replacements (kept, non-special)
     word_start: np.ndarray | None = None  # per teacher id: starts a word (whole-word masking)
     pad_id: int = 0
-    mixture: tuple[str, ...] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
-    aligned: list | None = None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
+    mixture: tuple[
+        str, ...
+    ] = ()  # select.strategy=weighted: the teachers (sharing this tokenization) mixed per example
+    aligned: list | None = (
+        None  # unified mode: one align.AlignedSequence per sequence (``sequences`` = their teacher ids)
+    )
     student_pool: np.ndarray | None = None  # unified mode: student ids allowed as random replacements
 
     def fingerprint(self) -> str:
-        unified = [] if self.aligned is None else ["unified", [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
-                                                   int(sum(len(a.student_ids) for a in self.aligned))]
-        digest = fingerprint(self.name, [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]], len(self.sequences),
-                             int(sum(len(s) for s in self.sequences)), list(self.mixture), *unified)
+        unified = (
+            []
+            if self.aligned is None
+            else [
+                "unified",
+                [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
+                int(sum(len(a.student_ids) for a in self.aligned)),
+            ]
+        )
+        digest = fingerprint(
+            self.name,
+            [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]],
+            len(self.sequences),
+            int(sum(len(s) for s in self.sequences)),
+            list(self.mixture),
+            *unified,
+        )
         return digest
 
 
-def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_length: int, whole_word: bool = False,
-                mixture: tuple[str, ...] = (), student_tokenizer=None) -> Stream:
+def make_stream(
+    lang: str,
+    teacher,
+    texts: list[str],
+    id_map: np.ndarray,
+    max_length: int,
+    whole_word: bool = False,
+    mixture: tuple[str, ...] = (),
+    student_tokenizer=None,
+) -> Stream:
     """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them. ``mixture``: several teachers
     that share ``teacher``'s tokenization serve the stream together (``select.strategy: weighted``).
     ``student_tokenizer`` (the merged vocabulary's unified tokenizer) switches to unified mode."""
     tokenizer = teacher.tokenizer
     if not texts:
-        raise UserError(f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files")
+        raise UserError(
+            f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files"
+        )
     length = min(max_length, teacher.card.max_length)
     special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
     id_map = np.asarray(id_map)
@@ -82,8 +109,21 @@ def make_stream(lang: str, teacher, texts: list[str], id_map: np.ndarray, max_le
     word_start = None
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)
-    return Stream(f"{lang}@{name}", lang, name, sequences, id_map, teacher.vocab.roles["mask"], special, pool, word_start,
-                  teacher.vocab.roles.get("pad", 0), tuple(mixture), aligned, student_pool)
+    return Stream(
+        f"{lang}@{name}",
+        lang,
+        name,
+        sequences,
+        id_map,
+        teacher.vocab.roles["mask"],
+        special,
+        pool,
+        word_start,
+        teacher.vocab.roles.get("pad", 0),
+        tuple(mixture),
+        aligned,
+        student_pool,
+    )
 
 
 def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
@@ -92,13 +132,17 @@ def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -
 
     for which, tok in (("student (unified)", student_tokenizer), ("teacher", teacher_tokenizer)):
         if not getattr(tok, "is_fast", False):
-            raise UserError(f"data.tokenization: unified needs fast tokenizers (character offsets); the {which} tokenizer "
-                            f"{type(tok).__name__} is not one: use routed")
+            raise UserError(
+                f"data.tokenization: unified needs fast tokenizers (character offsets); the {which} tokenizer "
+                f"{type(tok).__name__} is not one: use routed"
+            )
     texts = list(texts)
     student = student_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     teacher = teacher_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for s_ids, s_off, t_ids, t_off in zip(student["input_ids"], student["offset_mapping"], teacher["input_ids"], teacher["offset_mapping"]):
+    for s_ids, s_off, t_ids, t_off in zip(
+        student["input_ids"], student["offset_mapping"], teacher["input_ids"], teacher["offset_mapping"]
+    ):
         s_ends = piece_ends(s_off, student_tokenizer.convert_ids_to_tokens(s_ids))
         t_ends = piece_ends(t_off, teacher_tokenizer.convert_ids_to_tokens(t_ids))
         s_groups, t_groups = span_groups(s_ends, t_ends)
@@ -109,15 +153,23 @@ def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -
 def aligned_sequences(texts, student_tokenizer, teacher_tokenizer, student_max: int, teacher_max: int, teacher) -> list:
     from mergedistill.align import pack_aligned
 
-    return pack_aligned(aligned_paragraphs(texts, student_tokenizer, teacher_tokenizer), student_max, teacher_max,
-                        (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (teacher.vocab.roles["cls"], teacher.vocab.roles["sep"]))
+    return pack_aligned(
+        aligned_paragraphs(texts, student_tokenizer, teacher_tokenizer),
+        student_max,
+        teacher_max,
+        (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]),
+        (teacher.vocab.roles["cls"], teacher.vocab.roles["sep"]),
+    )
 
 
 def teacher_view(batch: dict):
     """(teacher input ids, its attention mask, bool positions to query) of a batch of either mode."""
     masked = batch.get("teacher_positions")
-    return (batch["teacher_input_ids"], batch.get("teacher_attention_mask", batch["attention_mask"]),
-            batch["labels"] != -100 if masked is None else masked)
+    return (
+        batch["teacher_input_ids"],
+        batch.get("teacher_attention_mask", batch["attention_mask"]),
+        batch["labels"] != -100 if masked is None else masked,
+    )
 
 
 def kd_rows(batch: dict):
@@ -136,7 +188,9 @@ class DataPlan:
     mlm_probability: float = 0.15
     mask_seed: int = 1234
     language_weights: dict[str, float] = field(default_factory=dict)
-    schedule: list[tuple[int, np.ndarray, int]] = field(default_factory=list, repr=False)  # (stream, example ids, epoch)
+    schedule: list[tuple[int, np.ndarray, int]] = field(
+        default_factory=list, repr=False
+    )  # (stream, example ids, epoch)
 
     def __post_init__(self):
         if not self.streams:
@@ -156,16 +210,27 @@ class DataPlan:
                 orders[stream_index] = self._order(stream_index, epochs[stream_index])
                 cursors[stream_index] = 0
             start = cursors[stream_index]
-            self.schedule.append((int(stream_index), orders[stream_index][start:start + take], epochs[stream_index]))
+            self.schedule.append((int(stream_index), orders[stream_index][start : start + take], epochs[stream_index]))
             cursors[stream_index] += take
 
     def _order(self, stream_index: int, epoch: int) -> np.ndarray:
-        return example_rng(self.seed, "order", self.streams[stream_index].name, epoch).permutation(len(self.streams[stream_index].sequences))
+        return example_rng(self.seed, "order", self.streams[stream_index].name, epoch).permutation(
+            len(self.streams[stream_index].sequences)
+        )
 
     def fingerprint(self) -> str:
         weights = sorted(self.language_weights.items())  # empty (the default) keeps earlier plans' fingerprints
-        return fingerprint("plan", [s.fingerprint() for s in self.streams], self.batch_size, self.n_batches, self.seed, self.alpha,
-                           self.mlm_probability, self.mask_seed, *([weights] if weights else []))
+        return fingerprint(
+            "plan",
+            [s.fingerprint() for s in self.streams],
+            self.batch_size,
+            self.n_batches,
+            self.seed,
+            self.alpha,
+            self.mlm_probability,
+            self.mask_seed,
+            *([weights] if weights else []),
+        )
 
     def served(self) -> dict[str, int]:
         """Examples each teacher serves over the whole plan."""
@@ -189,7 +254,9 @@ class DataPlan:
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
             special = np.isin(seq, stream.special_ids)
             word_start = stream.word_start[seq] if stream.word_start is not None else None
-            masked_ids, masked = mask_sequence(seq, special, rng, self.mlm_probability, stream.mask_id, stream.random_pool, word_start)
+            masked_ids, masked = mask_sequence(
+                seq, special, rng, self.mlm_probability, stream.mask_id, stream.random_pool, word_start
+            )
             gold = stream.id_map[seq]
             masked &= gold >= 0  # a masked piece the student does not have cannot be a target
             teacher_inputs.append(np.where(masked, masked_ids, seq))
@@ -206,7 +273,9 @@ class DataPlan:
             "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels),
             "teacher_input_ids": torch.from_numpy(teacher_ids),
-            "teacher_labels": torch.from_numpy(gold_teacher),  # gold teacher ids at the masked positions, -100 elsewhere
+            "teacher_labels": torch.from_numpy(
+                gold_teacher
+            ),  # gold teacher ids at the masked positions, -100 elsewhere
             "lang": stream.lang,
             "teacher": stream.teacher,
             "mixture": stream.mixture,
@@ -221,8 +290,15 @@ class DataPlan:
         for example in examples:
             seq = stream.aligned[int(example)]
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
-            s_in, t_in, s_masked, t_masked, chosen = mask_aligned(seq, rng, self.mlm_probability, SPECIAL_IDS["mask"], stream.mask_id,
-                                                                  stream.student_pool, stream.random_pool)
+            s_in, t_in, s_masked, t_masked, chosen = mask_aligned(
+                seq,
+                rng,
+                self.mlm_probability,
+                SPECIAL_IDS["mask"],
+                stream.mask_id,
+                stream.student_pool,
+                stream.random_pool,
+            )
             paired = np.intersect1d(chosen, one_to_one(seq.student_groups, seq.teacher_groups))
             s_inputs.append(s_in)
             t_inputs.append(t_in)

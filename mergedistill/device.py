@@ -42,8 +42,10 @@ def resolve_device(name: str = "auto", key: str = "device"):
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError(f"{key}: {name} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); "
-                        "set device: cpu (or auto), or install a CUDA build of torch")
+        raise UserError(
+            f"{key}: {name} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); "
+            "set device: cpu (or auto), or install a CUDA build of torch"
+        )
     if name in ("auto", "cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     index = int(name.partition(":")[2])
@@ -82,4 +84,3 @@ def to_device(obj, device):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(value, device) for value in obj)
     return obj
-

@@ -21,7 +21,9 @@ def load_teacher(spec: str | Path | TeacherCard, **kwargs) -> Teacher:
 def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_eval.EvalSet:
     """Held-out sequences; special tokens AND unknown pieces are never scored (predicting <unk> for text
     the tokenizer cannot represent would look like skill)."""
-    return mlm_eval.make_eval_set(texts, teacher.encode, set(teacher.tokenizer.all_special_ids), teacher.card.max_length)
+    return mlm_eval.make_eval_set(
+        texts, teacher.encode, set(teacher.tokenizer.all_special_ids), teacher.card.max_length
+    )
 
 
 def teacher_metrics(teacher: Teacher, texts: Sequence[str], pll_paragraphs: int | None = None) -> dict:
@@ -35,7 +37,9 @@ def teacher_metrics(teacher: Teacher, texts: Sequence[str], pll_paragraphs: int 
     return out
 
 
-def evaluate_teachers(specs, languages=None, all_languages: bool = False, paragraphs: int = 100, corpus_cfg=None) -> list[dict]:
+def evaluate_teachers(
+    specs, languages=None, all_languages: bool = False, paragraphs: int = 100, corpus_cfg=None
+) -> list[dict]:
     """One row per (teacher, language): the teacher's own languages, or ``languages``, or all of them."""
     from mergedistill.corpus import load_texts
 
@@ -46,20 +50,40 @@ def evaluate_teachers(specs, languages=None, all_languages: bool = False, paragr
         langs = languages or (every if all_languages else teacher.languages)
         for lang in langs:
             texts = load_texts(lang, "valid", corpus_cfg, limit=paragraphs)
-            rows.append({"teacher": teacher.name, "lang": lang, "params": teacher.num_parameters(), **teacher_metrics(teacher, texts)})
+            rows.append(
+                {
+                    "teacher": teacher.name,
+                    "lang": lang,
+                    "params": teacher.num_parameters(),
+                    **teacher_metrics(teacher, texts),
+                }
+            )
     return rows
 
 
 def format_teacher_table(rows: list[dict]) -> str:
-    lines = ["| teacher | language | masked acc | PLL/char | PLL/word | pieces/word | params |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| teacher | language | masked acc | PLL/char | PLL/word | pieces/word | params |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['teacher']} | {r['lang']} | {r['acc']:.3f} | {r['pll_per_char']:.3f} | {r['pll_per_word']:.2f} | "
-                     f"{r['fertility']:.2f} | {r['params'] / 1e6:.2f} M |")
+        lines.append(
+            f"| {r['teacher']} | {r['lang']} | {r['acc']:.3f} | {r['pll_per_char']:.3f} | {r['pll_per_word']:.2f} | "
+            f"{r['fertility']:.2f} | {r['params'] / 1e6:.2f} M |"
+        )
     return "\n".join(lines)
 
 
-def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: int = 8, pll_paragraphs: int = 30, seed: int = EVAL_SEED,
-                    student_tokenizer=None) -> dict:
+def compare_student(
+    student,
+    teacher: Teacher,
+    id_map,
+    texts: Sequence[str],
+    k: int = 8,
+    pll_paragraphs: int = 30,
+    seed: int = EVAL_SEED,
+    student_tokenizer=None,
+) -> dict:
     """Student vs its teacher on held-out ``texts``: masked-token accuracy of both at the same positions, the
     student's PLL/char, top-1 agreement and KL(teacher‖student) over the teacher's top-k mapped to student ids.
 
@@ -74,9 +98,18 @@ def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: 
     id_map = np.array(id_map, dtype=np.int64)  # a writable copy of the (memory-mapped) id map
     t_set = teacher_eval_set(teacher, texts)
     if student_tokenizer is None:
-        t_set = mlm_eval.EvalSet(t_set.sequences, [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)], t_set.chars, t_set.words)
-        s_set = mlm_eval.EvalSet([np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences], t_set.special,
-                                 t_set.chars, t_set.words)
+        t_set = mlm_eval.EvalSet(
+            t_set.sequences,
+            [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)],
+            t_set.chars,
+            t_set.words,
+        )
+        s_set = mlm_eval.EvalSet(
+            [np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences],
+            t_set.special,
+            t_set.chars,
+            t_set.words,
+        )
         t_masked = s_masked = mlm_eval.eval_positions(t_set, seed, 0.15)
     else:
         s_set, t_set, s_masked, t_masked = unified_eval_sets(student_tokenizer, teacher, texts, seed)
@@ -85,8 +118,12 @@ def compare_student(student, teacher: Teacher, id_map, texts: Sequence[str], k: 
     pll_set = mlm_eval.EvalSet(s_set.sequences[first], s_set.special[first], s_set.chars[first], s_set.words[first])
     t_pll_set = mlm_eval.EvalSet(t_set.sequences[first], t_set.special[first], t_set.chars[first], t_set.words[first])
     tok = teacher.tokenizer
-    out["student_pll_per_char"] = mlm_eval.pseudo_log_likelihood(student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"])["pll_per_char"]
-    out["teacher_pll_per_char"] = mlm_eval.pseudo_log_likelihood(teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id)["pll_per_char"]
+    out["student_pll_per_char"] = mlm_eval.pseudo_log_likelihood(
+        student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"]
+    )["pll_per_char"]
+    out["teacher_pll_per_char"] = mlm_eval.pseudo_log_likelihood(
+        teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id
+    )["pll_per_char"]
     return out
 
 
@@ -104,7 +141,9 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
     length = teacher.card.max_length
     sequences = []
     for paragraph in aligned_paragraphs(list(texts), student_tokenizer, tok):
-        packed = pack_aligned([paragraph], length, length, (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (tok.cls_token_id, tok.sep_token_id))
+        packed = pack_aligned(
+            [paragraph], length, length, (SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (tok.cls_token_id, tok.sep_token_id)
+        )
         sequences.append(packed[0] if packed else None)
     kept = [i for i, seq in enumerate(sequences) if seq is not None]
     sequences = [sequences[i] for i in kept]
@@ -117,10 +156,18 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         s_masked.append(np.isin(seq.student_groups, chosen))
         t_masked.append(np.isin(seq.teacher_groups, chosen))
     t_special = list(set(tok.all_special_ids))  # unknown pieces are never scored (see teacher_eval_set)
-    s_set = mlm_eval.EvalSet([q.student_ids for q in sequences], [(q.student_groups < 0) | (q.student_ids == SPECIAL_IDS["unk"]) for q in sequences],
-                             chars, words)
-    t_set = mlm_eval.EvalSet([q.teacher_ids for q in sequences], [(q.teacher_groups < 0) | np.isin(q.teacher_ids, t_special) for q in sequences],
-                             chars, words)
+    s_set = mlm_eval.EvalSet(
+        [q.student_ids for q in sequences],
+        [(q.student_groups < 0) | (q.student_ids == SPECIAL_IDS["unk"]) for q in sequences],
+        chars,
+        words,
+    )
+    t_set = mlm_eval.EvalSet(
+        [q.teacher_ids for q in sequences],
+        [(q.teacher_groups < 0) | np.isin(q.teacher_ids, t_special) for q in sequences],
+        chars,
+        words,
+    )
     return s_set, t_set, s_masked, t_masked
 
 
@@ -141,15 +188,23 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
     student.eval()
     for start in range(0, len(t_set.sequences), 32):
         rows = range(start, min(start + 32, len(t_set.sequences)))
-        t_ids, t_attention = pad_batch([np.where(t_masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id)
-        s_ids, s_attention = pad_batch([np.where(s_masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"])
+        t_ids, t_attention = pad_batch(
+            [np.where(t_masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id
+        )
+        s_ids, s_attention = pad_batch(
+            [np.where(s_masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"]
+        )
         t_where, s_where = np.zeros_like(t_ids, dtype=bool), np.zeros_like(s_ids, dtype=bool)
         for r, i in enumerate(rows):
             t_where[r, : len(t_masked[i])] = t_masked[i]
             s_where[r, : len(s_masked[i])] = s_masked[i]
         with torch.inference_mode():
-            t_logits = teacher.logits_at(torch.from_numpy(t_ids), torch.from_numpy(t_attention), torch.from_numpy(t_where))
-            s_logits, _ = masked_lm_logits(student, torch.from_numpy(s_ids), torch.from_numpy(s_attention), torch.from_numpy(s_where))
+            t_logits = teacher.logits_at(
+                torch.from_numpy(t_ids), torch.from_numpy(t_attention), torch.from_numpy(t_where)
+            )
+            s_logits, _ = masked_lm_logits(
+                student, torch.from_numpy(s_ids), torch.from_numpy(s_attention), torch.from_numpy(s_where)
+            )
         s_logp = torch.log_softmax(s_logits.float(), -1).cpu()  # t_logits and the gold ids are on the CPU
         gold_t = torch.from_numpy(np.concatenate([t_set.sequences[i][t_masked[i]] for i in rows]))
         gold_s = torch.from_numpy(np.concatenate([s_set.sequences[i][s_masked[i]] for i in rows]))
@@ -164,8 +219,14 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         q = s_logp.gather(1, s_ids_k.clamp(min=0))
         kl_sum += float((p * (torch.log(p.clamp_min(1e-30)) - q)).sum())
         total += len(gold_t)
-    return {"teacher_acc": t_correct / max(total, 1), "student_acc": s_correct / max(total, 1), "agreement": agree / max(total, 1),
-            "kl": kl_sum / max(total, 1), "student_mlm_ce": s_nll / max(total, 1), "masked": total}
+    return {
+        "teacher_acc": t_correct / max(total, 1),
+        "student_acc": s_correct / max(total, 1),
+        "agreement": agree / max(total, 1),
+        "kl": kl_sum / max(total, 1),
+        "student_mlm_ce": s_nll / max(total, 1),
+        "masked": total,
+    }
 
 
 def latency_ms(model, vocab_size: int, batch_size: int, length: int = 128, repeats: int = 5) -> float:

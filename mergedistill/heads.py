@@ -20,18 +20,26 @@ def _head(model):
     if kind == "electra" and hasattr(model, "generator_predictions"):
         return model.electra, lambda h: model.generator_lm_head(model.generator_predictions(h))
     if kind == "distilbert" and hasattr(model, "vocab_projector"):
-        return model.distilbert, lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+        return model.distilbert, lambda h: model.vocab_projector(
+            model.vocab_layer_norm(model.activation(model.vocab_transform(h)))
+        )
     return None
 
 
-def masked_lm_logits(model, input_ids, attention_mask, masked, output_hidden_states: bool = False, output_attentions: bool = False):
+def masked_lm_logits(
+    model, input_ids, attention_mask, masked, output_hidden_states: bool = False, output_attentions: bool = False
+):
     """(logits [n_masked, V] in the row-major order of ``masked`` [B,T] bool, encoder outputs), both on the
     model's device (the inputs are moved there)."""
     from mergedistill.device import device_of, to_device
 
     input_ids, attention_mask, masked = to_device((input_ids, attention_mask, masked), device_of(model))
     known = _head(model)
-    extra = {name: True for name, wanted in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)) if wanted}
+    extra = {
+        name: True
+        for name, wanted in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions))
+        if wanted
+    }
     if known is None:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return outputs.logits[masked], outputs

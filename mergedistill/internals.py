@@ -34,17 +34,28 @@ def compatible(student_config, teacher_config, want_hidden: bool, want_attn: boo
     return None
 
 
-def internal_terms(student_out, teacher_out, attention_mask, layer_stride: int, want_hidden: bool, want_attn: bool,
-                   hidden_loss: str = "mse") -> dict:
+def internal_terms(
+    student_out,
+    teacher_out,
+    attention_mask,
+    layer_stride: int,
+    want_hidden: bool,
+    want_attn: bool,
+    hidden_loss: str = "mse",
+) -> dict:
     """{"hidden": mean over paired layers, "attn": mean over paired layers} (only the requested terms)."""
     terms = {}
     if want_hidden:
         measure = hidden_mse if hidden_loss == "mse" else hidden_cosine
         pairs = hidden_pairs(len(student_out.hidden_states) - 1, layer_stride)
-        terms["hidden"] = sum(measure(student_out.hidden_states[s], teacher_out.hidden_states[t], attention_mask) for s, t in pairs) / len(pairs)
+        terms["hidden"] = sum(
+            measure(student_out.hidden_states[s], teacher_out.hidden_states[t], attention_mask) for s, t in pairs
+        ) / len(pairs)
     if want_attn:
         pairs = attention_pairs(len(student_out.attentions), layer_stride)
-        terms["attn"] = sum(attention_mse(student_out.attentions[s], teacher_out.attentions[t], attention_mask) for s, t in pairs) / len(pairs)
+        terms["attn"] = sum(
+            attention_mse(student_out.attentions[s], teacher_out.attentions[t], attention_mask) for s, t in pairs
+        ) / len(pairs)
     return terms
 
 
@@ -65,8 +76,10 @@ class TeacherInternals:
                 reasons[name] = reason
         if not self.strides:
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(reasons.items()))
-            raise UserError(f"train.alpha_hidden/alpha_attn: no teacher matches the student ({detail}); initialize the student from a "
-                            "teacher (student.init: teacher) or give it that teacher's hidden size and heads, or set both weights to 0")
+            raise UserError(
+                f"train.alpha_hidden/alpha_attn: no teacher matches the student ({detail}); initialize the student from a "
+                "teacher (student.init: teacher) or give it that teacher's hidden size and heads, or set both weights to 0"
+            )
         for name, reason in sorted(reasons.items()):
             log(f"[train] hidden/attention terms skip batches of teacher {name}: {reason}")
 
@@ -83,5 +96,10 @@ class TeacherInternals:
         encoder = getattr(model, model.base_model_prefix)
         input_ids, attention_mask = to_device((batch["teacher_input_ids"], batch["attention_mask"]), device_of(model))
         with torch.no_grad():  # not inference_mode: these tensors meet the student's in the autograd graph
-            out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.want_hidden, output_attentions=self.want_attn)
+            out = encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=self.want_hidden,
+                output_attentions=self.want_attn,
+            )
         return out, self.strides[name]

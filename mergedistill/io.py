@@ -67,7 +67,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{path}: no space left on device; free some disk space and re-run the same command") from None
+            raise UserError(
+                f"{path}: no space left on device; free some disk space and re-run the same command"
+            ) from None
         raise
 
 
@@ -77,7 +79,9 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{path.parent}: cannot create output directory ({err.strerror}); choose a writable path") from err
+        raise UserError(
+            f"{path.parent}: cannot create output directory ({err.strerror}); choose a writable path"
+        ) from err
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"{path.parent}: output directory is not writable; choose a writable path")
     return path

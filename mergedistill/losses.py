@@ -21,8 +21,13 @@ def _teacher_probs(topk_logits: torch.Tensor, temperature: float) -> torch.Tenso
     return torch.nan_to_num(probs, nan=0.0)  # a row with no valid entry contributes nothing
 
 
-def kd_soft_ce(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logits: torch.Tensor, temperature: float = 1.0,
-               t2_scaling: bool = True) -> torch.Tensor:
+def kd_soft_ce(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logits: torch.Tensor,
+    temperature: float = 1.0,
+    t2_scaling: bool = True,
+) -> torch.Tensor:
     """Mean over rows of -Σ_k p_teacher(k) · log q_student(id_k), both at temperature T."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
@@ -61,7 +66,9 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: tor
     return squared.sum() / (mask.sum() * student.shape[-1]).clamp_min(1)
 
 
-def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor, proj=None) -> torch.Tensor:
+def hidden_cosine(
+    student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor, proj=None
+) -> torch.Tensor:
     """1 − cosine similarity, averaged over real tokens."""
     if proj is not None:
         student = proj(student)
@@ -70,7 +77,9 @@ def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, attention_mask: 
     return ((1 - cos) * mask).sum() / mask.sum().clamp_min(1)
 
 
-def attention_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def attention_mse(
+    student_probs: torch.Tensor, teacher_probs: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """MSE between attention probabilities [B,h,T,T], excluding padded queries AND padded keys."""
     valid = attention_mask.bool()
     pair = (valid[:, None, :, None] & valid[:, None, None, :]).to(student_probs.dtype)  # [B,1,T,T]

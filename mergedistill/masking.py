@@ -28,7 +28,9 @@ def word_ids(word_start: np.ndarray) -> np.ndarray:
     return np.cumsum(starts) - 1
 
 
-def choose_masked(maskable: np.ndarray, rng: np.random.Generator, prob: float, word_start: np.ndarray | None = None) -> np.ndarray:
+def choose_masked(
+    maskable: np.ndarray, rng: np.random.Generator, prob: float, word_start: np.ndarray | None = None
+) -> np.ndarray:
     """Bool array: which positions to mask. At least one when anything is maskable."""
     n = int(maskable.sum())
     if n == 0:
@@ -47,7 +49,9 @@ def choose_masked(maskable: np.ndarray, rng: np.random.Generator, prob: float, w
     return np.isin(words, chosen_words) & maskable
 
 
-def apply_mask(ids: np.ndarray, masked: np.ndarray, rng: np.random.Generator, mask_id: int, random_pool: np.ndarray) -> np.ndarray:
+def apply_mask(
+    ids: np.ndarray, masked: np.ndarray, rng: np.random.Generator, mask_id: int, random_pool: np.ndarray
+) -> np.ndarray:
     """80 % mask token, 10 % random piece from ``random_pool``, 10 % unchanged, at ``masked`` positions."""
     out = ids.copy()
     positions = np.flatnonzero(masked)
@@ -62,8 +66,15 @@ def apply_mask(ids: np.ndarray, masked: np.ndarray, rng: np.random.Generator, ma
     return out
 
 
-def mask_sequence(ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, prob: float, mask_id: int,
-                  random_pool: np.ndarray, word_start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def mask_sequence(
+    ids: np.ndarray,
+    special: np.ndarray,
+    rng: np.random.Generator,
+    prob: float,
+    mask_id: int,
+    random_pool: np.ndarray,
+    word_start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(masked input ids, bool masked positions) for one sequence."""
     masked = choose_masked(~special, rng, prob, word_start)
     return apply_mask(ids, masked, rng, mask_id, random_pool), masked
@@ -77,7 +88,7 @@ def pack(paragraphs: list[list[int]], max_length: int, cls_id: int, sep_id: int)
     sequences: list[np.ndarray] = []
     current: list[int] = [cls_id]
     for paragraph in paragraphs:
-        chunks = [paragraph[i:i + room] for i in range(0, len(paragraph), room)] or []
+        chunks = [paragraph[i : i + room] for i in range(0, len(paragraph), room)] or []
         for chunk in chunks:
             if len(current) + len(chunk) + 1 > max_length and len(current) > 1:
                 sequences.append(np.asarray(current, dtype=np.int32))

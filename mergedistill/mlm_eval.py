@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mergedistill.masking import choose_masked, example_rng, pad_batch
 from mergedistill.heads import masked_lm_logits
+from mergedistill.masking import choose_masked, example_rng, pad_batch
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ def _batches(n: int, size: int):
         yield range(start, min(n, start + size))
 
 
-def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], mask_id: int, pad_id: int, batch_size: int = 32):
+def masked_logits(
+    model, sequences: list[np.ndarray], masked: list[np.ndarray], mask_id: int, pad_id: int, batch_size: int = 32
+):
     """Yield (batch indices, log-probs [n_masked, V] in row-major order, on the CPU) with masked positions replaced by
     ``mask_id``; the model runs on its own device (``heads.masked_lm_logits`` moves the inputs there)."""
     import torch
@@ -59,11 +61,15 @@ def masked_logits(model, sequences: list[np.ndarray], masked: list[np.ndarray], 
         for r, i in enumerate(rows):
             where[r, : len(masked[i])] = masked[i]
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(where))
+            logits, _ = masked_lm_logits(
+                model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(where)
+            )
             yield rows, torch.log_softmax(logits.float(), dim=-1).cpu()  # the gold ids it meets are on the CPU
 
 
-def masked_token_accuracy(model, eval_set: EvalSet, mask_id: int, pad_id: int, seed: int = 0, prob: float = 0.15, batch_size: int = 32) -> dict:
+def masked_token_accuracy(
+    model, eval_set: EvalSet, mask_id: int, pad_id: int, seed: int = 0, prob: float = 0.15, batch_size: int = 32
+) -> dict:
     """Top-1 accuracy at deterministic masked positions, and the mean cross-entropy there."""
     import torch
 
@@ -93,7 +99,13 @@ def pseudo_log_likelihood(model, eval_set: EvalSet, mask_id: int, pad_id: int, b
         gold = torch.from_numpy(np.concatenate([copies[i][targets[i]] for i in rows]))
         total += float(log_probs.gather(1, gold[:, None]).sum())
     chars, words = sum(eval_set.chars), sum(eval_set.words)
-    return {"pll": total, "pll_per_char": total / max(chars, 1), "pll_per_word": total / max(words, 1), "chars": chars, "words": words}
+    return {
+        "pll": total,
+        "pll_per_char": total / max(chars, 1),
+        "pll_per_word": total / max(words, 1),
+        "chars": chars,
+        "words": words,
+    }
 
 
 def fertility(eval_set: EvalSet, unk_id: int | None = None) -> dict:

@@ -42,7 +42,9 @@ class NormalizedVocab:
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: the printable character byte-level BPE uses for each byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -113,7 +115,7 @@ def piece_key(piece: str, family: str, continuing_prefix: str = "##") -> str:
     """The student key of one teacher piece string (not for special tokens)."""
     if family == "wordpiece":
         if piece.startswith(continuing_prefix) and len(piece) > len(continuing_prefix):
-            return piece[len(continuing_prefix):]
+            return piece[len(continuing_prefix) :]
         return WORD_START + piece
     if family == "sentencepiece":
         return piece
@@ -149,7 +151,9 @@ def normalize_vocab(tokenizer) -> NormalizedVocab:
     size = max(vocab.values()) + 1
     keys: list[str | None] = [None] * size
     special_ids = set(tokenizer.all_special_ids)
-    special_ids |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    special_ids |= {
+        i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)
+    }
     for piece, token_id in vocab.items():
         if token_id not in special_ids:
             keys[token_id] = piece_key(piece, family, prefix)
@@ -162,7 +166,7 @@ def key_bytes(key: str) -> bytes:
     out = bytearray()
     position = 0
     for match in _BYTE_KEY.finditer(text):
-        out += text[position:match.start()].encode("utf-8")
+        out += text[position : match.start()].encode("utf-8")
         out.append(int(match.group(1), 16))
         position = match.end()
     out += text[position:].encode("utf-8")

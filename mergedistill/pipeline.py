@@ -62,7 +62,9 @@ def reads_corpus(stage: Stage) -> bool:
     return any(name == "corpus" or name.startswith("corpus.") for name in stage.sections)
 
 
-def stage_fingerprint(stage: Stage, cfg: Any, upstream: dict[str, str], corpus_content: str | None = None, world: int = 1) -> str:
+def stage_fingerprint(
+    stage: Stage, cfg: Any, upstream: dict[str, str], corpus_content: str | None = None, world: int = 1
+) -> str:
     """Config sections + upstream fingerprints + external inputs; ``corpus_content`` (the corpus files'
     fingerprint, ``corpus.content_fingerprint``) counts for stages that read the corpus, and the number of
     ranks for sharded stages run by several (the plan holds a micro-batch per rank and step, and a ZeRO
@@ -106,7 +108,9 @@ def _run_on_main(name, ranks, output_dir, final, fp, attempt, seal, log) -> floa
                 seconds = seal(tmp, attempt(tmp, work))
             shutil.rmtree(work, ignore_errors=True)
         except BaseException as caught:
-            if isinstance(caught, UserError) and new_work:  # bad input: nothing worth resuming (a kill keeps the work dir)
+            if (
+                isinstance(caught, UserError) and new_work
+            ):  # bad input: nothing worth resuming (a kill keeps the work dir)
                 shutil.rmtree(work, ignore_errors=True)
             err = caught
     ranks.settle(name, err)
@@ -212,7 +216,9 @@ def run_stages(
         fingerprints[stage.name], paths[stage.name] = fp, final
         wanted = only is None or stage.name in only
         # rank 0 decides for all: another rank looking later could find the output rank 0 has just sealed
-        skip = ranks.share(not wanted or (io.is_current(final, fp) and not (force and stage.name in force)) if ranks.main else None)
+        skip = ranks.share(
+            not wanted or (io.is_current(final, fp) and not (force and stage.name in force)) if ranks.main else None
+        )
         if skip:
             if wanted:
                 log(f"[{stage.name}] up to date, skipped")
@@ -223,12 +229,30 @@ def run_stages(
         start = time.perf_counter()
 
         def attempt(out: Path, work: Path) -> dict:  # this rank's part of the stage
-            return stage.run(StageContext(cfg, {n: paths[n] for n in stage.after}, out, work, log if ranks.main else rank_log,
-                                          ranks if stage.sharded else SINGLE)) or {}
+            return (
+                stage.run(
+                    StageContext(
+                        cfg,
+                        {n: paths[n] for n in stage.after},
+                        out,
+                        work,
+                        log if ranks.main else rank_log,
+                        ranks if stage.sharded else SINGLE,
+                    )
+                )
+                or {}
+            )
 
         def seal(tmp: Path, extras: dict) -> float:
             seconds = time.perf_counter() - start
-            io.write_manifest(tmp, fp, stage=stage.name, seconds=round(seconds, 3), inputs={n: fingerprints[n] for n in stage.after}, **extras)
+            io.write_manifest(
+                tmp,
+                fp,
+                stage=stage.name,
+                seconds=round(seconds, 3),
+                inputs={n: fingerprints[n] for n in stage.after},
+                **extras,
+            )
             faults.point(f"seal:{stage.name}")
             return seconds
 

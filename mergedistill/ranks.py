@@ -54,7 +54,9 @@ class Ranks:
         try:
             wait_s = float(os.environ.get("MERGEDISTILL_WAIT_S", DEFAULT_WAIT_S))
         except ValueError:
-            raise UserError(f"MERGEDISTILL_WAIT_S={os.environ['MERGEDISTILL_WAIT_S']!r}: expected a number of seconds") from None
+            raise UserError(
+                f"MERGEDISTILL_WAIT_S={os.environ['MERGEDISTILL_WAIT_S']!r}: expected a number of seconds"
+            ) from None
         if not dist.is_initialized():
             skip_shared_memory_collectives()
             deepspeed.init_distributed(verbose=False)

@@ -59,13 +59,17 @@ def baseline_table(rows: list[dict[str, Any]]) -> str:
     positions (accuracy, gold cross-entropy) and paragraphs (PLL/char); empty without a baseline."""
     if not any("baseline_acc" in r for r in rows):
         return ""
-    lines = ["| language | masked pieces | acc distilled | acc MLM-only | gold CE distilled | gold CE MLM-only | PLL/char distilled | PLL/char MLM-only |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| language | masked pieces | acc distilled | acc MLM-only | gold CE distilled | gold CE MLM-only | PLL/char distilled | PLL/char MLM-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         cells = [r["lang"], str(r.get("masked", ""))]
         for key in ("acc", "mlm_ce", "pll_per_char"):
             ours, theirs = r.get(f"student_{key}"), r.get(f"baseline_{key}")
-            better = ours is not None and theirs is not None and ((ours > theirs) if key != "mlm_ce" else (ours < theirs))
+            better = (
+                ours is not None and theirs is not None and ((ours > theirs) if key != "mlm_ce" else (ours < theirs))
+            )
             cells += [f"**{_fmt(ours)}**" if better else _fmt(ours), _fmt(theirs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -156,15 +160,25 @@ def fill_mask_markdown(examples: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def build_markdown(facts: ReportFacts, plots: dict[str, str]) -> str:
-    parts = [f"# {facts.title}", "", "Every number below was produced by this run; the commands at the end reproduce it.", ""]
+    parts = [
+        f"# {facts.title}",
+        "",
+        "Every number below was produced by this run; the commands at the end reproduce it.",
+        "",
+    ]
     parts += ["## Student vs teachers, per language", "", eval_table(facts.eval_rows), ""]
     if "bars" in plots:
         parts += [f"![per-language accuracy]({plots['bars']})", ""]
     if baseline_table(facts.eval_rows):
-        parts += ["## Distilled vs gold MLM only", "",
-                  "The same student, data plan and steps trained without teachers (`eval.baseline`), scored on the same "
-                  "held-out positions and paragraphs; better value in bold (gold CE: nats per masked piece, lower is better).",
-                  "", baseline_table(facts.eval_rows), ""]
+        parts += [
+            "## Distilled vs gold MLM only",
+            "",
+            "The same student, data plan and steps trained without teachers (`eval.baseline`), scored on the same "
+            "held-out positions and paragraphs; better value in bold (gold CE: nats per masked piece, lower is better).",
+            "",
+            baseline_table(facts.eval_rows),
+            "",
+        ]
     parts += ["## Sizes and speed", "", sizes_table(facts.sizes), ""]
     if facts.selection_markdown:
         parts += ["## Teacher selection", "", facts.selection_markdown, ""]
@@ -181,7 +195,20 @@ def build_markdown(facts: ReportFacts, plots: dict[str, str]) -> str:
         parts += [f"| {name} | {seconds:.1f} |" for name, seconds in facts.stage_seconds.items()] + [""]
     if facts.notes:
         parts += ["## Notes", ""] + [f"- {note}" for note in facts.notes] + [""]
-    parts += ["## Reproduce", "", "```sh", *facts.commands, "```", "", "Resolved config:", "", "```yaml", facts.config_yaml.rstrip(), "```", ""]
+    parts += [
+        "## Reproduce",
+        "",
+        "```sh",
+        *facts.commands,
+        "```",
+        "",
+        "Resolved config:",
+        "",
+        "```yaml",
+        facts.config_yaml.rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(parts)
 
 

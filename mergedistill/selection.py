@@ -42,7 +42,9 @@ class Candidates:
         if allowed:
             names = [t for t in names if t in allowed]
         if not names:
-            raise UserError(f"language {lang!r} has no teacher among the cards (select.candidates); add a teacher card whose languages include it")
+            raise UserError(
+                f"language {lang!r} has no teacher among the cards (select.candidates); add a teacher card whose languages include it"
+            )
         return names
 
 
@@ -84,7 +86,9 @@ class Static(Strategy):
             assignment[lang] = names
         extra = sorted(set(self.cfg.assignment) - set(candidates.languages))
         if extra:
-            raise UserError(f"select.assignment.{extra[0]}: language not in corpus.languages; remove it or add the language")
+            raise UserError(
+                f"select.assignment.{extra[0]}: language not in corpus.languages; remove it or add the language"
+            )
         return assignment
 
 
@@ -98,7 +102,9 @@ class ScoreBased(Strategy):
         for teacher in candidates.for_language(lang, self.cfg.candidates):
             metrics = scores.get((lang, teacher))
             if metrics is None:
-                raise UserError(f"no held-out score for teacher {teacher!r} on {lang!r}; run `mergedistill select` again")
+                raise UserError(
+                    f"no held-out score for teacher {teacher!r} on {lang!r}; run `mergedistill select` again"
+                )
             value = selection_score(metrics, self.cfg.fertility_penalty, self.cfg.unk_penalty)
             ranked.append((teacher, value, float(metrics.get("acc", 0.0))))
         ranked.sort(key=lambda item: (-item[1], -item[2], item[0]))  # deterministic tie-break by name
@@ -108,7 +114,8 @@ class ScoreBased(Strategy):
         if scores is None:
             raise ValueError("the score strategy needs a score table")
         return {
-            lang: [t for t, _ in self.ranking(lang, candidates, scores)[: self.cfg.top_m]] for lang in candidates.languages
+            lang: [t for t, _ in self.ranking(lang, candidates, scores)[: self.cfg.top_m]]
+            for lang in candidates.languages
         }
 
 
@@ -178,7 +185,9 @@ def make_strategy(select_cfg) -> Strategy:
     try:
         return STRATEGIES[select_cfg.strategy](select_cfg)
     except KeyError:
-        raise UserError(f"select.strategy: unknown strategy {select_cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}") from None
+        raise UserError(
+            f"select.strategy: unknown strategy {select_cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        ) from None
 
 
 def format_table(scores: ScoreTable, assignment: Assignment, served: Mapping[str, int] | None = None) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mergedistill import io
-from mergedistill.config import to_dict, to_yaml
+from mergedistill.config import to_yaml
 from mergedistill.errors import UserError
 from mergedistill.pipeline import Stage, StageContext, run_stages
 from mergedistill.ranks import world_from_env
@@ -39,7 +39,9 @@ def load_teachers(cfg, names=None):
     from mergedistill.device import resolve_device
     from mergedistill.teachers import Teacher
 
-    device = str(resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"))
+    device = str(
+        resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device")
+    )
     return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 
@@ -83,8 +85,13 @@ def stage_teachers(ctx: StageContext):
         if card.build:
             build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus.dir or None, log=ctx.log)
     for name, teacher in load_teachers(cfg).items():
-        info[name] = {"source": teacher.card.source, "languages": teacher.languages, "family": teacher.vocab.family,
-                      "params": teacher.num_parameters(), "fingerprint": teacher.fingerprint()}
+        info[name] = {
+            "source": teacher.card.source,
+            "languages": teacher.languages,
+            "family": teacher.vocab.family,
+            "params": teacher.num_parameters(),
+            "fingerprint": teacher.fingerprint(),
+        }
     io.write_json_atomic(ctx.out / "teachers.json", info)
     return {"teachers": sorted(info)}
 
@@ -104,14 +111,23 @@ def stage_select(ctx: StageContext):
         for name in candidates.for_language(lang, cfg.select.candidates):
             ctx.log(f"[select] scoring {name} on {lang}")
             metrics = teacher_metrics(teachers[name], texts, pll_paragraphs=min(40, len(texts)))
-            scores[(lang, name)] = {k: metrics[k] for k in ("acc", "ce", "pll_per_char", "pll_per_word", "fertility", "unk_rate")}
+            scores[(lang, name)] = {
+                k: metrics[k] for k in ("acc", "ce", "pll_per_char", "pll_per_word", "fertility", "unk_rate")
+            }
     strategy = make_strategy(cfg.select)
     if cfg.select.strategy == "weighted":  # refused unless each language's candidates share one tokenization
-        assignment = strategy.assign(candidates, scores, tokenizations={n: t.tokenizer_fingerprint() for n, t in teachers.items()})
+        assignment = strategy.assign(
+            candidates, scores, tokenizations={n: t.tokenizer_fingerprint() for n, t in teachers.items()}
+        )
     else:
         assignment = strategy.assign(candidates, scores)
-    io.write_json_atomic(ctx.out / "assignment.json", {"strategy": cfg.select.strategy, "per_example": strategy.per_example, "assignment": assignment})
-    io.write_json_atomic(ctx.out / "scores.json", [{"lang": lang, "teacher": name, **m} for (lang, name), m in sorted(scores.items())])
+    io.write_json_atomic(
+        ctx.out / "assignment.json",
+        {"strategy": cfg.select.strategy, "per_example": strategy.per_example, "assignment": assignment},
+    )
+    io.write_json_atomic(
+        ctx.out / "scores.json", [{"lang": lang, "teacher": name, **m} for (lang, name), m in sorted(scores.items())]
+    )
     io.write_text_atomic(ctx.out / "selection.md", format_table(scores, assignment) + "\n")
     plot_heatmap(scores, assignment, ctx.out / "selection_heatmap.png")
     return {"assignment": assignment}
@@ -131,14 +147,26 @@ def stage_vocab(ctx: StageContext):
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
-    merged = build_vocab(teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer)
+    merged = build_vocab(
+        teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer
+    )
     write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
     held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}
     unified = build_unified_tokenizer(merged) if cfg.vocab.unified_tokenizer else None
-    report = [f"Student vocabulary: **{len(merged)}** pieces (5 specials"
-              + (", 256 byte-fallback pieces" if unified is not None else "") + ").", "", overlap_table(merged), "",
-              "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):", "",
-              fertility_table(fertility_rows(held_out, teachers, unified)), "", "Examples of pieces merged from several teachers:", ""]
+    report = [
+        f"Student vocabulary: **{len(merged)}** pieces (5 specials"
+        + (", 256 byte-fallback pieces" if unified is not None else "")
+        + ").",
+        "",
+        overlap_table(merged),
+        "",
+        "Pieces per word on held-out text (each teacher on its languages, and the unified student tokenizer):",
+        "",
+        fertility_table(fertility_rows(held_out, teachers, unified)),
+        "",
+        "Examples of pieces merged from several teachers:",
+        "",
+    ]
     report += [f"- `{line}`" for line in merged_examples(merged, {n: t.tokenizer for n, t in teachers.items()})]
     io.write_text_atomic(ctx.out / "report.md", "\n".join(report) + "\n")
     return {"size": len(merged)}
@@ -157,12 +185,16 @@ def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[
         eval_set = teacher_eval_set(teacher, texts)
         masked = eval_positions(eval_set, cfg.data.mask_seed, cfg.data.mlm_probability)
         tok = teacher.tokenizer
-        for rows, log_probs in masked_logits(teacher.model, eval_set.sequences, masked, tok.mask_token_id, tok.pad_token_id, 64):
+        for rows, log_probs in masked_logits(
+            teacher.model, eval_set.sequences, masked, tok.mask_token_id, tok.pad_token_id, 64
+        ):
             offset = 0
             for i in rows:
                 n = int(masked[i].sum())
                 gold = eval_set.sequences[i][masked[i]]
-                nll = -float(log_probs[offset: offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum())
+                nll = -float(
+                    log_probs[offset : offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum()
+                )
                 ce[i, j] = nll / max(len(texts[i]), 1) if n else np.nan
                 offset += n
     choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
@@ -184,17 +216,48 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
         names = assignment[lang]
         texts = train_texts(cfg, lang)
         if chosen["strategy"] == "weighted" and len(names) > 1:  # one stream, the teachers mixed per example
-            streams.append(make_stream(lang, teachers[names[0]], texts, merged.id_maps[names[0]], cfg.data.max_length, cfg.data.whole_word,
-                                       mixture=tuple(names), student_tokenizer=unified))
+            streams.append(
+                make_stream(
+                    lang,
+                    teachers[names[0]],
+                    texts,
+                    merged.id_maps[names[0]],
+                    cfg.data.max_length,
+                    cfg.data.whole_word,
+                    mixture=tuple(names),
+                    student_tokenizer=unified,
+                )
+            )
             continue
-        split = per_example_split(cfg, teachers, lang, names, texts, log) if chosen["per_example"] and len(names) > 1 else {names[0]: texts}
+        split = (
+            per_example_split(cfg, teachers, lang, names, texts, log)
+            if chosen["per_example"] and len(names) > 1
+            else {names[0]: texts}
+        )
         for name, part in sorted(split.items()):
             if part:
-                streams.append(make_stream(lang, teachers[name], part, merged.id_maps[name], cfg.data.max_length, cfg.data.whole_word,
-                                           student_tokenizer=unified))
+                streams.append(
+                    make_stream(
+                        lang,
+                        teachers[name],
+                        part,
+                        merged.id_maps[name],
+                        cfg.data.max_length,
+                        cfg.data.whole_word,
+                        student_tokenizer=unified,
+                    )
+                )
     n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    plan = DataPlan(streams, cfg.train.batch_size, n_batches, cfg.seed, cfg.data.sampling_alpha, cfg.data.mlm_probability, cfg.data.mask_seed,
-                    dict(cfg.data.language_weights))
+    plan = DataPlan(
+        streams,
+        cfg.train.batch_size,
+        n_batches,
+        cfg.seed,
+        cfg.data.sampling_alpha,
+        cfg.data.mlm_probability,
+        cfg.data.mask_seed,
+        dict(cfg.data.language_weights),
+    )
     return plan, teachers, merged
 
 
@@ -203,7 +266,9 @@ def unified_tokenizer(vocab_dir: Path):
     from transformers import AutoTokenizer
 
     if not (Path(vocab_dir) / "unified" / "tokenizer.json").is_file():
-        raise UserError(f"{vocab_dir}/unified: no unified tokenizer; data.tokenization: unified needs vocab.unified_tokenizer: true")
+        raise UserError(
+            f"{vocab_dir}/unified: no unified tokenizer; data.tokenization: unified needs vocab.unified_tokenizer: true"
+        )
     return AutoTokenizer.from_pretrained(Path(vocab_dir) / "unified")
 
 
@@ -216,23 +281,46 @@ def stage_cache(ctx: StageContext):
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
-    io.write_json_atomic(ctx.out / "plan.json", {"streams": {s.name: len(s.sequences) for s in plan.streams},
-                                                 "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
-                                                 "served_examples": plan.served(), "batches": plan.n_batches})
+    io.write_json_atomic(
+        ctx.out / "plan.json",
+        {
+            "streams": {s.name: len(s.sequences) for s in plan.streams},
+            "probabilities": dict(zip([s.name for s in plan.streams], plan.probabilities.tolist())),
+            "served_examples": plan.served(),
+            "batches": plan.n_batches,
+        },
+    )
     if cfg.cache.mode == "online":
         return {"mode": "online"}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     ranks = ctx.ranks  # several ranks: each builds its share of the chunks, rank 0 seals the cache
     ranks.together("cache", lambda: prepare_cache(ctx.work / "topk", plan, cfg.cache.top_k, fp) if ranks.main else None)
-    built = ranks.together("cache", lambda: build_cache(ctx.work / "topk", plan, teachers, merged.id_maps, cfg.cache.top_k, fp,
-                                                        rank=ranks.rank, world=ranks.world, progress=ranks.main))  # resumable in the work dir
+    built = ranks.together(
+        "cache",
+        lambda: build_cache(
+            ctx.work / "topk",
+            plan,
+            teachers,
+            merged.id_maps,
+            cfg.cache.top_k,
+            fp,
+            rank=ranks.rank,
+            world=ranks.world,
+            progress=ranks.main,
+        ),
+    )  # resumable in the work dir
     ctx.log(f"[cache] built {len(built)} chunk(s): {', '.join(map(str, built[:8]))}{' ...' if len(built) > 8 else ''}")
     if not ranks.main:
         return {}
     summary = finalize_cache(ctx.work / "topk", fp, plan)
     shutil.move(str(ctx.work / "topk"), ctx.out / "topk")
     masked = sum(int((plan.batch(i)["labels"] != -100).sum()) for i in range(min(20, plan.n_batches)))
-    return {"mode": "offline", "cache_fingerprint": fp, **summary, "bytes_per_masked_token_estimate": summary["bytes"] / max(1, masked * plan.n_batches / min(20, plan.n_batches))}
+    return {
+        "mode": "offline",
+        "cache_fingerprint": fp,
+        **summary,
+        "bytes_per_masked_token_estimate": summary["bytes"] / max(1, masked * plan.n_batches / min(20, plan.n_batches)),
+    }
 
 
 def _targets(cfg, ctx, plan, teachers, merged):
@@ -252,12 +340,18 @@ def _student(cfg, merged, teachers):
 
         cards = {c.name: c for c in load_cards(cfg)}
         if cfg.student.init_teacher not in cards:
-            raise UserError(f"student.init_teacher: unknown teacher {cfg.student.init_teacher!r}; known: {', '.join(cards)}")
+            raise UserError(
+                f"student.init_teacher: unknown teacher {cfg.student.init_teacher!r}; known: {', '.join(cards)}"
+            )
         teacher = teachers.get(cfg.student.init_teacher) or Teacher.load(cards[cfg.student.init_teacher])
         id_map = merged.id_maps.get(teacher.name)
         if id_map is None:
-            raise UserError(f"student.init_teacher={teacher.name} serves no language, so the vocabulary has no id map for it; pick a selected teacher")
-        return init_from_teacher(cfg.student, teacher.model, teacher.tokenizer, id_map, merged.pieces, cfg.student.new_piece_init, cfg.seed)
+            raise UserError(
+                f"student.init_teacher={teacher.name} serves no language, so the vocabulary has no id map for it; pick a selected teacher"
+            )
+        return init_from_teacher(
+            cfg.student, teacher.model, teacher.tokenizer, id_map, merged.pieces, cfg.student.new_piece_init, cfg.seed
+        )
     return build_student(cfg.student, len(merged), cfg.seed)
 
 
@@ -274,10 +368,22 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
         from mergedistill.internals import TeacherInternals
 
-        internals = TeacherInternals(teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log)
+        internals = TeacherInternals(
+            teachers, student.config, cfg.train.alpha_hidden > 0, cfg.train.alpha_attn > 0, ctx.log
+        )
     train_cfg = cfg.train if with_teachers else dataclasses.replace(cfg.train, alpha_hidden=0.0, alpha_attn=0.0)
     torch.manual_seed(cfg.seed)
-    result = train(student, train_cfg, plan.batch, targets, ctx.work, resume=True, log=ctx.log, internals_fn=internals, device=cfg.device)
+    result = train(
+        student,
+        train_cfg,
+        plan.batch,
+        targets,
+        ctx.work,
+        resume=True,
+        log=ctx.log,
+        internals_fn=internals,
+        device=cfg.device,
+    )
     if not ctx.ranks.main:  # every rank trained on its own micro-batches; rank 0 writes the output
         return {}
     student = unpartitioned_student(student, result)
@@ -285,8 +391,13 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     for name in ("metrics.jsonl", "tensorboard"):
         if (ctx.work / name).exists():
             shutil.move(str(ctx.work / name), ctx.out / name)
-    return {"final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s, "train_seconds": result.seconds,
-            "student_params": sum(p.numel() for p in student.parameters()), "resumed_from_step": result.resumed_from}
+    return {
+        "final_loss": result.final_loss,
+        "tokens_per_s": result.tokens_per_s,
+        "train_seconds": result.seconds,
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "resumed_from_step": result.resumed_from,
+    }
 
 
 def stage_train(ctx):
@@ -320,18 +431,40 @@ def stage_eval(ctx: StageContext):
         name = assignment[lang][0]
         ctx.log(f"[eval] {lang}: student vs {name}")
         texts = eval_texts(cfg, lang, cfg.eval.paragraphs)
-        row = {"lang": lang, "teacher": name, **compare_student(student, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
-                                                                 pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)}
+        row = {
+            "lang": lang,
+            "teacher": name,
+            **compare_student(
+                student,
+                teachers[name],
+                merged.id_maps[name],
+                texts,
+                cfg.cache.top_k,
+                pll_paragraphs=cfg.eval.pll_paragraphs,
+                student_tokenizer=unified,
+            ),
+        }
         if baseline is not None:  # the same positions and paragraphs
-            scores = compare_student(baseline, teachers[name], merged.id_maps[name], texts, cfg.cache.top_k,
-                                     pll_paragraphs=cfg.eval.pll_paragraphs, student_tokenizer=unified)
+            scores = compare_student(
+                baseline,
+                teachers[name],
+                merged.id_maps[name],
+                texts,
+                cfg.cache.top_k,
+                pll_paragraphs=cfg.eval.pll_paragraphs,
+                student_tokenizer=unified,
+            )
             row.update({f"baseline_{key}": scores[f"student_{key}"] for key in ("acc", "mlm_ce", "pll_per_char")})
         rows.append(row)
     all_cards = {c.name: c for c in load_cards(cfg)}
     teacher_params = {n: t.num_parameters() for n, t in load_teachers(cfg).items() if n in all_cards}
     student_params = sum(p.numel() for p in student.parameters())
-    sizes = {"student_params": student_params, "teacher_params": teacher_params, "summed_teacher_params": sum(teacher_params.values()),
-             "student / summed teachers": student_params / sum(teacher_params.values())}
+    sizes = {
+        "student_params": student_params,
+        "teacher_params": teacher_params,
+        "summed_teacher_params": sum(teacher_params.values()),
+        "student / summed teachers": student_params / sum(teacher_params.values()),
+    }
     length = min([128, student.config.max_position_embeddings - 2] + [t.card.max_length for t in teachers.values()])
     for batch_size in cfg.eval.speed_batch_sizes:
         s_ms = latency_ms(student, len(merged), batch_size, length)
@@ -347,21 +480,52 @@ def model_card(cfg, eval_data, assignment) -> str:
     from mergedistill.report import eval_table
 
     langs = sorted(assignment)
-    return "\n".join([
-        "---", "library_name: transformers", "pipeline_tag: fill-mask", "license: mpl-2.0", "language:", *[f"- {l}" for l in langs],
-        "tags:", "- mergedistill", "- knowledge-distillation", "---", "",
-        f"# {cfg.name}: a multilingual student distilled by mergedistill", "",
-        f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
-        "", *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())], "",
-        "Load it with plain `transformers` (no mergedistill needed):", "",
-        "```python", "from transformers import pipeline", "fill = pipeline('fill-mask', model='PATH')", "fill('Click [MASK] to save.')", "```", "",
-        *(["The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
-            "trained on (`data.tokenization: unified`)."] if cfg.data.tokenization == "unified" else
-          ["The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
-           "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
-           "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly."]), "",
-        "## Evaluation (held-out LibreOffice help paragraphs)", "", eval_table(eval_data["rows"]), "",
-    ])
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers",
+            "pipeline_tag: fill-mask",
+            "license: mpl-2.0",
+            "language:",
+            *[f"- {l}" for l in langs],
+            "tags:",
+            "- mergedistill",
+            "- knowledge-distillation",
+            "---",
+            "",
+            f"# {cfg.name}: a multilingual student distilled by mergedistill",
+            "",
+            f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
+            "",
+            *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())],
+            "",
+            "Load it with plain `transformers` (no mergedistill needed):",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            "fill = pipeline('fill-mask', model='PATH')",
+            "fill('Click [MASK] to save.')",
+            "```",
+            "",
+            *(
+                [
+                    "The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
+                    "trained on (`data.tokenization: unified`).",
+                ]
+                if cfg.data.tokenization == "unified"
+                else [
+                    "The top-level tokenizer is the unified student tokenizer over the merged vocabulary. The student was trained on",
+                    "each language's teacher tokenization; `routed/` holds those tokenizers and id maps",
+                    "(`mergedistill.vocab.load_routed_tokenizer(PATH)`), which reproduce the training inputs exactly.",
+                ]
+            ),
+            "",
+            "## Evaluation (held-out LibreOffice help paragraphs)",
+            "",
+            eval_table(eval_data["rows"]),
+            "",
+        ]
+    )
 
 
 def stage_export(ctx: StageContext):
@@ -382,7 +546,9 @@ def stage_export(ctx: StageContext):
     if (ctx.out / "tokenizer.json").exists():
         from mergedistill.device import resolve_device
 
-        fill = pipeline("fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device))  # it moves its inputs there
+        fill = pipeline(
+            "fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device)
+        )  # it moves its inputs there
         limit = model.config.max_position_embeddings - 2
         for lang in sorted(assignment):
             items = []
@@ -391,14 +557,19 @@ def stage_export(ctx: StageContext):
                 if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
                     if lang in ("ja", "zh"):
                         middle = len(text) // 2
-                        masked = text[:middle] + fill.tokenizer.mask_token + text[middle + 1:]
+                        masked = text[:middle] + fill.tokenizer.mask_token + text[middle + 1 :]
                     else:
                         middle = len(words) // 2
-                        masked = " ".join(words[:middle] + [fill.tokenizer.mask_token] + words[middle + 1:])
+                        masked = " ".join(words[:middle] + [fill.tokenizer.mask_token] + words[middle + 1 :])
                     if len(fill.tokenizer(masked)["input_ids"]) > limit:
                         continue  # longer than the student's positions
                     predictions = fill(masked, top_k=3)
-                    items.append({"text": masked, "predictions": [{"token": p["token_str"], "score": float(p["score"])} for p in predictions]})
+                    items.append(
+                        {
+                            "text": masked,
+                            "predictions": [{"token": p["token_str"], "score": float(p["score"])} for p in predictions],
+                        }
+                    )
                 if len(items) >= cfg.export.fill_mask_examples:
                     break
             examples[lang] = items
@@ -419,7 +590,9 @@ def stage_report(ctx: StageContext):
         seconds[name] = manifest.get("seconds", 0.0)
     plan = read_json(ctx.inputs["cache"] / "plan.json")
     selection = (ctx.inputs["select"] / "selection.md").read_text(encoding="utf-8")
-    selection += "\n\nExamples served per teacher over the training plan: " + ", ".join(f"{t}: {n}" for t, n in sorted(plan["served_examples"].items()))
+    selection += "\n\nExamples served per teacher over the training plan: " + ", ".join(
+        f"{t}: {n}" for t, n in sorted(plan["served_examples"].items())
+    )
     facts = ReportFacts(
         title=f"mergedistill report: {cfg.name}",
         commands=COMMANDS.get("commands", []),
@@ -432,9 +605,11 @@ def stage_report(ctx: StageContext):
         fill_mask=read_json(ctx.inputs["export"] / "fill_mask_examples.json"),
         metrics_jsonl=ctx.inputs["train"] / "metrics.jsonl",
         stage_seconds=seconds,
-        notes=[f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
-               f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
-               "input shape (median of 5 runs)."],
+        notes=[
+            f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
+            f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
+            "input shape (median of 5 runs).",
+        ],
     )
     write_report(ctx.out, facts)
     return {}
@@ -445,22 +620,78 @@ COMMANDS: dict = {}
 
 def pipeline_stages(cfg) -> list[Stage]:
     stages = [
-        Stage("teachers", stage_teachers, sections=("teachers", "seed"), external=teacher_inputs, doc="build/load teachers"),
-        Stage("select", stage_select, sections=("select", "corpus"), after=("teachers",), doc="score teachers per language and select"),
-        Stage("vocab", stage_vocab, sections=("vocab", "corpus", "data.max_length"), after=("select",), doc="merge vocabularies"),
-        Stage("cache", stage_cache, sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
-              after=("vocab", "select"), doc="teacher top-k cache", sharded=True),
-        Stage("train", stage_train, sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"), after=("cache", "vocab", "select"),
-              doc="distil the student under DeepSpeed", sharded=True),
+        Stage(
+            "teachers",
+            stage_teachers,
+            sections=("teachers", "seed"),
+            external=teacher_inputs,
+            doc="build/load teachers",
+        ),
+        Stage(
+            "select",
+            stage_select,
+            sections=("select", "corpus"),
+            after=("teachers",),
+            doc="score teachers per language and select",
+        ),
+        Stage(
+            "vocab",
+            stage_vocab,
+            sections=("vocab", "corpus", "data.max_length"),
+            after=("select",),
+            doc="merge vocabularies",
+        ),
+        Stage(
+            "cache",
+            stage_cache,
+            sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
+            after=("vocab", "select"),
+            doc="teacher top-k cache",
+            sharded=True,
+        ),
+        Stage(
+            "train",
+            stage_train,
+            sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"),
+            after=("cache", "vocab", "select"),
+            doc="distil the student under DeepSpeed",
+            sharded=True,
+        ),
     ]
     if cfg.eval.baseline:
-        stages.append(Stage("baseline", stage_baseline, sections=("student", "train", "data", "seed"), after=("cache", "vocab", "select"),
-                            doc="the same student with gold MLM only (no teachers)", sharded=True))
+        stages.append(
+            Stage(
+                "baseline",
+                stage_baseline,
+                sections=("student", "train", "data", "seed"),
+                after=("cache", "vocab", "select"),
+                doc="the same student with gold MLM only (no teachers)",
+                sharded=True,
+            )
+        )
     after_eval = ("train", "vocab", "select") + (("baseline",) if cfg.eval.baseline else ())
     stages += [
-        Stage("eval", stage_eval, sections=("eval", "corpus", "cache.top_k"), after=after_eval, doc="student vs teachers per language"),
-        Stage("export", stage_export, sections=("export", "name"), after=("train", "vocab", "select", "eval"), doc="HF checkpoint + model card"),
-        Stage("report", stage_report, sections=("name",), after=("teachers", "select", "vocab", "cache", "train", "eval", "export"), doc="report"),
+        Stage(
+            "eval",
+            stage_eval,
+            sections=("eval", "corpus", "cache.top_k"),
+            after=after_eval,
+            doc="student vs teachers per language",
+        ),
+        Stage(
+            "export",
+            stage_export,
+            sections=("export", "name"),
+            after=("train", "vocab", "select", "eval"),
+            doc="HF checkpoint + model card",
+        ),
+        Stage(
+            "report",
+            stage_report,
+            sections=("name",),
+            after=("teachers", "select", "vocab", "cache", "train", "eval", "export"),
+            doc="report",
+        ),
     ]
     return stages
 
@@ -474,13 +705,14 @@ def say(message: str) -> None:
 def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None):
     """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``)."""
     command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
-    COMMANDS["commands"] = ["make demo   # = " + command if str(config_path).endswith("experiments/demo.yaml") else command]
+    COMMANDS["commands"] = [
+        "make demo   # = " + command if str(config_path).endswith("experiments/demo.yaml") else command
+    ]
     stages = pipeline_stages(cfg)
     if until is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(until) + 1]
-    results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()),
-                         log=say)
+    results = run_stages(cfg, stages, cfg.output_dir, only=set(only) if only else None, force=set(force or ()), log=say)
     out = Path(cfg.output_dir)
     if (out / "report" / "report.md").exists() and until is None and world_from_env()[0] == 0:
         print(f"report: {out / 'report' / 'report.md'} (and report.html); student: {out / 'export'}")

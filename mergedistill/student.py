@@ -18,17 +18,27 @@ from mergedistill.pieces import WORD_START, key_bytes
 from mergedistill.vocab.merge import SPECIAL_IDS
 
 
-def student_config(student_cfg, vocab_size: int, hidden: int | None = None, heads: int | None = None, intermediate: int | None = None):
+def student_config(
+    student_cfg, vocab_size: int, hidden: int | None = None, heads: int | None = None, intermediate: int | None = None
+):
     from transformers import BertConfig, DebertaV2Config
 
     if getattr(student_cfg, "arch", "bert") == "deberta-v2":
         from mergedistill.tokenizer_train import DEBERTA_RELATIVE
 
         return DebertaV2Config(
-            vocab_size=vocab_size, hidden_size=hidden or student_cfg.hidden, num_hidden_layers=student_cfg.layers,
-            num_attention_heads=heads or student_cfg.heads, intermediate_size=intermediate or student_cfg.intermediate,
-            max_position_embeddings=student_cfg.max_position, hidden_dropout_prob=student_cfg.dropout,
-            attention_probs_dropout_prob=student_cfg.dropout, type_vocab_size=0, pad_token_id=SPECIAL_IDS["pad"], **DEBERTA_RELATIVE)
+            vocab_size=vocab_size,
+            hidden_size=hidden or student_cfg.hidden,
+            num_hidden_layers=student_cfg.layers,
+            num_attention_heads=heads or student_cfg.heads,
+            intermediate_size=intermediate or student_cfg.intermediate,
+            max_position_embeddings=student_cfg.max_position,
+            hidden_dropout_prob=student_cfg.dropout,
+            attention_probs_dropout_prob=student_cfg.dropout,
+            type_vocab_size=0,
+            pad_token_id=SPECIAL_IDS["pad"],
+            **DEBERTA_RELATIVE,
+        )
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden or student_cfg.hidden,
@@ -61,22 +71,40 @@ def _piece_text(key: str) -> str:
     return (" " + text) if key.startswith(WORD_START) else text
 
 
-def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.ndarray, pieces: list[str], new_piece_init: str = "mean", seed: int = 0):
+def init_from_teacher(
+    student_cfg,
+    teacher_model,
+    teacher_tokenizer,
+    id_map: np.ndarray,
+    pieces: list[str],
+    new_piece_init: str = "mean",
+    seed: int = 0,
+):
     """A student initialized from a BERT-like teacher (see module docstring)."""
     import torch
     from transformers import BertForMaskedLM
 
     if getattr(student_cfg, "arch", "bert") != "bert":
-        raise UserError(f"student.init=teacher builds a BERT student from a BERT/RoBERTa teacher; set student.arch: bert (got {student_cfg.arch})")
+        raise UserError(
+            f"student.init=teacher builds a BERT student from a BERT/RoBERTa teacher; set student.arch: bert (got {student_cfg.arch})"
+        )
     config = teacher_model.config
     if config.model_type not in ("bert", "roberta", "xlm-roberta", "camembert"):
-        raise UserError(f"student.init_teacher: cannot copy layers from a {config.model_type} teacher; use a BERT/RoBERTa-style teacher or init: scratch")
+        raise UserError(
+            f"student.init_teacher: cannot copy layers from a {config.model_type} teacher; use a BERT/RoBERTa-style teacher or init: scratch"
+        )
     layers = teacher_layers(student_cfg.layers, student_cfg.layer_stride)
     if layers[-1] >= config.num_hidden_layers:
-        raise UserError(f"student.layers={student_cfg.layers} x student.layer_stride={student_cfg.layer_stride} needs "
-                        f"{layers[-1] + 1} teacher layers; the teacher has {config.num_hidden_layers}")
+        raise UserError(
+            f"student.layers={student_cfg.layers} x student.layer_stride={student_cfg.layer_stride} needs "
+            f"{layers[-1] + 1} teacher layers; the teacher has {config.num_hidden_layers}"
+        )
     torch.manual_seed(seed)
-    student = BertForMaskedLM(student_config(student_cfg, len(pieces), config.hidden_size, config.num_attention_heads, config.intermediate_size))
+    student = BertForMaskedLM(
+        student_config(
+            student_cfg, len(pieces), config.hidden_size, config.num_attention_heads, config.intermediate_size
+        )
+    )
     t_base = getattr(teacher_model, teacher_model.base_model_prefix)
     s_base = student.bert
     with torch.no_grad():
@@ -85,10 +113,12 @@ def init_from_teacher(student_cfg, teacher_model, teacher_tokenizer, id_map: np.
         t_emb, s_emb = t_base.embeddings, s_base.embeddings
         s_emb.LayerNorm.load_state_dict(t_emb.LayerNorm.state_dict())
         offset = (config.pad_token_id + 1) if config.model_type != "bert" else 0  # RoBERTa positions start after pad
-        positions = t_emb.position_embeddings.weight[offset: offset + s_emb.position_embeddings.weight.shape[0]]
+        positions = t_emb.position_embeddings.weight[offset : offset + s_emb.position_embeddings.weight.shape[0]]
         s_emb.position_embeddings.weight[: positions.shape[0]] = positions
         s_emb.token_type_embeddings.weight[:] = t_emb.token_type_embeddings.weight[0]
-        teacher_words = t_emb.word_embeddings.weight.float().cpu()  # a teacher on a GPU (in bf16) too; the student is built on the CPU
+        teacher_words = (
+            t_emb.word_embeddings.weight.float().cpu()
+        )  # a teacher on a GPU (in bf16) too; the student is built on the CPU
         student_words = s_emb.word_embeddings.weight
         owned = np.flatnonzero(np.asarray(id_map) >= 0)
         student_ids = np.asarray(id_map)[owned]

@@ -66,12 +66,19 @@ def load_card(path: str | Path) -> TeacherCard:
 
 def looks_local(source: str) -> bool:
     """A source is a local directory when it exists, or when it is clearly a path (./, /, ~, runs/...)."""
-    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.startswith("runs/") or source.count("/") > 1
+    return (
+        os.path.exists(source)
+        or source.startswith((".", "/", "~"))
+        or source.startswith("runs/")
+        or source.count("/") > 1
+    )
 
 
 def check_local_checkpoint(directory: Path) -> None:
     if not directory.is_dir():
-        raise UserError(f"{directory}: teacher directory not found; build it (mergedistill teachers build) or fix the card's source")
+        raise UserError(
+            f"{directory}: teacher directory not found; build it (mergedistill teachers build) or fix the card's source"
+        )
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise UserError(f"{directory}: no config.json; a teacher directory must come from save_pretrained")
@@ -109,11 +116,19 @@ class Teacher:
         self.device = device
         self.vocab = normalize_vocab(tokenizer)
         if card.family and card.family != self.vocab.family:
-            raise UserError(f"teacher {card.name}: card says family {card.family!r} but the tokenizer is {self.vocab.family!r}; fix the card")
+            raise UserError(
+                f"teacher {card.name}: card says family {card.family!r} but the tokenizer is {self.vocab.family!r}; fix the card"
+            )
         self._fingerprint: str | None = None
 
     @classmethod
-    def load(cls, card: TeacherCard | str | Path, device: str = "cpu", need_attentions: bool = False, zoo_dir: str | None = None) -> "Teacher":
+    def load(
+        cls,
+        card: TeacherCard | str | Path,
+        device: str = "cpu",
+        need_attentions: bool = False,
+        zoo_dir: str | None = None,
+    ) -> "Teacher":
         """Load from a card, a card path, or a checkpoint (local dir or hub name) given directly."""
         from transformers import AutoModelForMaskedLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -134,13 +149,18 @@ class Teacher:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForMaskedLM.from_pretrained(
-                source, dtype=resolve_dtype(card.dtype, device), attn_implementation="eager" if need_attentions else None, **kwargs
+                source,
+                dtype=resolve_dtype(card.dtype, device),
+                attn_implementation="eager" if need_attentions else None,
+                **kwargs,
             )
         except OSError as err:
             if looks_local(source):
                 raise UserError(f"{source}: cannot load teacher ({str(err).splitlines()[0]})") from None
-            raise UserError(f"teacher {card.name}: cannot load {source!r} from the HuggingFace hub ({str(err).splitlines()[0][:150]}); "
-                            "without internet, download it elsewhere and set the card's source to the local directory") from None
+            raise UserError(
+                f"teacher {card.name}: cannot load {source!r} from the HuggingFace hub ({str(err).splitlines()[0][:150]}); "
+                "without internet, download it elsewhere and set the card's source to the local directory"
+            ) from None
         except ValueError as err:
             raise UserError(f"{source}: not a masked-LM checkpoint ({str(err).splitlines()[0][:200]})") from None
         if tokenizer.mask_token_id is None:
@@ -151,8 +171,10 @@ class Teacher:
         for token in tokenizer.all_special_tokens:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id >= rows:
-                raise UserError(f"{source}: special token {token!r} has id {token_id} but the model has {rows} token embeddings; "
-                                "the tokenizer does not match the model (save the checkpoint's own tokenizer, or resize_token_embeddings)")
+                raise UserError(
+                    f"{source}: special token {token!r} has id {token_id} but the model has {rows} token embeddings; "
+                    "the tokenizer does not match the model (save the checkpoint's own tokenizer, or resize_token_embeddings)"
+                )
         model.to(device).eval()
         for param in model.parameters():
             param.requires_grad_(False)
@@ -177,7 +199,9 @@ class Teacher:
         from mergedistill.heads import masked_lm_logits
 
         with torch.inference_mode():
-            logits, _ = masked_lm_logits(self.model, input_ids, attention_mask, positions)  # moved to the model's device there
+            logits, _ = masked_lm_logits(
+                self.model, input_ids, attention_mask, positions
+            )  # moved to the model's device there
             return logits.float().cpu()
 
     def topk(self, input_ids, attention_mask, positions, k: int):

@@ -18,16 +18,28 @@ ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 TOKENIZER_FAMILIES = ("wordpiece", "bytelevel", "unigram")
 # DeBERTa-v3 style: relative positions only (no absolute position embeddings), so a model trained on short
 # sequences still handles longer ones, and small models learn to use context in far fewer steps than BERT.
-DEBERTA_RELATIVE = dict(relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False)
+DEBERTA_RELATIVE = dict(
+    relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False
+)
 ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2")
 FAMILY_SPECIALS = {
     "wordpiece": dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"),
-    "bytelevel": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>"),
+    "bytelevel": dict(
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+    ),
 }
 FAMILY_SPECIALS["unigram"] = FAMILY_SPECIALS["bytelevel"]
 
 
-def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercase: bool = False, model_max_length: int = 512):
+def train_tokenizer(
+    family: str, texts: Iterable[str], vocab_size: int, lowercase: bool = False, model_max_length: int = 512
+):
     """A ``PreTrainedTokenizerFast``-compatible tokenizer trained on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -35,13 +47,18 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercas
     texts = list(texts)
     if family == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, continuing_subword_prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=BERT_SPECIALS, continuing_subword_prefix="##"
+        )
         tok.train_from_iterator(texts, trainer)
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
         )
     elif family in ("bytelevel", "unigram"):
@@ -50,16 +67,23 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int, lowercas
             tok.normalizer = normalizers.NFC()
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
             tok.decoder = decoders.ByteLevel()
-            trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                special_tokens=ROBERTA_SPECIALS,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            )
         else:
             tok = Tokenizer(models.Unigram())
             tok.normalizer = normalizers.NFKC()
             tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
             tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-            trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, unk_token="<unk>", max_piece_length=12)
+            trainer = trainers.UnigramTrainer(
+                vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, unk_token="<unk>", max_piece_length=12
+            )
         tok.train_from_iterator(texts, trainer)
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            single="<s> $A </s>",
+            pair="<s> $A </s> </s> $B </s>",
             special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
         )
     else:
@@ -77,43 +101,105 @@ def tokenizer_from_file(family: str, path: str | Path, model_max_length: int = 5
         raise UserError(f"unknown tokenizer family {family!r}; choose one of {', '.join(TOKENIZER_FAMILIES)}")
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{where}: {path} does not exist; give the path of a tokenizer.json (relative to the working directory)")
+        raise UserError(
+            f"{where}: {path} does not exist; give the path of a tokenizer.json (relative to the working directory)"
+        )
     tok = Tokenizer.from_file(str(path))
     missing = {t for t in FAMILY_SPECIALS[family].values() if tok.token_to_id(t) is None}
     if missing:
-        raise UserError(f"{where}: {path} lacks the {family} special token(s) {', '.join(sorted(missing))}; is it a {family} tokenizer?")
+        raise UserError(
+            f"{where}: {path} lacks the {family} special token(s) {', '.join(sorted(missing))}; is it a {family} tokenizer?"
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **FAMILY_SPECIALS[family])
 
 
-def tiny_mlm(arch: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64,
-             max_position: int = 130, seed: int = 0, dropout: float = 0.1):
+def tiny_mlm(
+    arch: str,
+    tokenizer,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+    max_position: int = 130,
+    seed: int = 0,
+    dropout: float = 0.1,
+):
     """A randomly initialised ``*ForMaskedLM`` of ``arch`` sized for ``tokenizer``."""
     import torch
-    from transformers import (AutoModelForMaskedLM, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig,
-                              RobertaConfig, XLMRobertaConfig)
+    from transformers import (
+        AutoModelForMaskedLM,
+        BertConfig,
+        DebertaV2Config,
+        DistilBertConfig,
+        ElectraConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
 
     vocab = len(tokenizer)
     pad = tokenizer.pad_token_id
     common = dict(vocab_size=vocab, pad_token_id=pad)
     if arch == "bert":
-        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                            max_position_embeddings=max_position, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **common)
+        config = BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=max_position,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            **common,
+        )
     elif arch in ("roberta", "xlm-roberta"):
         cls = RobertaConfig if arch == "roberta" else XLMRobertaConfig
-        config = cls(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                     max_position_embeddings=max_position + pad + 1, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **common)
+        config = cls(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=max_position + pad + 1,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            type_vocab_size=1,
+            **common,
+        )
     elif arch == "distilbert":
-        config = DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=intermediate, max_position_embeddings=max_position,
-                                  dropout=dropout, attention_dropout=dropout, **common)
+        config = DistilBertConfig(
+            dim=hidden,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=intermediate,
+            max_position_embeddings=max_position,
+            dropout=dropout,
+            attention_dropout=dropout,
+            **common,
+        )
     elif arch == "electra":
-        config = ElectraConfig(embedding_size=hidden, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                               intermediate_size=intermediate, max_position_embeddings=max_position, hidden_dropout_prob=dropout,
-                               attention_probs_dropout_prob=dropout, **common)
+        config = ElectraConfig(
+            embedding_size=hidden,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=max_position,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            **common,
+        )
     elif arch == "deberta-v2":
-        config = DebertaV2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                                 max_position_embeddings=max_position, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                                 **DEBERTA_RELATIVE, **common)
+        config = DebertaV2Config(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=max_position,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            **DEBERTA_RELATIVE,
+            **common,
+        )
     else:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     torch.manual_seed(seed)

@@ -47,7 +47,9 @@ def free_port() -> int:
 def setup_distributed() -> tuple[int, int]:
     """(rank, world size), setting single-process rendezvous variables when no launcher did."""
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
@@ -60,7 +62,9 @@ def skip_shared_memory_collectives() -> None:
     version no longer has it."""
     import importlib
 
-    backend = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is also torch itself
+    backend = importlib.import_module(
+        "deepspeed.comm.torch"
+    )  # not `import ... as`: deepspeed.comm.torch is also torch itself
     if hasattr(backend, "build_shm_op"):
         backend.build_shm_op = lambda: None
 
@@ -72,10 +76,26 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
         "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum * world_size,
         "gradient_clipping": train_cfg.grad_clip,
         "zero_optimization": {"stage": train_cfg.zero_stage},
-        "optimizer": {"type": "AdamW", "params": {"lr": train_cfg.lr, "betas": [0.9, train_cfg.adam_beta2], "weight_decay": train_cfg.weight_decay,
-                                                        "torch_adam": True, "foreach": True}},  # foreach: 2x faster step on CPU
-        "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": train_cfg.steps, "warmup_num_steps": train_cfg.warmup_steps,
-                                                          "warmup_max_lr": train_cfg.lr, "warmup_min_lr": 0.0, "warmup_type": "linear"}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train_cfg.lr,
+                "betas": [0.9, train_cfg.adam_beta2],
+                "weight_decay": train_cfg.weight_decay,
+                "torch_adam": True,
+                "foreach": True,
+            },
+        },  # foreach: 2x faster step on CPU
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": train_cfg.steps,
+                "warmup_num_steps": train_cfg.warmup_steps,
+                "warmup_max_lr": train_cfg.lr,
+                "warmup_min_lr": 0.0,
+                "warmup_type": "linear",
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -84,7 +104,9 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
     elif train_cfg.precision == "fp16":
         config["fp16"] = {"enabled": True, "initial_scale_power": 12}
     for key, value in (train_cfg.deepspeed or {}).items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+        config[key] = (
+            {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+        )
     return config
 
 
@@ -108,7 +130,9 @@ class TrainResult:
     seconds: float
     tokens_per_s: float
     resumed_from: int
-    full_state_dict: dict | None = None  # ZeRO-3 only: the student's gathered weights (its own parameters are partitioned)
+    full_state_dict: dict | None = (
+        None  # ZeRO-3 only: the student's gathered weights (its own parameters are partitioned)
+    )
 
 
 def read_latest(checkpoint_dir: Path) -> str | None:
@@ -121,7 +145,9 @@ def read_latest(checkpoint_dir: Path) -> str | None:
 
 def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> None:
     tag = f"step-{step}"
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False)
+    engine.save_checkpoint(
+        str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False
+    )
     faults.point("checkpoint")  # written, not yet `latest`
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -150,9 +176,19 @@ def trim_metrics(path: Path, last_step: int) -> None:
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Callable | None, out_dir: str | Path, resume: bool = True,
-          progress: bool = True, stop_at_step: int | None = None, log: Callable[[str], None] = print,
-          internals_fn: Callable | None = None, device: str = "auto") -> TrainResult:
+def train(
+    student,
+    train_cfg,
+    batch_fn: Callable[[int], dict],
+    targets_fn: Callable | None,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    log: Callable[[str], None] = print,
+    internals_fn: Callable | None = None,
+    device: str = "auto",
+) -> TrainResult:
     """Distil into ``student`` for ``train_cfg.steps`` optimizer steps. ``targets_fn(index, batch)`` gives the
     teacher top-k; None trains with gold MLM only. ``internals_fn(batch)`` (``internals.TeacherInternals``)
     gives the teacher's hidden states/attentions for the ``alpha_hidden``/``alpha_attn`` terms.
@@ -177,8 +213,11 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     if targets_fn is None and train_cfg.alpha_mlm <= 0:
         raise UserError("train.alpha_mlm must be > 0 when no teacher targets are used (gold-MLM-only training)")
     model = MaskedLMForDistillation(student)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                           config=deepspeed_config(train_cfg, world))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(train_cfg, world),
+    )
     on = device_of(engine.module)  # the student's device, where every tensor of the loss goes
     start = 0
     tag = read_latest(checkpoint_dir) if resume else None
@@ -189,11 +228,17 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
         log(f"[train] resuming from {checkpoint_dir / tag} (step {start})")
     want_hidden, want_attn = train_cfg.alpha_hidden > 0, train_cfg.alpha_attn > 0
     if (want_hidden or want_attn) and internals_fn is None:
-        raise UserError("train.alpha_hidden/alpha_attn > 0 need the teachers' hidden states: set cache.mode: online (the top-k cache does not store them)")
+        raise UserError(
+            "train.alpha_hidden/alpha_attn > 0 need the teachers' hidden states: set cache.mode: online (the top-k cache does not store them)"
+        )
     if want_attn:
         student.set_attn_implementation("eager")  # attention probabilities are a loss term
-    weights = {"kd": train_cfg.alpha_kd if targets_fn is not None else 0.0, "mlm": train_cfg.alpha_mlm,
-               "hidden": train_cfg.alpha_hidden, "attn": train_cfg.alpha_attn}
+    weights = {
+        "kd": train_cfg.alpha_kd if targets_fn is not None else 0.0,
+        "mlm": train_cfg.alpha_mlm,
+        "hidden": train_cfg.alpha_hidden,
+        "attn": train_cfg.alpha_attn,
+    }
     metrics_path = out_dir / "metrics.jsonl"
     writer = None
     if rank == 0:
@@ -204,7 +249,13 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
     engine.train()
     began = time.perf_counter()
     tokens_window, window_start, last_loss, total_tokens = 0, time.perf_counter(), float("nan"), 0
-    bar = tqdm(range(start, train_cfg.steps), desc="distil", initial=start, total=train_cfg.steps, disable=not progress or rank != 0)
+    bar = tqdm(
+        range(start, train_cfg.steps),
+        desc="distil",
+        initial=start,
+        total=train_cfg.steps,
+        disable=not progress or rank != 0,
+    )
     step = start
     try:
         for step in bar:
@@ -218,20 +269,38 @@ def train(student, train_cfg, batch_fn: Callable[[int], dict], targets_fn: Calla
                 if teacher_inside is None:
                     logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked), None
                 else:
-                    logits, student_inside = engine(batch["input_ids"], batch["attention_mask"], masked, want_hidden, want_attn)
+                    logits, student_inside = engine(
+                        batch["input_ids"], batch["attention_mask"], masked, want_hidden, want_attn
+                    )
                 terms = {"mlm": mlm_ce(logits, batch["labels"][masked])}
                 if teacher_inside is not None:
                     teacher_out, layer_stride = to_device(teacher_inside, on)
-                    terms.update(internal_terms(student_inside, teacher_out, batch["attention_mask"], layer_stride, want_hidden, want_attn,
-                                                train_cfg.hidden_loss))
+                    terms.update(
+                        internal_terms(
+                            student_inside,
+                            teacher_out,
+                            batch["attention_mask"],
+                            layer_stride,
+                            want_hidden,
+                            want_attn,
+                            train_cfg.hidden_loss,
+                        )
+                    )
                 if targets_fn is not None:
                     topk_ids, topk_logits = to_device(targets_fn(index, host_batch), on)
                     rows = kd_rows(batch)  # unified mode: only masked groups of one piece per side have targets
-                    terms["kd"] = kd_soft_ce(logits if rows is None else logits[rows], topk_ids, topk_logits, train_cfg.temperature,
-                                             train_cfg.t2_scaling)
+                    terms["kd"] = kd_soft_ce(
+                        logits if rows is None else logits[rows],
+                        topk_ids,
+                        topk_logits,
+                        train_cfg.temperature,
+                        train_cfg.t2_scaling,
+                    )
                 loss, logged = combine(terms, weights)
                 if not torch.isfinite(loss):
-                    raise UserError(f"loss became {float(loss.detach())} at step {step}; lower train.lr (now {train_cfg.lr}) or check the data")
+                    raise UserError(
+                        f"loss became {float(loss.detach())} at step {step}; lower train.lr (now {train_cfg.lr}) or check the data"
+                    )
                 engine.backward(loss)
                 engine.step()
                 for key, value in logged.items():

@@ -51,17 +51,43 @@ from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_loss
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
-ARCH_FAMILY = {"bert": "wordpiece", "roberta": "bytelevel", "xlm-roberta": "unigram", "deberta-v2": "unigram", "electra": "wordpiece",
-               "distilbert": "wordpiece"}  # arch -> default tokenizer family
-DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "max_length": 128, "lr": 1e-3, "warmup": 50, "sampling_alpha": 0.7,
-                 "max_paragraphs": 8000, "checkpoint_every": 100, "weight_decay": 0.01,
-                 "beta2": 0.999, "tlm_fraction": 0.0, "align_fraction": 0.0, "align_temperature": 0.05, "pivot": "en"}
-PARALLEL_KEYS = ("tlm_fraction", "align_fraction", "align_temperature", "pivot")  # fingerprinted only when used: older builds stay current
+ARCH_FAMILY = {
+    "bert": "wordpiece",
+    "roberta": "bytelevel",
+    "xlm-roberta": "unigram",
+    "deberta-v2": "unigram",
+    "electra": "wordpiece",
+    "distilbert": "wordpiece",
+}  # arch -> default tokenizer family
+DEFAULT_TRAIN = {
+    "steps": 600,
+    "batch_size": 32,
+    "max_length": 128,
+    "lr": 1e-3,
+    "warmup": 50,
+    "sampling_alpha": 0.7,
+    "max_paragraphs": 8000,
+    "checkpoint_every": 100,
+    "weight_decay": 0.01,
+    "beta2": 0.999,
+    "tlm_fraction": 0.0,
+    "align_fraction": 0.0,
+    "align_temperature": 0.05,
+    "pivot": "en",
+}
+PARALLEL_KEYS = (
+    "tlm_fraction",
+    "align_fraction",
+    "align_temperature",
+    "pivot",
+)  # fingerprinted only when used: older builds stay current
 
 
 def recipe(card) -> dict[str, Any]:
     if not card.build:
-        raise UserError(f"teacher card {card.name}: no `build:` recipe; only demo cards can be built (real teachers load from the hub)")
+        raise UserError(
+            f"teacher card {card.name}: no `build:` recipe; only demo cards can be built (real teachers load from the hub)"
+        )
     build = dict(card.build)
     for section in ("tokenizer", "model"):
         if section not in build:
@@ -69,17 +95,25 @@ def recipe(card) -> dict[str, Any]:
     train = {**DEFAULT_TRAIN, **build.get("train", {})}
     unknown = set(train) - set(DEFAULT_TRAIN)
     if unknown:
-        raise UserError(f"teacher card {card.name}: unknown key build.train.{sorted(unknown)[0]}; known: {', '.join(DEFAULT_TRAIN)}")
+        raise UserError(
+            f"teacher card {card.name}: unknown key build.train.{sorted(unknown)[0]}; known: {', '.join(DEFAULT_TRAIN)}"
+        )
     for key in ("tlm_fraction", "align_fraction"):
         if not 0.0 <= float(train[key]) <= 1.0:
             raise UserError(f"teacher card {card.name}: build.train.{key} must be in [0, 1], got {train[key]}")
     if float(train["tlm_fraction"]) + float(train["align_fraction"]) > 1.0:
-        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction + align_fraction must be <= 1 (the rest are MLM steps)")
+        raise UserError(
+            f"teacher card {card.name}: build.train.tlm_fraction + align_fraction must be <= 1 (the rest are MLM steps)"
+        )
     if float(train["align_temperature"]) <= 0:
-        raise UserError(f"teacher card {card.name}: build.train.align_temperature must be > 0, got {train['align_temperature']}")
+        raise UserError(
+            f"teacher card {card.name}: build.train.align_temperature must be > 0, got {train['align_temperature']}"
+        )
     if uses_parallel(train) and (train["pivot"] not in card.languages or len(card.languages) < 2):
-        raise UserError(f"teacher card {card.name}: build.train.pivot {train['pivot']!r} must be one of the card's languages "
-                        f"({', '.join(card.languages)}), beside at least one other")
+        raise UserError(
+            f"teacher card {card.name}: build.train.pivot {train['pivot']!r} must be one of the card's languages "
+            f"({', '.join(card.languages)}), beside at least one other"
+        )
     if build["model"].get("arch") not in ARCH_FAMILY:
         raise UserError(f"teacher card {card.name}: build.model.arch must be one of {', '.join(ARCH_FAMILY)}")
     return {"tokenizer": dict(build["tokenizer"]), "model": dict(build["model"]), "train": train}
@@ -101,7 +135,10 @@ def build_fingerprint(card, seed: int, corpus_dir=None) -> str:
     if not uses_parallel(spec["train"]):
         spec["train"] = {k: v for k, v in spec["train"].items() if k not in PARALLEL_KEYS}
         if "train" in fields.get("build", {}):
-            fields["build"] = {**fields["build"], "train": {k: v for k, v in fields["build"]["train"].items() if k not in PARALLEL_KEYS}}
+            fields["build"] = {
+                **fields["build"],
+                "train": {k: v for k, v in fields["build"]["train"].items() if k not in PARALLEL_KEYS},
+            }
     tokenizer_file = spec["tokenizer"].get("file")
     if tokenizer_file:  # the shipped tokenizer's content, not just its path
         spec["tokenizer"]["file_sha"] = io.file_fingerprint(tokenizer_file) if Path(tokenizer_file).is_file() else None
@@ -120,7 +157,9 @@ def _paragraphs(card, limit: int, corpus_dir=None) -> dict[str, tuple[list[str],
     return out
 
 
-def parallel_pairs(ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, list[list[int]]], pivot: str) -> dict[str, list[tuple]]:
+def parallel_pairs(
+    ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, list[list[int]]], pivot: str
+) -> dict[str, list[tuple]]:
     """``pivot-other`` -> (pivot tokens, other tokens) for every paragraph id both languages hold, in the
     pivot's order; empty paragraphs are left out. Pure: ids and token ids in, pairs out."""
     pivot_tokens = dict(zip(ids_by_lang[pivot], tokens_by_lang[pivot]))
@@ -129,17 +168,25 @@ def parallel_pairs(ids_by_lang: dict[str, list[str]], tokens_by_lang: dict[str, 
         if lang == pivot:
             continue
         other = dict(zip(ids_by_lang[lang], tokens_by_lang[lang]))
-        pairs = [(pivot_tokens[pid], other[pid]) for pid in ids_by_lang[pivot] if pid in other and pivot_tokens[pid] and other[pid]]
+        pairs = [
+            (pivot_tokens[pid], other[pid])
+            for pid in ids_by_lang[pivot]
+            if pid in other and pivot_tokens[pid] and other[pid]
+        ]
         if pairs:
             out[f"{pivot}-{lang}"] = pairs
     return out
 
 
-def tlm_rows(parallel: dict[str, list[tuple]], max_length: int, cls_id: int, sep_id: int) -> dict[str, list[np.ndarray]]:
+def tlm_rows(
+    parallel: dict[str, list[tuple]], max_length: int, cls_id: int, sep_id: int
+) -> dict[str, list[np.ndarray]]:
     """``pivot-other`` -> TLM rows ``[CLS] pivot [SEP] other [SEP]``, each side cut to half of ``max_length``."""
     half = (max_length - 3) // 2
-    return {name: [np.asarray([cls_id, *a[:half], sep_id, *b[:half], sep_id], dtype=np.int32) for a, b in pairs]
-            for name, pairs in parallel.items()}
+    return {
+        name: [np.asarray([cls_id, *a[:half], sep_id, *b[:half], sep_id], dtype=np.int32) for a, b in pairs]
+        for name, pairs in parallel.items()
+    }
 
 
 def alignment_loss(pivot_vectors, other_vectors, temperature: float):
@@ -166,7 +213,9 @@ def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
         inputs.append(masked_ids)
         labels.append(np.where(masked, seq, -100))
     ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
-    return masked_lm_loss(model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(pad_batch(labels, -100)[0]).long())
+    return masked_lm_loss(
+        model, torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(pad_batch(labels, -100)[0]).long()
+    )
 
 
 def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pad_id: int):
@@ -192,8 +241,14 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, stop_at_step: int | None = None,
-                  log: Callable[[str], None] = print) -> Path:
+def build_teacher(
+    card,
+    seed: int = 0,
+    corpus_dir=None,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Build ``card`` into ``card.source``; skip when current. ``stop_at_step`` simulates a kill (tests)."""
     import torch
     from tqdm import tqdm
@@ -219,12 +274,16 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
     tok_spec = spec["tokenizer"]
     family = tok_spec.get("family", ARCH_FAMILY[spec["model"]["arch"]])
     if tok_spec.get("file"):
-        tokenizer = tokenizer_from_file(family, tok_spec["file"], card.max_length, where=f"teacher card {card.name}: build.tokenizer.file")
+        tokenizer = tokenizer_from_file(
+            family, tok_spec["file"], card.max_length, where=f"teacher card {card.name}: build.tokenizer.file"
+        )
     elif (work / "tokenizer" / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     else:
         all_texts = [t for lang in card.languages for t in texts[lang]]
-        tokenizer = train_tokenizer(family, all_texts, tok_spec.get("vocab_size", 8000), tok_spec.get("lowercase", False), card.max_length)
+        tokenizer = train_tokenizer(
+            family, all_texts, tok_spec.get("vocab_size", 8000), tok_spec.get("lowercase", False), card.max_length
+        )
         tokenizer.save_pretrained(work / "tokenizer")
 
     # tokenize and pack each language once
@@ -235,10 +294,16 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
         tokens[lang] = tokenizer(texts[lang], add_special_tokens=False)["input_ids"]
         sequences[lang] = pack(tokens[lang], train["max_length"], cls_id, sep_id)
     tlm_fraction, align_fraction = float(train["tlm_fraction"]), float(train["align_fraction"])
-    parallel = parallel_pairs({lang: paragraphs[lang][0] for lang in card.languages}, tokens, train["pivot"]) if uses_parallel(train) else {}
+    parallel = (
+        parallel_pairs({lang: paragraphs[lang][0] for lang in card.languages}, tokens, train["pivot"])
+        if uses_parallel(train)
+        else {}
+    )
     if uses_parallel(train) and not parallel:
-        raise UserError(f"teacher card {card.name}: build.train.tlm_fraction/align_fraction > 0 but no paragraph of {train['pivot']} has a "
-                        f"translation among the first {train['max_paragraphs']} of another language; raise max_paragraphs")
+        raise UserError(
+            f"teacher card {card.name}: build.train.tlm_fraction/align_fraction > 0 but no paragraph of {train['pivot']} has a "
+            f"translation among the first {train['max_paragraphs']} of another language; raise max_paragraphs"
+        )
     pairs = tlm_rows(parallel, train["max_length"], cls_id, sep_id) if tlm_fraction > 0 else {}
     pair_names = sorted(parallel)
     langs = list(card.languages)
@@ -249,13 +314,28 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
 
     m = spec["model"]
     torch.manual_seed(seed)
-    model = tiny_mlm(m["arch"], tokenizer, hidden=m.get("hidden", 128), layers=m.get("layers", 2), heads=m.get("heads", 2),
-                     intermediate=m.get("intermediate", 512), max_position=max(card.max_length, train["max_length"]) + 2, seed=seed, dropout=m.get("dropout", 0.1))
+    model = tiny_mlm(
+        m["arch"],
+        tokenizer,
+        hidden=m.get("hidden", 128),
+        layers=m.get("layers", 2),
+        heads=m.get("heads", 2),
+        intermediate=m.get("intermediate", 512),
+        max_position=max(card.max_length, train["max_length"]) + 2,
+        seed=seed,
+        dropout=m.get("dropout", 0.1),
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, train["beta2"]))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train["lr"],
+        betas=(0.9, train["beta2"]),
+    )
     steps, warmup = train["steps"], train["warmup"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (steps - s) / max(steps - warmup, 1))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (steps - s) / max(steps - warmup, 1)))
+    )
     start = 0
     state_path = work / "state.pt"
     if state_path.exists():
@@ -291,16 +371,33 @@ def build_teacher(card, seed: int = 0, corpus_dir=None, progress: bool = True, s
         bar.set_postfix(loss=f"{loss.item():.3f}", lang=lang)
         done = step + 1
         if done % train["checkpoint_every"] == 0 or done == steps:
-            _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "torch_rng": torch.get_rng_state(), "step": done})
+            _save_state(
+                state_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": done,
+                },
+            )
         if stop_at_step is not None and done >= stop_at_step and done < steps:
             raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
     bar.close()
     model.eval()
     save_pretrained_teacher(model, tokenizer, out_dir)
-    io.write_manifest(out_dir, fp, card=card.name, steps=steps, seed=seed, languages=langs,
-                      parameters=sum(p.numel() for p in model.parameters()), sequences={lang: len(sequences[lang]) for lang in langs},
-                      parallel_pairs={name: len(rows) for name, rows in parallel.items()}, tlm_fraction=tlm_fraction,
-                      align_fraction=align_fraction)
+    io.write_manifest(
+        out_dir,
+        fp,
+        card=card.name,
+        steps=steps,
+        seed=seed,
+        languages=langs,
+        parameters=sum(p.numel() for p in model.parameters()),
+        sequences={lang: len(sequences[lang]) for lang in langs},
+        parallel_pairs={name: len(rows) for name, rows in parallel.items()},
+        tlm_fraction=tlm_fraction,
+        align_fraction=align_fraction,
+    )
     shutil.rmtree(work, ignore_errors=True)
     return out_dir

@@ -76,7 +76,9 @@ def render_sweep(sweep: dict) -> list[str]:
         "|---:|---|---:|---|---|---|---|",
     ]
     for number, kill in enumerate(kills, 1):
-        lines.append(f"| {number} | {kill['launch']} | {kill['killed_rank']} | {kill['stage']} | `{cell(kill['point'])}` | {cell(kill['moment'])} | {kill['outcome']} |")
+        lines.append(
+            f"| {number} | {kill['launch']} | {kill['killed_rank']} | {kill['stage']} | `{cell(kill['point'])}` | {cell(kill['moment'])} | {kill['outcome']} |"
+        )
     return lines + [""]
 
 

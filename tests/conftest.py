@@ -30,7 +30,10 @@ def corpus_texts():
     """A few hundred real paragraphs per language (train split) and some held-out ones (valid)."""
     from mergedistill.corpus import load_texts
 
-    return {lang: {"train": load_texts(lang, "train", limit=400), "valid": load_texts(lang, "valid", limit=40)} for lang in TEST_LANGUAGES}
+    return {
+        lang: {"train": load_texts(lang, "train", limit=400), "valid": load_texts(lang, "valid", limit=40)}
+        for lang in TEST_LANGUAGES
+    }
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,7 @@ def tiny_teachers(tmp_path_factory, corpus_texts):
         dirs[arch] = save_pretrained_teacher(model, tokenizers[family], root / arch)
     return dirs
 
+
 # three families: WordPiece BERT (en, ru), byte-level RoBERTa (de), SentencePiece unigram XLM-R (ja)
 ASSIGNMENT = {"en": ["bert"], "ru": ["bert"], "de": ["roberta"], "ja": ["xlm-roberta"]}
 
@@ -56,7 +60,10 @@ def teachers(tiny_teachers):
     from mergedistill.teachers import Teacher, TeacherCard
 
     langs = {"bert": ["en", "de", "ru", "ja"], "roberta": ["de"], "xlm-roberta": ["ja"]}
-    return {a: Teacher.load(TeacherCard(name=a, source=str(tiny_teachers[a]), languages=langs[a], max_length=64)) for a in langs}
+    return {
+        a: Teacher.load(TeacherCard(name=a, source=str(tiny_teachers[a]), languages=langs[a], max_length=64))
+        for a in langs
+    }
 
 
 @pytest.fixture(scope="session")

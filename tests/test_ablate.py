@@ -29,7 +29,9 @@ variants:
 @pytest.fixture(scope="module")
 def ablation_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
-    (root / "multi.yaml").write_text(CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert"))
+    (root / "multi.yaml").write_text(
+        CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert")
+    )
     (root / "de.yaml").write_text(CARD.format(name="de", root=root, langs="de", family="bytelevel", arch="roberta"))
     (root / "ja.yaml").write_text(CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta"))
     (root / "exp.yaml").write_text(EXPERIMENT.format(root=root))
@@ -42,7 +44,9 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     assert main(["ablate", str(root / "ablation.yaml")]) == 0
     with open(root / "ablation" / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["variant"], r["lang"]) for r in rows} == {(v, l) for v in ("multilingual-only", "min-ce") for l in ("en", "de", "ja")}
+    assert {(r["variant"], r["lang"]) for r in rows} == {
+        (v, l) for v in ("multilingual-only", "min-ce") for l in ("en", "de", "ja")
+    }
     served = {(r["variant"], r["lang"]): r["teacher"] for r in rows}
     assert served[("multilingual-only", "de")] == "multi"
     assert all(float(r["student_pll_per_char"]) < 0 and int(r["student_params"]) > 0 for r in rows)
@@ -56,12 +60,18 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     # paragraph: some language is split between both (which one varies with the tiny teachers' training)
     plan = json.loads((root / "ablation" / "min-ce" / "cache" / "plan.json").read_text())
     streams = set(plan["streams"])
-    assert streams <= {"en@multi", "de@de", "de@multi", "ja@ja", "ja@multi"} and {s.split("@")[0] for s in streams} == {"en", "de", "ja"}
+    assert streams <= {"en@multi", "de@de", "de@multi", "ja@ja", "ja@multi"} and {s.split("@")[0] for s in streams} == {
+        "en",
+        "de",
+        "ja",
+    }
     assert any({f"{lang}@{lang}", f"{lang}@multi"} <= streams for lang in ("de", "ja")), streams
     assignment = json.loads((root / "ablation" / "min-ce" / "select" / "assignment.json").read_text())
     assert assignment["per_example"] and sorted(assignment["assignment"]["de"]) == ["de", "multi"]
     # deltas are relative to the reference
-    deltas = comparison([{k: (float(v) if k == "student_pll_per_char" else v) for k, v in r.items()} for r in rows], "multilingual-only")
+    deltas = comparison(
+        [{k: (float(v) if k == "student_pll_per_char" else v) for k, v in r.items()} for r in rows], "multilingual-only"
+    )
     assert all(d["multilingual-only"] == 0.0 for d in deltas.values())
 
     # a re-run reuses every stage of every variant (teachers, select, vocab, cache, train, eval)
@@ -72,7 +82,9 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
 
 def test_variants_must_share_the_budget(ablation_root, tmp_path):
     root = ablation_root
-    text = ABLATION.format(root=root).replace("select: {strategy: min-ce}", "select: {strategy: min-ce}\n    train: {steps: 99}")
+    text = ABLATION.format(root=root).replace(
+        "select: {strategy: min-ce}", "select: {strategy: min-ce}\n    train: {steps: 99}"
+    )
     (tmp_path / "a.yaml").write_text(text)
     ablation = load_config(tmp_path / "a.yaml", schema=AblationConfig)
     problems = budget_problems(variant_configs(ablation, "a.yaml"))
@@ -81,7 +93,9 @@ def test_variants_must_share_the_budget(ablation_root, tmp_path):
 
 
 def test_bad_ablation_configs_name_the_key(tmp_path, capsys):
-    (tmp_path / "a.yaml").write_text("base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: min-ce}}}\n")
+    (tmp_path / "a.yaml").write_text(
+        "base: experiments/demo.yaml\nreference: nope\nvariants: {x: {select: {strategy: min-ce}}}\n"
+    )
     with pytest.raises(UserError, match="reference"):
         load_config(tmp_path / "a.yaml", schema=AblationConfig)
     (tmp_path / "b.yaml").write_text("base: missing.yaml\nvariants: {x: {}}\n")

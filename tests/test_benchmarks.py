@@ -1,7 +1,6 @@
 """Smoke tests of benchmarks/: every script runs at tiny sizes and ends with the JSON line run_all collects."""
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,14 @@ def load_run_all():
 
 def run_benchmark(name: str, *args: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = load_run_all().last_json_line(proc.stdout)
     assert result is not None, f"{name}: no final JSON line in:\n{proc.stdout[-1000:]}"
@@ -43,7 +49,11 @@ def test_inference_latency_quick():
     assert result["benchmark"] == "inference_latency"
     assert result["teacher_params"] > result["student_params"] > 0
     assert result["param_ratio"] == pytest.approx(result["teacher_params"] / result["student_params"], rel=1e-2)
-    for key in ("latency_ratio_teacher_over_student_b1", "latency_ratio_teacher_over_student_big_batch", "throughput_ratio_student_over_teacher"):
+    for key in (
+        "latency_ratio_teacher_over_student_b1",
+        "latency_ratio_teacher_over_student_big_batch",
+        "throughput_ratio_student_over_teacher",
+    ):
         assert result[key] > 0
 
 
@@ -63,8 +73,10 @@ def test_train_throughput_small():
     assert result["full_head_over_masked_only_step_time"] > 0 and result["offline_over_online_tokens_per_s"] > 0
 
 
-@pytest.mark.parametrize("name,args", [("train_throughput", ("--steps", "1", "--batch", "2")),
-                                       ("inference_latency", ("--quick", "--repeats", "2"))])
+@pytest.mark.parametrize(
+    "name,args",
+    [("train_throughput", ("--steps", "1", "--batch", "2")), ("inference_latency", ("--quick", "--repeats", "2"))],
+)
 def test_speed_benchmarks_take_the_gpu_suites_bf16_path(name, args):
     """`make bench-gpu` passes --device cuda --dtype bf16; the bf16 half of that path runs here on the CPU."""
     result = run_benchmark(name, *args, "--dtype", "bf16")

@@ -23,7 +23,9 @@ def test_layer_formulas():
 
 @pytest.fixture(scope="module")
 def tokenizer(corpus_texts):
-    return train_tokenizer("wordpiece", corpus_texts["en"]["train"][:150] + corpus_texts["de"]["train"][:150], vocab_size=600)
+    return train_tokenizer(
+        "wordpiece", corpus_texts["en"]["train"][:150] + corpus_texts["de"]["train"][:150], vocab_size=600
+    )
 
 
 def test_student_copies_chosen_layers_and_embeddings(tokenizer):
@@ -34,11 +36,19 @@ def test_student_copies_chosen_layers_and_embeddings(tokenizer):
     for s_index, t_index in [(0, 1), (1, 3)]:
         for name, value in student.bert.encoder.layer[s_index].state_dict().items():
             assert torch.equal(value, teacher.bert.encoder.layer[t_index].state_dict()[name])
-    assert torch.equal(s_state["bert.embeddings.word_embeddings.weight"], t_state["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        s_state["bert.embeddings.word_embeddings.weight"], t_state["bert.embeddings.word_embeddings.weight"]
+    )
     bottom = make_student(teacher, stride=2, choice="bottom")
-    assert torch.equal(bottom.bert.encoder.layer[1].attention.self.query.weight, teacher.bert.encoder.layer[1].attention.self.query.weight)
+    assert torch.equal(
+        bottom.bert.encoder.layer[1].attention.self.query.weight,
+        teacher.bert.encoder.layer[1].attention.self.query.weight,
+    )
     scratch = make_student(teacher, stride=2, from_scratch=True, seed=5)
-    assert not torch.equal(scratch.bert.encoder.layer[0].attention.self.query.weight, teacher.bert.encoder.layer[1].attention.self.query.weight)
+    assert not torch.equal(
+        scratch.bert.encoder.layer[0].attention.self.query.weight,
+        teacher.bert.encoder.layer[1].attention.self.query.weight,
+    )
 
 
 def _outputs(hidden_values, attn_values, mask_len=(3, 2)):
@@ -84,11 +94,25 @@ def test_short_phase1_run_improves_eval_loss(tokenizer, corpus_texts):
     teacher = tiny_mlm("bert", tokenizer, layers=2, seed=4, dropout=0.0)
     teacher.config._attn_implementation = "eager"
     teacher.eval()
-    student = make_student(teacher, stride=2, from_scratch=True)  # a copied student starts near 0 loss on a random teacher
+    student = make_student(
+        teacher, stride=2, from_scratch=True
+    )  # a copied student starts near 0 loss on a random teacher
     train = {lang: pack_language(tokenizer, corpus_texts[lang]["train"][:60], 32) for lang in ("en", "de")}
     valid = {lang: pack_language(tokenizer, corpus_texts[lang]["valid"][:20], 32) for lang in ("en", "de")}
-    cfg = SimpleNamespace(lr=3e-3, weight_decay=0.0, warmup_steps=2, steps=12, w_attn=1.0, w_hidden=1.0, w_logit=0.0, temperature=1.0,
-                          eval_every=6, eval_batches=1, batch_size=4, mlm_probability=0.15)
+    cfg = SimpleNamespace(
+        lr=3e-3,
+        weight_decay=0.0,
+        warmup_steps=2,
+        steps=12,
+        w_attn=1.0,
+        w_hidden=1.0,
+        w_logit=0.0,
+        temperature=1.0,
+        eval_every=6,
+        eval_batches=1,
+        batch_size=4,
+        mlm_probability=0.15,
+    )
     cfg.w_logit = 0.5  # also exercise the masked-only logit term
     student, history = train_phase1(teacher, student, tokenizer, train, valid, cfg, log=lambda _: None)
     assert history[-1]["best_eval_loss"] < history[0]["eval_loss"]
@@ -104,7 +128,7 @@ def test_masked_batch_labels_hold_the_original_tokens_at_masked_positions_only(t
         labels = batch["labels"][row, : len(seq)]
         masked = batch["masked"][row, : len(seq)]
         assert masked.any() and torch.equal(labels[masked], torch.as_tensor(seq, dtype=torch.long)[masked])
-        assert (labels[~masked] == -100).all() and (batch["labels"][row, len(seq):] == -100).all()
+        assert (labels[~masked] == -100).all() and (batch["labels"][row, len(seq) :] == -100).all()
 
 
 def test_scratch_phase1_learns_masked_lm_without_a_teacher(tokenizer, corpus_texts):
@@ -113,8 +137,20 @@ def test_scratch_phase1_learns_masked_lm_without_a_teacher(tokenizer, corpus_tex
     student = make_student(teacher, stride=2, from_scratch=True)
     train = {lang: pack_language(tokenizer, corpus_texts[lang]["train"][:60], 32) for lang in ("en", "de")}
     valid = {lang: pack_language(tokenizer, corpus_texts[lang]["valid"][:20], 32) for lang in ("en", "de")}
-    cfg = SimpleNamespace(lr=3e-3, weight_decay=0.0, warmup_steps=2, steps=12, w_attn=1.0, w_hidden=1.0, w_logit=0.0, temperature=1.0,
-                          eval_every=6, eval_batches=1, batch_size=4, mlm_probability=0.15)
+    cfg = SimpleNamespace(
+        lr=3e-3,
+        weight_decay=0.0,
+        warmup_steps=2,
+        steps=12,
+        w_attn=1.0,
+        w_hidden=1.0,
+        w_logit=0.0,
+        temperature=1.0,
+        eval_every=6,
+        eval_batches=1,
+        batch_size=4,
+        mlm_probability=0.15,
+    )
     student, history = train_phase1(None, student, tokenizer, train, valid, cfg, log=lambda _: None, objective="mlm")
     assert history[-1]["best_eval_loss"] < history[0]["eval_loss"]
     assert "mlm" in history[1] and "hidden" not in history[1]  # the logged terms are masked-LM only

@@ -11,14 +11,26 @@ def _model(seed=0):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
 def _batches(n, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(5, 50, (8, 10), generator=gen), "labels": torch.randint(0, 3, (8,), generator=gen)} for _ in range(n)]
+    return [
+        {"input_ids": torch.randint(5, 50, (8, 10), generator=gen), "labels": torch.randint(0, 3, (8,), generator=gen)}
+        for _ in range(n)
+    ]
 
 
 def _loss(model, batch):
@@ -35,7 +47,11 @@ def test_select_mask_is_global_top_k():
 
 def test_lt_sft_changes_exactly_the_density():
     model = _model()
-    eligible = [n for n, _ in model.named_parameters() if n.startswith("bert.") and "pooler" not in n and "word_embeddings" not in n]
+    eligible = [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("bert.") and "pooler" not in n and "word_embeddings" not in n
+    ]
     head = [n for n, _ in model.named_parameters() if n not in eligible]
     theta0 = snapshot(model)
     batches = _batches(6)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.bistil.evaluate import example_scores, f1_scores, flops_per_sequence, majority_accuracy, paired_bootstrap, task_metrics
+from mergedistill.bistil.evaluate import (
+    example_scores,
+    f1_scores,
+    flops_per_sequence,
+    majority_accuracy,
+    paired_bootstrap,
+    task_metrics,
+)
 from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, drop_copies, encode, keyterm_tags, words_of
 from mergedistill.cli import main as cli_main
 from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
@@ -15,7 +22,15 @@ from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, trai
 def test_keyterm_tags_localized_keys():
     words = words_of("Drücken Sie Strg+Umschalt+F5 in LibreOffice Calc 7.4")
     tags = [KEYTERM_LABELS[t] for t in keyterm_tags(words, "de")]
-    assert list(zip(words, tags))[2:9] == [("Strg", "KEY"), ("+", "O"), ("Umschalt", "KEY"), ("+", "O"), ("F5", "KEY"), ("in", "O"), ("LibreOffice", "PRODUCT")]
+    assert list(zip(words, tags))[2:9] == [
+        ("Strg", "KEY"),
+        ("+", "O"),
+        ("Umschalt", "KEY"),
+        ("+", "O"),
+        ("F5", "KEY"),
+        ("in", "O"),
+        ("LibreOffice", "PRODUCT"),
+    ]
     assert tags[-3:] == ["NUM", "O", "NUM"]  # 7 . 4
     assert KEYTERM_LABELS[keyterm_tags(["Strg"], "en")[0]] == "O"  # key names are per language
 
@@ -34,9 +49,15 @@ def test_topic_task_and_token_label_alignment():
 
 
 def test_topic_nocopy_drops_words_shared_with_the_translation():
-    assert drop_copies("Wählen Sie Format - Zellen in Calc 7.4.", "Choose Format - Cells in Calc 7.4.") == "Wählen Sie - Zellen .."
-    records = [{"id": "a", "module": "scalc", "text": "Rufen Sie FormatCellBorder auf"},
-               {"id": "b", "module": "scalc", "text": "Calc"}, {"id": "c", "module": "sbasic", "text": "ohne Partner"}]
+    assert (
+        drop_copies("Wählen Sie Format - Zellen in Calc 7.4.", "Choose Format - Cells in Calc 7.4.")
+        == "Wählen Sie - Zellen .."
+    )
+    records = [
+        {"id": "a", "module": "scalc", "text": "Rufen Sie FormatCellBorder auf"},
+        {"id": "b", "module": "scalc", "text": "Calc"},
+        {"id": "c", "module": "sbasic", "text": "ohne Partner"},
+    ]
     partner = {"a": "Call FormatCellBorder", "b": "Calc"}
     task = build_task("topic-nocopy", "de", records, partner)
     assert task.ids == ["a"] and task.inputs == ["Rufen Sie auf"] and task.kind == "sequence"  # b empties, c unpaired
@@ -69,7 +90,9 @@ def test_example_scores_sum_to_the_task_score_and_the_paired_bootstrap_brackets_
         assert num.sum() / den.sum() == pytest.approx(task_metrics(good, gold, kind, 4)["score"])
     a, b = (example_scores(p, gold, examples, 100, "token") for p in (good, poor))
     gain = paired_bootstrap(a, b, samples=500)
-    assert gain["diff"] == pytest.approx(task_metrics(good, gold, "token", 4)["score"] - task_metrics(poor, gold, "token", 4)["score"])
+    assert gain["diff"] == pytest.approx(
+        task_metrics(good, gold, "token", 4)["score"] - task_metrics(poor, gold, "token", 4)["score"]
+    )
     assert 0 < gain["low"] < gain["diff"] < gain["high"]
     same = paired_bootstrap(a, a, samples=50)
     assert same["diff"] == same["low"] == same["high"] == 0.0  # paired: one resample serves both models
@@ -79,9 +102,17 @@ def test_verdict_calls_far_above_scratch_only_with_the_margin_and_a_positive_int
     from mergedistill.bistil.report import verdict
 
     def rows(diff, low):
-        return [{"model": "teacher", "target": 0.5, "target_ratio": 1.0, "speedup": 1.0},
-                {"model": "bistil", "target": 0.5, "target_ratio": 1.0, "speedup": 3.0},
-                {"model": "scratch", "target": 0.5 - diff, "target_ratio": 0.9, "speedup": 3.0, "bistil_minus": {"diff": diff, "low": low, "high": diff + 0.02}}]
+        return [
+            {"model": "teacher", "target": 0.5, "target_ratio": 1.0, "speedup": 1.0},
+            {"model": "bistil", "target": 0.5, "target_ratio": 1.0, "speedup": 3.0},
+            {
+                "model": "scratch",
+                "target": 0.5 - diff,
+                "target_ratio": 0.9,
+                "speedup": 3.0,
+                "bistil_minus": {"diff": diff, "low": low, "high": diff + 0.02},
+            },
+        ]
 
     assert "goal ≥ +0.050 with the interval above 0: met" in verdict(rows(0.08, 0.04), 0.95, 2.0, 0.05)
     assert "interval above 0: NOT met" in verdict(rows(0.04, 0.01), 0.95, 2.0, 0.05)  # too small a gain
@@ -112,7 +143,15 @@ eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
 """)
     assert cli_main(["bistil", "run", str(config)]) == 0
     report = (out / "report" / "report.md").read_text()
-    for name in ("task teacher", "BiStil (phase 1", "dense KD", "self-taught", "scratch student", "random-init student", "95 % CI"):
+    for name in (
+        "task teacher",
+        "BiStil (phase 1",
+        "dense KD",
+        "self-taught",
+        "scratch student",
+        "random-init student",
+        "95 % CI",
+    ):
         assert name in report
     assert json.loads((out / "phase1-scratch" / "manifest.json").read_text())["objective"] == "mlm"
     assert json.loads((out / "phase1-random-init" / "manifest.json").read_text())["objective"] == "distil"
@@ -152,11 +191,11 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
     from types import SimpleNamespace
 
     from safetensors.torch import save_file
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from mergedistill.bistil.layers import make_student
     from mergedistill.bistil.phase2 import load_student, task_model, train_student
     from mergedistill.bistil.tasks import collate
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     teacher_mlm = AutoModelForMaskedLM.from_pretrained(str(tiny_teacher))
     phase1 = tmp_path / "phase1"
@@ -164,9 +203,26 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
     AutoTokenizer.from_pretrained(str(tiny_teacher)).save_pretrained(phase1)
     teacher = task_model(tiny_teacher, "token", 4, seed=1).eval()
     gen = torch.Generator().manual_seed(0)
-    batches = [collate([{"input_ids": torch.randint(5, 700, (12,)).tolist(), "labels": torch.randint(0, 4, (12,)).tolist()} for _ in range(4)], 0)
-               for _ in range(3)]
-    cfg = SimpleNamespace(temperature=2.0, w_soft=1.0, w_gold=0.5, w_attn=0.0, w_hidden=1.0, include_embeddings=False, density=0.1, lr=1e-2)
+    batches = [
+        collate(
+            [
+                {"input_ids": torch.randint(5, 700, (12,)).tolist(), "labels": torch.randint(0, 4, (12,)).tolist()}
+                for _ in range(4)
+            ],
+            0,
+        )
+        for _ in range(3)
+    ]
+    cfg = SimpleNamespace(
+        temperature=2.0,
+        w_soft=1.0,
+        w_gold=0.5,
+        w_attn=0.0,
+        w_hidden=1.0,
+        include_embeddings=False,
+        density=0.1,
+        lr=1e-2,
+    )
     for variant in ("bistil", "dense"):
         model, diff, head, _ = train_student(phase1, teacher, "token", 4, variant, cfg, batches, batches)
         out = tmp_path / variant
@@ -188,7 +244,7 @@ def test_a_teacher_card_with_a_recipe_is_built_by_bistil_itself(tmp_path):
 
     card = tmp_path / "mmt.yaml"
     card.write_text(f"""name: mmt
-source: {tmp_path / 'zoo' / 'mmt'}
+source: {tmp_path / "zoo" / "mmt"}
 languages: [en, de, ja]
 family: wordpiece
 max_length: 32
@@ -197,11 +253,27 @@ build:
   model: {{arch: deberta-v2, hidden: 32, layers: 3, heads: 2, intermediate: 64}}
   train: {{steps: 3, batch_size: 4, max_length: 32, max_paragraphs: 80, warmup: 1}}
 """)
-    cfg = from_dict(BistilConfig, {"teacher": str(card), "output_dir": str(tmp_path / "run"), "trim": {"max_paragraphs": 100},
-                                   "phase1": {"layer_stride": 3, "steps": 2, "batch_size": 4, "max_length": 32, "eval_every": 2,
-                                              "eval_batches": 1, "max_paragraphs": 40}})
+    cfg = from_dict(
+        BistilConfig,
+        {
+            "teacher": str(card),
+            "output_dir": str(tmp_path / "run"),
+            "trim": {"max_paragraphs": 100},
+            "phase1": {
+                "layer_stride": 3,
+                "steps": 2,
+                "batch_size": 4,
+                "max_length": 32,
+                "eval_every": 2,
+                "eval_batches": 1,
+                "max_paragraphs": 40,
+            },
+        },
+    )
     run = Run(cfg)
     manifest = run.phase1()
     assert (tmp_path / "zoo" / "mmt" / "model.safetensors").is_file()
     assert manifest["layers"] == 1 and manifest["teacher_layers"] == 3
-    assert Run(cfg).phase1_fp(False) == run.phase1_fp(False)  # the built teacher is current: same fingerprints, nothing rebuilt
+    assert Run(cfg).phase1_fp(False) == run.phase1_fp(
+        False
+    )  # the built teacher is current: same fingerprints, nothing rebuilt

@@ -48,10 +48,14 @@ def test_trimmed_teacher_gives_same_outputs(arch, family, family_tokenizers, bil
         want = reference(**old).logits[..., torch.as_tensor(kept)]
         got = model(**new).logits
     assert torch.allclose(got, want, atol=1e-5)
-    assert trimmed_tok.decode(new["input_ids"][0], skip_special_tokens=True) == tokenizer.decode(old["input_ids"][0], skip_special_tokens=True)
+    assert trimmed_tok.decode(new["input_ids"][0], skip_special_tokens=True) == tokenizer.decode(
+        old["input_ids"][0], skip_special_tokens=True
+    )
 
 
 def test_counts_ignore_special_tokens(family_tokenizers):
     tokenizer = family_tokenizers["wordpiece"]
     counts = piece_counts(tokenizer, ["Hello world", "Hello"])
-    assert counts[tokenizer.cls_token_id] == 0 and counts.sum() == len(tokenizer("Hello world Hello", add_special_tokens=False)["input_ids"])
+    assert counts[tokenizer.cls_token_id] == 0 and counts.sum() == len(
+        tokenizer("Hello world Hello", add_special_tokens=False)["input_ids"]
+    )

@@ -53,7 +53,13 @@ def test_no_verb_prints_help_and_exits_2():
 
 # A launcher puts --local_rank before the verb (deepspeed: `python -m mergedistill --local_rank=0 run CONFIG`)
 # or after it; either spelling, with = or as two words, for every verb.
-VERB_ARGS = {"corpus": ["stats"], "teachers": ["list"], "vocab": ["inspect", "DIR"], "bistil": ["trim", "c.yaml"], "ablate": ["c.yaml"]}
+VERB_ARGS = {
+    "corpus": ["stats"],
+    "teachers": ["list"],
+    "vocab": ["inspect", "DIR"],
+    "bistil": ["trim", "c.yaml"],
+    "ablate": ["c.yaml"],
+}
 
 
 @pytest.mark.parametrize("verb", cli.VERBS)
@@ -62,12 +68,16 @@ def test_local_rank_is_accepted_before_and_after_every_verb(verb, before, monkey
     import importlib
 
     seen = []
-    monkeypatch.setattr(importlib.import_module(f"mergedistill.commands.{verb}"), "main", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr(
+        importlib.import_module(f"mergedistill.commands.{verb}"), "main", lambda args: seen.append(args) or 0
+    )
     monkeypatch.setenv("LOCAL_RANK", "0")
     rest = VERB_ARGS.get(verb, ["c.yaml", "train.steps=2"])
     argv = ["--local_rank=1", verb, *rest] if before else [verb, *rest, "--local-rank", "1"]
     assert cli.main(argv) == 0 and len(seen) == 1  # parsed, and the verb ran
-    assert "train.steps=2" not in rest or seen[0].overrides == ["train.steps=2"]  # the flag is not taken for an override
+    assert "train.steps=2" not in rest or seen[0].overrides == [
+        "train.steps=2"
+    ]  # the flag is not taken for an override
 
 
 def test_local_rank_before_the_verb_runs_it():

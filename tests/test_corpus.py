@@ -43,8 +43,13 @@ def test_parse_page_reads_aligned_paragraphs_only():
     text.</p><p id="bm_x">skip</p><div class="embedded"><p id="par_id3">Inside</p></div>
     <h2 id="hd_2016">Old-style id</h2><p id="N0091">Basic page id</p></div>
     <footer><p id="par_id9">footer</p></footer></body></html>"""
-    assert parse_page(page) == [("hd_id1", "Title & more"), ("par_id2", "Some bold text."), ("par_id3", "Inside"),
-                                ("hd_2016", "Old-style id"), ("N0091", "Basic page id")]
+    assert parse_page(page) == [
+        ("hd_id1", "Title & more"),
+        ("par_id2", "Some bold text."),
+        ("par_id3", "Inside"),
+        ("hd_2016", "Old-style id"),
+        ("N0091", "Basic page id"),
+    ]
 
 
 def test_parse_page_keeps_one_case_of_an_inline_switch():
@@ -67,8 +72,17 @@ def test_subsample_keeps_the_same_ids_in_every_language():
 
 def _records():
     texts = {"en": "Paragraph {i} in English.", "de": "Absatz {i} auf Deutsch."}
-    return {lang: [{"id": f"scalc/01/p.html#par_id{i:04d}", "module": "scalc" if i % 3 else "swriter", "text": text.format(i=i)}
-                   for i in range(300 if lang == "en" else 200)] for lang, text in texts.items()}
+    return {
+        lang: [
+            {
+                "id": f"scalc/01/p.html#par_id{i:04d}",
+                "module": "scalc" if i % 3 else "swriter",
+                "text": text.format(i=i),
+            }
+            for i in range(300 if lang == "en" else 200)
+        ]
+        for lang, text in texts.items()
+    }
 
 
 def test_write_corpus_is_deterministic_aligned_and_licensed(tmp_path):
@@ -110,7 +124,9 @@ def test_user_text_and_jsonl_corpora(tmp_path):
     assert corpus.load_split("it", "train", sources=sources)[0]["text"].startswith("frase")
     packed = tmp_path / "pt.jsonl.gz"
     with gzip.open(packed, "wt", encoding="utf-8") as handle:
-        handle.writelines(json.dumps({"text": f"frase {i}", "id": f"doc{i}", "module": "news"}) + "\n" for i in range(100))
+        handle.writelines(
+            json.dumps({"text": f"frase {i}", "id": f"doc{i}", "module": "news"}) + "\n" for i in range(100)
+        )
     pt = corpus.load_split("pt", "train", sources={"pt": {"path": str(packed)}})
     assert pt[0]["module"] == "news" and all(split_of(i) == "train" for i in pt["id"])
 
@@ -125,7 +141,13 @@ def test_hub_source_arguments_reach_load_dataset(monkeypatch):
         return datasets.Dataset.from_dict({"content": [f"line {i}" for i in range(50)]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    source = {"hub": "someone/wiki", "config": "20231101.sw", "split": "train", "text_field": "content", "revision": "main"}
+    source = {
+        "hub": "someone/wiki",
+        "config": "20231101.sw",
+        "split": "train",
+        "text_field": "content",
+        "revision": "main",
+    }
     rows = corpus.load_split("sw", "train", sources={"sw": source})
     assert calls == [("someone/wiki", "20231101.sw", "train", {"revision": "main"})]
     assert rows[0]["id"].startswith("sw:") and rows.column_names == ["id", "module", "text"]

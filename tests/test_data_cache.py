@@ -11,7 +11,10 @@ from tests.conftest import ASSIGNMENT
 
 @pytest.fixture(scope="module")
 def streams(teachers, texts, merged):
-    return [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64) for lang, (t,) in sorted(ASSIGNMENT.items())]
+    return [
+        make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64)
+        for lang, (t,) in sorted(ASSIGNMENT.items())
+    ]
 
 
 def plan_of(streams, n=12, seed=0, **kw):
@@ -31,7 +34,10 @@ def test_sampling_follows_n_alpha(streams):
 
 def test_language_weights_scale_a_languages_share(streams):
     lang = streams[0].lang
-    base, weighted = plan_of(streams, n=4000, alpha=0.5), plan_of(streams, n=4000, alpha=0.5, language_weights={lang: 3.0})
+    base, weighted = (
+        plan_of(streams, n=4000, alpha=0.5),
+        plan_of(streams, n=4000, alpha=0.5, language_weights={lang: 3.0}),
+    )
     expected = base.probabilities.copy()
     expected[0] *= 3.0
     assert np.allclose(weighted.probabilities, expected / expected.sum())
@@ -45,7 +51,9 @@ def test_language_weights_scale_a_languages_share(streams):
         from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"xx": 2.0}}})
     with pytest.raises(UserError, match=r"language_weights.ja' must be a finite number > 0"):
         from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 0.0}}})
-    assert from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 2.0}}}).data.language_weights == {"ja": 2.0}
+    assert from_dict(ExperimentConfig, {**cards, "data": {"language_weights": {"ja": 2.0}}}).data.language_weights == {
+        "ja": 2.0
+    }
 
 
 def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
@@ -58,11 +66,15 @@ def test_batches_are_deterministic_and_aligned(streams, merged, teachers):
     id_map = merged.id_maps[batch["teacher"]]
     masked = batch["labels"] != -100
     unmasked = ~masked & batch["attention_mask"].bool()
-    mapped = torch.from_numpy(np.where(id_map[batch["teacher_input_ids"].numpy()] < 0, 1, id_map[batch["teacher_input_ids"].numpy()]))
+    mapped = torch.from_numpy(
+        np.where(id_map[batch["teacher_input_ids"].numpy()] < 0, 1, id_map[batch["teacher_input_ids"].numpy()])
+    )
     assert torch.equal(batch["input_ids"][unmasked], mapped[unmasked])  # student input = teacher input mapped
     mask_id = teachers[batch["teacher"]].vocab.roles["mask"]
     at_mask = batch["teacher_input_ids"] == mask_id
-    assert torch.equal(batch["input_ids"][at_mask], torch.full((int(at_mask.sum()),), 4))  # teacher [MASK] -> student [MASK]
+    assert torch.equal(
+        batch["input_ids"][at_mask], torch.full((int(at_mask.sum()),), 4)
+    )  # teacher [MASK] -> student [MASK]
     rate = masked.sum() / (batch["attention_mask"].sum() - 2 * batch["attention_mask"].shape[0])
     assert 0.08 < float(rate) < 0.25
 
@@ -87,7 +99,9 @@ def test_online_equals_offline_targets_and_loss(tmp_path, streams, teachers, mer
         assert torch.equal(off_ids, on_ids) and torch.equal(off_logits, on_logits)
         assert off_ids.shape == (int((batch["labels"] != -100).sum()), 5)
         student_logits = torch.randn(off_ids.shape[0], len(merged), generator=torch.Generator().manual_seed(i))
-        assert kd_soft_ce(student_logits, off_ids, off_logits, 2.0) == kd_soft_ce(student_logits, on_ids, on_logits, 2.0)
+        assert kd_soft_ce(student_logits, off_ids, off_logits, 2.0) == kd_soft_ce(
+            student_logits, on_ids, on_logits, 2.0
+        )
 
 
 def test_interrupted_build_resumes_byte_identical_and_ranks_split_the_work(tmp_path, streams, teachers, merged):
@@ -104,7 +118,11 @@ def test_interrupted_build_resumes_byte_identical_and_ranks_split_the_work(tmp_p
     names = sorted(p.name for p in (tmp_path / "full").glob("chunk-*.arrow"))
     assert len(names) == 3
     for name in names:
-        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "ranks" / name).read_bytes()
+        assert (
+            (tmp_path / "full" / name).read_bytes()
+            == (tmp_path / "resumed" / name).read_bytes()
+            == (tmp_path / "ranks" / name).read_bytes()
+        )
 
 
 def test_stale_truncated_and_corrupted_caches_are_refused(tmp_path, streams, teachers, merged):

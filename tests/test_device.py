@@ -55,6 +55,7 @@ class Placement:
         if isinstance(encoder, torch.nn.Module):
             modules[f"{name}.encoder"] = encoder
         for label, module in modules.items():
+
             def hook(module, args, kwargs, label=label):
                 self.calls[label] = self.calls.get(label, 0) + 1
                 self.check(label, (args, kwargs), device_of(module))
@@ -81,7 +82,10 @@ def watch(monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_plan(teachers, texts, merged):
-    streams = [make_stream(lang, teachers[t], texts[lang][:40], merged.id_maps[t], max_length=48) for lang, (t,) in sorted(ASSIGNMENT.items())]
+    streams = [
+        make_stream(lang, teachers[t], texts[lang][:40], merged.id_maps[t], max_length=48)
+        for lang, (t,) in sorted(ASSIGNMENT.items())
+    ]
     return DataPlan(streams, batch_size=4, n_batches=3, seed=0)
 
 
@@ -98,15 +102,20 @@ def watch_loss_terms(monkeypatch, watch, student):
 
     def internal_terms(student_out, teacher_out, attention_mask, *rest):
         watch.calls["internals"] = watch.calls.get("internals", 0) + 1
-        watch.check("teacher hidden states", (teacher_out.hidden_states, teacher_out.attentions, attention_mask), device_of(student))
+        watch.check(
+            "teacher hidden states",
+            (teacher_out.hidden_states, teacher_out.attentions, attention_mask),
+            device_of(student),
+        )
         return terms(student_out, teacher_out, attention_mask, *rest)
 
     monkeypatch.setattr(train_module, "kd_soft_ce", kd_soft_ce)
     monkeypatch.setattr(train_module, "internal_terms", internal_terms)
 
 
-def test_train_with_online_targets_and_hidden_attention_terms_moves_everything_to_the_models(tmp_path, small_plan, merged, teachers,
-                                                                                             watch, monkeypatch):
+def test_train_with_online_targets_and_hidden_attention_terms_moves_everything_to_the_models(
+    tmp_path, small_plan, merged, teachers, watch, monkeypatch
+):
     from mergedistill.train import train
 
     student = build_student(STUDENT, len(merged), seed=0)
@@ -115,13 +124,25 @@ def test_train_with_online_targets_and_hidden_attention_terms_moves_everything_t
         watch.guard(name, teacher.model)
     watch.guard("student", student)
     watch_loss_terms(monkeypatch, watch, student)
-    train(student, cfg(steps=2, alpha_hidden=1.0, alpha_attn=1.0), small_plan.batch, OnlineTargets(teachers, merged.id_maps, 4), tmp_path,
-          progress=False, log=lambda m: None, internals_fn=internals)
+    train(
+        student,
+        cfg(steps=2, alpha_hidden=1.0, alpha_attn=1.0),
+        small_plan.batch,
+        OnlineTargets(teachers, merged.id_maps, 4),
+        tmp_path,
+        progress=False,
+        log=lambda m: None,
+        internals_fn=internals,
+    )
     watch.called("student.encoder", "kd", "internals")
-    assert sum(n for label, n in watch.calls.items() if label.split(".")[0] in teachers) >= 4  # targets and internals per step
+    assert (
+        sum(n for label, n in watch.calls.items() if label.split(".")[0] in teachers) >= 4
+    )  # targets and internals per step
 
 
-def test_cache_build_and_training_on_offline_targets_move_everything_to_the_models(tmp_path, small_plan, merged, teachers, watch, monkeypatch):
+def test_cache_build_and_training_on_offline_targets_move_everything_to_the_models(
+    tmp_path, small_plan, merged, teachers, watch, monkeypatch
+):
     from mergedistill.train import train
 
     for name, teacher in teachers.items():
@@ -132,7 +153,15 @@ def test_cache_build_and_training_on_offline_targets_move_everything_to_the_mode
     student = build_student(STUDENT, len(merged), seed=0)
     watch.guard("student", student)
     watch_loss_terms(monkeypatch, watch, student)
-    train(student, cfg(steps=2), small_plan.batch, OfflineTargets(tmp_path / "topk", "fp"), tmp_path / "train", progress=False, log=lambda m: None)
+    train(
+        student,
+        cfg(steps=2),
+        small_plan.batch,
+        OfflineTargets(tmp_path / "topk", "fp"),
+        tmp_path / "train",
+        progress=False,
+        log=lambda m: None,
+    )
     watch.called("student.encoder", "kd")
 
 
@@ -152,12 +181,12 @@ def test_teacher_scoring_and_student_eval_move_everything_to_the_models(texts, m
 def test_bistil_phase1_and_phase2_move_everything_to_the_models(tiny_teachers, corpus_texts, watch, monkeypatch):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from mergedistill.bistil.config import Phase1Config
     from mergedistill.bistil.evaluate import predict
     from mergedistill.bistil.layers import make_student
     from mergedistill.bistil.phase1 import pack_language, train_phase1
     from mergedistill.bistil.phase2 import distill_loss_fn
     from mergedistill.bistil.tasks import collate
-    from mergedistill.bistil.config import Phase1Config
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_teachers["bert"])
     teacher = AutoModelForMaskedLM.from_pretrained(tiny_teachers["bert"], attn_implementation="eager").eval()
@@ -169,7 +198,9 @@ def test_bistil_phase1_and_phase2_move_everything_to_the_models(tiny_teachers, c
 
     loss = phase1_module.phase1_loss
 
-    def phase1_loss(student_out, teacher_out, attention_mask, *rest, **kw):  # the batch's mask meets the student's outputs
+    def phase1_loss(
+        student_out, teacher_out, attention_mask, *rest, **kw
+    ):  # the batch's mask meets the student's outputs
         watch.calls["phase1 loss"] = watch.calls.get("phase1 loss", 0) + 1
         watch.check("phase1 loss mask", attention_mask, student_out.hidden_states[0].device)
         return loss(student_out, teacher_out, attention_mask, *rest, **kw)
@@ -181,8 +212,12 @@ def test_bistil_phase1_and_phase2_move_everything_to_the_models(tiny_teachers, c
     train_phase1(teacher, student, tokenizer, seqs, seqs, p1, log=lambda m: None)
     watch.called("teacher.encoder", "student.encoder", "phase1 loss")
 
-    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["bert"], num_labels=3, attn_implementation="eager")
-    task_teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["bert"], num_labels=3, attn_implementation="eager")
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        tiny_teachers["bert"], num_labels=3, attn_implementation="eager"
+    )
+    task_teacher = AutoModelForSequenceClassification.from_pretrained(
+        tiny_teachers["bert"], num_labels=3, attn_implementation="eager"
+    )
     watch.guard("classifier", classifier)
     watch.guard("task teacher", task_teacher)
     examples = [{"input_ids": list(s[:16]), "labels": i % 3} for i, s in enumerate(seqs["en"][:4])]
@@ -211,7 +246,9 @@ def test_to_device_walks_batches_and_model_outputs():
 
     out = to_device({"a": torch.ones(2), "b": (torch.zeros(1), "x"), "n": 3}, "cpu")
     assert torch.equal(out["a"], torch.ones(2)) and out["b"][1] == "x" and out["n"] == 3
-    moved = to_device(BaseModelOutput(last_hidden_state=torch.ones(1, 2, 3), hidden_states=(torch.ones(1),)), torch.device("cpu"))
+    moved = to_device(
+        BaseModelOutput(last_hidden_state=torch.ones(1, 2, 3), hidden_states=(torch.ones(1),)), torch.device("cpu")
+    )
     assert isinstance(moved, BaseModelOutput) and moved.hidden_states[0].shape == (1,)
 
 
@@ -222,7 +259,9 @@ def test_device_rule_and_its_config_keys(monkeypatch):
     with pytest.raises(UserError, match="device: cuda asked for, but torch sees no CUDA GPU"):
         resolve_device("cuda")
     base = {"teachers": {"cards": ["a.yaml"]}}
-    assert from_dict(ExperimentConfig, base).device == "auto" and from_dict(ExperimentConfig, base).teachers.device == ""
+    assert (
+        from_dict(ExperimentConfig, base).device == "auto" and from_dict(ExperimentConfig, base).teachers.device == ""
+    )
     for key, value in (("device", "gpu"), ("teachers.device", "cuda:x")):
         with pytest.raises(UserError, match=f"config key '{key}' must be auto, cpu, cuda or cuda:N"):
             from_dict(ExperimentConfig, base, overrides=[f"{key}={value}"])

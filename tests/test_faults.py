@@ -10,7 +10,9 @@ PASSES = "from mergedistill import faults\nfor name in ['a', 'b', 'a', 'a']:\n  
 
 def run(tmp_path, **env):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MERGEDISTILL_") and k != "RANK"}
-    return subprocess.run([sys.executable, "-c", PASSES], env={**clean, **env}, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", PASSES], env={**clean, **env}, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
 
 
 def test_the_nth_pass_of_a_point_is_a_sigkill_and_a_trace_lists_every_pass(tmp_path):

@@ -18,23 +18,34 @@ from tests.test_train import plan  # noqa: F401  (fixture)
 
 def outputs(n_layers, seed, batch=2, length=5, hidden=4, heads=2):
     g = torch.Generator().manual_seed(seed)
-    return SimpleNamespace(hidden_states=tuple(torch.randn(batch, length, hidden, generator=g) for _ in range(n_layers + 1)),
-                           attentions=tuple(torch.softmax(torch.randn(batch, heads, length, length, generator=g), -1) for _ in range(n_layers)))
+    return SimpleNamespace(
+        hidden_states=tuple(torch.randn(batch, length, hidden, generator=g) for _ in range(n_layers + 1)),
+        attentions=tuple(
+            torch.softmax(torch.randn(batch, heads, length, length, generator=g), -1) for _ in range(n_layers)
+        ),
+    )
 
 
 def test_layer_pairing_follows_the_stride():
     teacher = outputs(4, seed=0)
     mask = torch.ones(2, 5, dtype=torch.long)
     # a 2-layer student whose states/attentions ARE the teacher's at the BiStil pairs: hidden i <- i*2, attention i <- (i+1)*2-1
-    student = SimpleNamespace(hidden_states=tuple(teacher.hidden_states[i * 2] for i in range(3)),
-                              attentions=tuple(teacher.attentions[(i + 1) * 2 - 1] for i in range(2)))
+    student = SimpleNamespace(
+        hidden_states=tuple(teacher.hidden_states[i * 2] for i in range(3)),
+        attentions=tuple(teacher.attentions[(i + 1) * 2 - 1] for i in range(2)),
+    )
     terms = internal_terms(student, teacher, mask, 2, True, True)
     assert float(terms["hidden"]) == 0.0 and float(terms["attn"]) == 0.0
-    shifted = SimpleNamespace(hidden_states=tuple(teacher.hidden_states[i] for i in range(3)), attentions=tuple(teacher.attentions[i] for i in range(2)))
+    shifted = SimpleNamespace(
+        hidden_states=tuple(teacher.hidden_states[i] for i in range(3)),
+        attentions=tuple(teacher.attentions[i] for i in range(2)),
+    )
     wrong = internal_terms(shifted, teacher, mask, 2, True, True)
     assert float(wrong["hidden"]) > 0.1 and float(wrong["attn"]) > 0
     assert set(internal_terms(student, teacher, mask, 2, True, False)) == {"hidden"}
-    assert float(internal_terms(student, teacher, mask, 2, True, False, hidden_loss="cosine")["hidden"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(
+        internal_terms(student, teacher, mask, 2, True, False, hidden_loss="cosine")["hidden"]
+    ) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_padding_does_not_count():
@@ -60,17 +71,41 @@ def sharpened(teachers):
 
 
 def test_train_with_hidden_and_attention_terms_lowers_them(tmp_path, plan, merged, teachers):  # noqa: F811
-    student_cfg = StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_position=80, dropout=0.0)  # the teachers' width
+    student_cfg = StudentConfig(
+        layers=1, hidden=32, heads=2, intermediate=64, max_position=80, dropout=0.0
+    )  # the teachers' width
     student = build_student(student_cfg, len(merged), seed=0)
     teachers = sharpened(teachers)
     internals = TeacherInternals(teachers, student.config, want_hidden=True, want_attn=True, log=lambda m: None)
     assert internals.strides == {"bert": 2, "roberta": 2, "xlm-roberta": 2}
-    cfg = TrainConfig(steps=40, batch_size=4, lr=5e-3, warmup_steps=1, checkpoint_every=40, log_every=1, alpha_kd=0.0, alpha_mlm=0.1,
-                      alpha_hidden=1.0, alpha_attn=300.0)  # attention MSE is ~1e-4: weight it up
-    train(student, cfg, plan.batch, OnlineTargets(teachers, merged.id_maps, 4), tmp_path, progress=False, log=lambda m: None, internals_fn=internals)
+    cfg = TrainConfig(
+        steps=40,
+        batch_size=4,
+        lr=5e-3,
+        warmup_steps=1,
+        checkpoint_every=40,
+        log_every=1,
+        alpha_kd=0.0,
+        alpha_mlm=0.1,
+        alpha_hidden=1.0,
+        alpha_attn=300.0,
+    )  # attention MSE is ~1e-4: weight it up
+    train(
+        student,
+        cfg,
+        plan.batch,
+        OnlineTargets(teachers, merged.id_maps, 4),
+        tmp_path,
+        progress=False,
+        log=lambda m: None,
+        internals_fn=internals,
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_hidden", "loss_attn", "loss_kd", "loss_mlm"} <= set(records[0])
-    for term, factor in (("loss_hidden", 0.8), ("loss_attn", 0.95)):  # attention sharpens slowly (Q/K weights must grow)
+    for term, factor in (
+        ("loss_hidden", 0.8),
+        ("loss_attn", 0.95),
+    ):  # attention sharpens slowly (Q/K weights must grow)
         first = sum(r[term] for r in records[:5]) / 5
         last = sum(r[term] for r in records[-5:]) / 5
         assert last < factor * first, (term, first, last)
@@ -100,12 +135,22 @@ def test_config_refuses_terms_without_online_teachers_and_unified_tokenization()
     with pytest.raises(UserError, match="data.tokenization.*vocab.unified_tokenizer: true"):
         from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": False}})
     with pytest.raises(UserError, match="train.alpha_hidden.*routed"):  # positions differ between the two sides
-        from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": True}, "train": {"alpha_attn": 1.0},
-                                     "cache": {"mode": "online"}})
+        from_dict(
+            ExperimentConfig,
+            {
+                **CARDS,
+                "data": unified,
+                "vocab": {"unified_tokenizer": True},
+                "train": {"alpha_attn": 1.0},
+                "cache": {"mode": "online"},
+            },
+        )
 
 
 def test_train_refuses_terms_without_internals(tmp_path, plan, merged):  # noqa: F811
-    student = build_student(StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_position=80), len(merged), seed=0)
+    student = build_student(
+        StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_position=80), len(merged), seed=0
+    )
     cfg = TrainConfig(steps=1, batch_size=4, alpha_hidden=1.0)
     with pytest.raises(UserError, match="cache.mode: online"):
         train(student, cfg, plan.batch, None, tmp_path, progress=False, log=lambda m: None)

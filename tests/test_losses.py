@@ -53,7 +53,9 @@ def test_hidden_and_attention_terms_ignore_padding():
 
 
 def test_combine_weights_and_logs():
-    total, logged = combine({"kd": torch.tensor(2.0), "mlm": torch.tensor(3.0), "hidden": torch.tensor(9.0)}, {"kd": 1.0, "mlm": 0.5})
+    total, logged = combine(
+        {"kd": torch.tensor(2.0), "mlm": torch.tensor(3.0), "hidden": torch.tensor(9.0)}, {"kd": 1.0, "mlm": 0.5}
+    )
     assert float(total) == 3.5 and logged["loss_hidden"] == 9.0 and logged["loss"] == 3.5
     with pytest.raises(ValueError):
         combine({"kd": torch.tensor(1.0)}, {"kd": 0.0})

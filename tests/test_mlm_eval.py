@@ -40,7 +40,9 @@ def test_accuracy_is_deterministic_and_sees_right_and_wrong_models():
     right = masked_token_accuracy(FixedModel(), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)
     assert right["acc"] == 1.0 and right["masked"] == 4
     assert right == masked_token_accuracy(FixedModel(), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)
-    assert masked_token_accuracy(FixedModel(right=False), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)["acc"] == 0.0
+    assert (
+        masked_token_accuracy(FixedModel(right=False), make_set(), mask_id=5, pad_id=0, seed=3, prob=0.5)["acc"] == 0.0
+    )
 
 
 def test_fertility_counts_pieces_per_word_and_unknowns():

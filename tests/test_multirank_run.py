@@ -48,13 +48,39 @@ def run_one_process(world: Path, output: str, *extra: str) -> Path:
 def run_two_ranks(world: Path, launcher: str, output: str, *extra: str) -> Path:
     port = str(free_port())
     if launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m", "mergedistill"]
+        head = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "mergedistill",
+        ]
     else:  # puts --local_rank=N before the verb
-        head = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", port, "--module", "mergedistill"]
-    result = subprocess.run([*head, "run", "exp.yaml", *OVERRIDES, f"output_dir={output}", *extra], cwd=world, env=clean_env(),
-                            capture_output=True, text=True, timeout=900)
+        head = [
+            str(Path(sys.executable).parent / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            port,
+            "--module",
+            "mergedistill",
+        ]
+    result = subprocess.run(
+        [*head, "run", "exp.yaml", *OVERRIDES, f"output_dir={output}", *extra],
+        cwd=world,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    if "cache.mode=online" not in extra:  # each rank built its own chunk of the two (lines may interleave with rank 0's progress bar)
+    if (
+        "cache.mode=online" not in extra
+    ):  # each rank built its own chunk of the two (lines may interleave with rank 0's progress bar)
         assert re.search(r"(?<!\[rank 1\] )\[cache\] built 1 chunk\(s\): 0\n", result.stderr), result.stderr[-3000:]
         assert re.search(r"\[rank 1\] \[cache\] built 1 chunk\(s\): 1\n", result.stderr), result.stderr[-3000:]
     return world / output
@@ -83,7 +109,10 @@ def assert_same_student(two: Path, one: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    a, b = load_file(two / "train" / "model" / "model.safetensors"), load_file(one / "train" / "model" / "model.safetensors")
+    a, b = (
+        load_file(two / "train" / "model" / "model.safetensors"),
+        load_file(one / "train" / "model" / "model.safetensors"),
+    )
     assert a.keys() == b.keys()
     different = [name for name in a if not torch.equal(a[name], b[name])]
     assert not different, f"tensors differ from the one-process run: {different}"
@@ -98,7 +127,11 @@ def test_torchrun_two_ranks_offline_cache_equal_one_process(world):
     two = run_two_ranks(world, "torchrun", "two")
     assert_complete_and_current(world, two, OVERRIDES + ["output_dir=two"], ranks=2)
     chunks = sorted(p.name for p in (two / "cache" / "topk").glob("chunk-*.arrow"))
-    assert chunks == sorted(p.name for p in (one / "cache" / "topk").glob("chunk-*.arrow")) == ["chunk-00000.arrow", "chunk-00001.arrow"]
+    assert (
+        chunks
+        == sorted(p.name for p in (one / "cache" / "topk").glob("chunk-*.arrow"))
+        == ["chunk-00000.arrow", "chunk-00001.arrow"]
+    )
     for name in chunks:
         assert (two / "cache" / "topk" / name).read_bytes() == (one / "cache" / "topk" / name).read_bytes(), name
     assert read_manifest(two / "cache")["cache_fingerprint"] == read_manifest(one / "cache")["cache_fingerprint"]

@@ -1,6 +1,6 @@
 import pytest
 
-from mergedistill.pieces import keys_to_text, key_bytes, normalize_vocab, piece_key
+from mergedistill.pieces import key_bytes, keys_to_text, normalize_vocab, piece_key
 from mergedistill.teachers import Teacher, TeacherCard
 from tests.conftest import FAMILIES, TEST_LANGUAGES
 
@@ -51,11 +51,14 @@ def test_byte_level_japanese_pieces_rejoin(tiny_teachers, corpus_texts):
     assert keys_to_text(keys) == " ".join(text.split())
 
 
-@pytest.mark.parametrize("arch, roles", [
-    ("bert", {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}),
-    ("roberta", {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}),
-    ("xlm-roberta", {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}),
-])
+@pytest.mark.parametrize(
+    "arch, roles",
+    [
+        ("bert", {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}),
+        ("roberta", {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}),
+        ("xlm-roberta", {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}),
+    ],
+)
 def test_special_tokens_get_canonical_roles(arch, roles, tiny_teachers):
     teacher = _load(tiny_teachers, arch)
     for role, token in roles.items():

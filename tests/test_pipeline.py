@@ -91,7 +91,9 @@ def test_work_dir_from_other_inputs_is_discarded_not_resumed(tmp_path):
 def test_changing_a_user_corpus_file_reruns_the_stages_that_read_the_corpus(tmp_path):
     corpus_file = tmp_path / "de.txt"
     corpus_file.write_text("Hallo Welt\n" * 20)
-    cfg = from_dict(ExperimentConfig, {**CFG, "corpus": {"languages": ["de"], "sources": {"de": {"path": str(corpus_file)}}}})
+    cfg = from_dict(
+        ExperimentConfig, {**CFG, "corpus": {"languages": ["de"], "sources": {"de": {"path": str(corpus_file)}}}}
+    )
     calls = []
 
     def stages():

@@ -10,8 +10,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from mergedistill import io
 from mergedistill.config import ExperimentConfig, from_dict
 from mergedistill.errors import UserError
@@ -80,7 +78,9 @@ def make_stages(calls: list, fail: dict | None = None) -> list[Stage]:
         check("build", ctx)
         ctx.ranks.barrier("build")
         if ctx.ranks.main:
-            (ctx.out / "parts.txt").write_text("|".join((ctx.work / f"part-{r}.txt").read_text() for r in range(ctx.ranks.world)))
+            (ctx.out / "parts.txt").write_text(
+                "|".join((ctx.work / f"part-{r}.txt").read_text() for r in range(ctx.ranks.world))
+            )
             return {"resumed": resumed}
         return {}
 
@@ -88,8 +88,11 @@ def make_stages(calls: list, fail: dict | None = None) -> list[Stage]:
         (ctx.out / "report.txt").write_text((ctx.inputs["build"] / "parts.txt").read_text())
         check("report", ctx)
 
-    return [Stage("prep", prep, sections=("vocab",)), Stage("build", build, sections=("train",), after=("prep",), sharded=True),
-            Stage("report", report, sections=("eval",), after=("build",))]
+    return [
+        Stage("prep", prep, sections=("vocab",)),
+        Stage("build", build, sections=("train",), after=("prep",), sharded=True),
+        Stage("report", report, sections=("eval",), after=("build",)),
+    ]
 
 
 def run_two(tmp_path, calls, fail=None) -> list:
@@ -98,7 +101,9 @@ def run_two(tmp_path, calls, fail=None) -> list:
 
     def rank(r):
         try:
-            outcomes[r] = run_stages(CFG, make_stages(calls, fail), tmp_path, log=lambda m: None, ranks=ThreadRanks(r, 2, board=board))
+            outcomes[r] = run_stages(
+                CFG, make_stages(calls, fail), tmp_path, log=lambda m: None, ranks=ThreadRanks(r, 2, board=board)
+            )
         except BaseException as err:  # noqa: BLE001 (what the rank raised is the result)
             outcomes[r] = err
             board.leave()
@@ -159,6 +164,10 @@ def test_an_interrupted_rank_stops_all_and_the_rerun_resumes_from_the_shared_wor
 
 def test_the_number_of_ranks_is_part_of_a_sharded_stages_fingerprint_only():
     prep, build, _ = make_stages([])
-    assert stage_fingerprint(build, CFG, {"prep": "p"}, world=2) != stage_fingerprint(build, CFG, {"prep": "p"}, world=1)
-    assert stage_fingerprint(build, CFG, {"prep": "p"}, world=2) != stage_fingerprint(build, CFG, {"prep": "p"}, world=4)
+    assert stage_fingerprint(build, CFG, {"prep": "p"}, world=2) != stage_fingerprint(
+        build, CFG, {"prep": "p"}, world=1
+    )
+    assert stage_fingerprint(build, CFG, {"prep": "p"}, world=2) != stage_fingerprint(
+        build, CFG, {"prep": "p"}, world=4
+    )
     assert stage_fingerprint(prep, CFG, {}, world=2) == stage_fingerprint(prep, CFG, {}, world=1)

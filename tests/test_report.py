@@ -3,9 +3,21 @@ import json
 from mergedistill.report import ReportFacts, baseline_table, eval_table, write_report
 
 ROWS = [
-    {"lang": "de", "teacher": "de-roberta", "teacher_acc": 0.5, "student_acc": 0.45, "teacher_pll_per_char": -1.0,
-     "student_pll_per_char": -1.2, "agreement": 0.7, "kl": 0.3, "masked": 640, "student_mlm_ce": 4.0,
-     "baseline_acc": 0.3, "baseline_mlm_ce": 3.5, "baseline_pll_per_char": -1.5},
+    {
+        "lang": "de",
+        "teacher": "de-roberta",
+        "teacher_acc": 0.5,
+        "student_acc": 0.45,
+        "teacher_pll_per_char": -1.0,
+        "student_pll_per_char": -1.2,
+        "agreement": 0.7,
+        "kl": 0.3,
+        "masked": 640,
+        "student_mlm_ce": 4.0,
+        "baseline_acc": 0.3,
+        "baseline_mlm_ce": 3.5,
+        "baseline_pll_per_char": -1.5,
+    },
     {"lang": "en", "teacher": "mbert", "teacher_acc": 0.4, "student_acc": 0.41, "baseline_acc": 0.2},
 ]
 
@@ -27,11 +39,20 @@ def test_baseline_table_bolds_the_better_side_of_each_measure():
 
 def test_write_report_writes_markdown_html_and_plots(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("\n".join(json.dumps({"step": s, "loss": 5.0 / s, "loss_kd": 2.0 / s, "tokens_per_s": 900 + s}) for s in range(1, 6)))
+    metrics.write_text(
+        "\n".join(
+            json.dumps({"step": s, "loss": 5.0 / s, "loss_kd": 2.0 / s, "tokens_per_s": 900 + s}) for s in range(1, 6)
+        )
+    )
     facts = ReportFacts(
-        title="demo", commands=["mergedistill run experiments/demo.yaml"], config_yaml="name: demo\n", eval_rows=ROWS,
-        sizes={"student_params": 1000, "teacher_params": {"mbert": 3000}}, selection_markdown="| a | b |\n|---|---|\n| 1 | 2 |",
-        fill_mask={"en": [{"text": "Click [MASK].", "predictions": [{"token": "OK", "score": 0.5}]}]}, metrics_jsonl=metrics,
+        title="demo",
+        commands=["mergedistill run experiments/demo.yaml"],
+        config_yaml="name: demo\n",
+        eval_rows=ROWS,
+        sizes={"student_params": 1000, "teacher_params": {"mbert": 3000}},
+        selection_markdown="| a | b |\n|---|---|\n| 1 | 2 |",
+        fill_mask={"en": [{"text": "Click [MASK].", "predictions": [{"token": "OK", "score": 0.5}]}]},
+        metrics_jsonl=metrics,
     )
     written = write_report(tmp_path / "out", facts)
     names = sorted(p.name for p in written)

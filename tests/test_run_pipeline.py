@@ -38,7 +38,9 @@ export: {{fill_mask_examples: 1}}
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    (root / "multi.yaml").write_text(CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert"))
+    (root / "multi.yaml").write_text(
+        CARD.format(name="multi", root=root, langs="en, de, ja", family="wordpiece", arch="bert")
+    )
     (root / "de.yaml").write_text(CARD.format(name="de", root=root, langs="de", family="bytelevel", arch="roberta"))
     (root / "ja.yaml").write_text(CARD.format(name="ja", root=root, langs="ja", family="unigram", arch="xlm-roberta"))
     (root / "exp.yaml").write_text(EXPERIMENT.format(root=root))
@@ -53,15 +55,21 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys):
         assert read_manifest(out / stage) is not None, stage
     report = (out / "report" / "report.md").read_text()
     assert "| de |" in report and "Teacher selection" in report
-    assert {p.name for p in (out / "report").glob("*.png")} >= {"training_curves.png", "languages.png", "selection_heatmap.png"}
+    assert {p.name for p in (out / "report").glob("*.png")} >= {
+        "training_curves.png",
+        "languages.png",
+        "selection_heatmap.png",
+    }
     eval_rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in eval_rows} == {"en", "de", "ja"}
 
     # the export loads with plain transformers, no mergedistill import
-    code = ("import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
-            "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
-            "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
-            "assert 'mergedistill' not in sys.modules; print(len(r))")
+    code = (
+        "import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"
+        "m = AutoModelForMaskedLM.from_pretrained(d); t = AutoTokenizer.from_pretrained(d);"
+        "r = pipeline('fill-mask', model=m, tokenizer=t)('Klicken Sie auf ' + t.mask_token + ' .');"
+        "assert 'mergedistill' not in sys.modules; print(len(r))"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "5"
@@ -95,8 +103,13 @@ def test_weighted_selection_runs_through_the_pipeline(experiment):
     test above built the zoo). The mixed stream is cached, trained on and evaluated like any other."""
     root = experiment
     (root / "twin.yaml").write_text(f"name: twin\nsource: {root}/zoo/multi\nlanguages: [en]\nmax_length: 48\n")
-    config = (EXPERIMENT.format(root=root).replace("[en, de, ja]", "[en]").replace("{root}/out".format(root=root), f"{root}/weighted")
-              .replace(f"{root}/de.yaml, {root}/ja.yaml", f"{root}/twin.yaml").replace("strategy: score", "strategy: weighted"))
+    config = (
+        EXPERIMENT.format(root=root)
+        .replace("[en, de, ja]", "[en]")
+        .replace("{root}/out".format(root=root), f"{root}/weighted")
+        .replace(f"{root}/de.yaml, {root}/ja.yaml", f"{root}/twin.yaml")
+        .replace("strategy: score", "strategy: weighted")
+    )
     (root / "weighted.yaml").write_text(config)
     assert main(["run", str(root / "weighted.yaml")]) == 0
     assignment = json.loads((root / "weighted" / "select" / "assignment.json").read_text())
@@ -113,13 +126,19 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
 
     root = experiment
     out = root / "unified"
-    assert main(["run", str(root / "exp.yaml"), f"output_dir={out}", "data.tokenization=unified", "eval.baseline=false"]) == 0
+    assert (
+        main(["run", str(root / "exp.yaml"), f"output_dir={out}", "data.tokenization=unified", "eval.baseline=false"])
+        == 0
+    )
     rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in rows} == {"en", "de", "ja"} and all(r["masked"] > 0 for r in rows)
     served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]
     assert sum(served.values()) == 6 * 4
     assert "unified tokenization" in (out / "export" / "README.md").read_text()
-    tokenizer, model = AutoTokenizer.from_pretrained(out / "export"), AutoModelForMaskedLM.from_pretrained(out / "export")
+    tokenizer, model = (
+        AutoTokenizer.from_pretrained(out / "export"),
+        AutoModelForMaskedLM.from_pretrained(out / "export"),
+    )
     from mergedistill.stages import unified_tokenizer
 
     trained_on = unified_tokenizer(out / "vocab")

@@ -24,11 +24,15 @@ def test_init_from_teacher_copies_layers_and_owned_embeddings(teachers, merged):
     assert all(torch.equal(t_layer[k], s_layer[k]) for k in t_layer)
     id_map = np.asarray(merged.id_maps["bert"])
     owned = np.flatnonzero(id_map >= 5)[:50]
-    assert torch.equal(student.bert.embeddings.word_embeddings.weight[id_map[owned]], teacher.model.bert.embeddings.word_embeddings.weight[owned])
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight[id_map[owned]],
+        teacher.model.bert.embeddings.word_embeddings.weight[owned],
+    )
     # a piece only another teacher owns starts from the mean of this teacher's sub-piece embeddings, not at random
     from mergedistill.student import _piece_text
 
     owned_ids = set(id_map[id_map >= 0].tolist())
+
     def sub_pieces(sid):
         return teacher.tokenizer(_piece_text(merged.pieces[sid]), add_special_tokens=False)["input_ids"]
 
@@ -37,12 +41,20 @@ def test_init_from_teacher_copies_layers_and_owned_embeddings(teachers, merged):
     expected = teacher.model.bert.embeddings.word_embeddings.weight[sub].mean(0)
     assert torch.allclose(student.bert.embeddings.word_embeddings.weight[foreign], expected)
     with pytest.raises(UserError, match="needs 4 teacher layers"):
-        init_from_teacher(StudentConfig(layers=2, layer_stride=2), teacher.model, teacher.tokenizer, merged.id_maps["bert"], merged.pieces)
+        init_from_teacher(
+            StudentConfig(layers=2, layer_stride=2),
+            teacher.model,
+            teacher.tokenizer,
+            merged.id_maps["bert"],
+            merged.pieces,
+        )
 
 
 @pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
 def test_student_masked_only_head_equals_full_head(merged, arch):
-    student = build_student(StudentConfig(arch=arch, layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged)).eval()
+    student = build_student(
+        StudentConfig(arch=arch, layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged)
+    ).eval()
     assert student.config.model_type == arch and student.config.vocab_size == len(merged)
     ids = torch.randint(5, len(merged), (2, 20))
     masked = torch.zeros(2, 20, dtype=torch.bool)
@@ -54,12 +66,16 @@ def test_student_masked_only_head_equals_full_head(merged, arch):
 
 
 def test_deberta_student_has_relative_positions_only_and_refuses_teacher_init(teachers, merged):
-    student = build_student(StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged))
+    student = build_student(
+        StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=40), len(merged)
+    )
     assert student.config.relative_attention and not student.config.position_biased_input
     assert not any("position_embeddings" in name for name, _ in student.named_parameters())
     cfg = StudentConfig(arch="deberta-v2", layers=1, init="teacher", init_teacher="bert")
     with pytest.raises(UserError, match="student.arch: bert"):
-        init_from_teacher(cfg, teachers["bert"].model, teachers["bert"].tokenizer, merged.id_maps["bert"], merged.pieces)
+        init_from_teacher(
+            cfg, teachers["bert"].model, teachers["bert"].tokenizer, merged.id_maps["bert"], merged.pieces
+        )
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob("experiments/**/*.yaml", recursive=True)))

@@ -13,8 +13,12 @@ def test_topk_matches_a_plain_forward(arch, tiny_teachers, corpus_texts):
     from transformers import AutoModelForMaskedLM
 
     teacher = Teacher.load(TeacherCard(name=arch, source=str(tiny_teachers[arch]), languages=["en", "de"]))
-    batch = teacher.tokenizer(corpus_texts["de"]["valid"][:3], padding=True, truncation=True, max_length=40, return_tensors="pt")
-    positions = batch["attention_mask"].bool() & (torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(0)) < 0.3)
+    batch = teacher.tokenizer(
+        corpus_texts["de"]["valid"][:3], padding=True, truncation=True, max_length=40, return_tensors="pt"
+    )
+    positions = batch["attention_mask"].bool() & (
+        torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    )
     ids, values = teacher.topk(batch["input_ids"], batch["attention_mask"], positions, k=5)
     plain = AutoModelForMaskedLM.from_pretrained(tiny_teachers[arch]).eval()
     with torch.no_grad():
@@ -27,7 +31,9 @@ def test_topk_matches_a_plain_forward(arch, tiny_teachers, corpus_texts):
 
 def test_card_loading_and_validation(tmp_path, tiny_teachers):
     card = tmp_path / "t.yaml"
-    card.write_text(f"# used by tests\nname: tiny\nsource: {tiny_teachers['bert']}\nlanguages: [en, de]\nfamily: wordpiece\n")
+    card.write_text(
+        f"# used by tests\nname: tiny\nsource: {tiny_teachers['bert']}\nlanguages: [en, de]\nfamily: wordpiece\n"
+    )
     teacher = Teacher.load(card)
     assert teacher.name == "tiny" and teacher.languages == ["en", "de"] and teacher.num_parameters() > 0
     assert len(teacher.fingerprint()) == 64 and teacher.fingerprint() == Teacher.load(card).fingerprint()

@@ -16,7 +16,10 @@ STUDENT = StudentConfig(layers=1, hidden=32, heads=2, intermediate=64, max_posit
 
 @pytest.fixture(scope="module")
 def plan(teachers, texts, merged):
-    streams = [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=48) for lang, (t,) in sorted(ASSIGNMENT.items())]
+    streams = [
+        make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=48)
+        for lang, (t,) in sorted(ASSIGNMENT.items())
+    ]
     return DataPlan(streams, batch_size=4, n_batches=200, seed=0)
 
 
@@ -114,4 +117,7 @@ def test_zero3_partitions_the_student_and_gives_back_its_full_trained_weights(tm
     for key in expected:
         assert got[key].shape == expected[key].shape
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
-    assert not torch.equal(got["bert.embeddings.word_embeddings.weight"], build_student(STUDENT, len(merged), seed=0).state_dict()["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(
+        got["bert.embeddings.word_embeddings.weight"],
+        build_student(STUDENT, len(merged), seed=0).state_dict()["bert.embeddings.word_embeddings.weight"],
+    )

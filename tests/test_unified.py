@@ -23,8 +23,10 @@ def unified(merged):
 
 @pytest.fixture(scope="module")
 def streams(teachers, texts, merged, unified):
-    return [make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64, student_tokenizer=unified)
-            for lang, (t,) in sorted(ASSIGNMENT.items())]
+    return [
+        make_stream(lang, teachers[t], texts[lang], merged.id_maps[t], max_length=64, student_tokenizer=unified)
+        for lang, (t,) in sorted(ASSIGNMENT.items())
+    ]
 
 
 def test_groups_cut_where_both_segmentations_end():
@@ -49,7 +51,10 @@ def test_one_piece_groups_cover_the_same_characters(teachers, texts, unified):
         pairs = 0
         for text, (_, _, s_groups, t_groups), so, to in zip(sample, paragraphs, s_off, t_off):
             for group in one_to_one(s_groups, t_groups):
-                (s0, s1), (t0, t1) = so[int(np.flatnonzero(s_groups == group)[0])], to[int(np.flatnonzero(t_groups == group)[0])]
+                (s0, s1), (t0, t1) = (
+                    so[int(np.flatnonzero(s_groups == group)[0])],
+                    to[int(np.flatnonzero(t_groups == group)[0])],
+                )
                 assert text[s0:s1].strip() == text[t0:t1].strip(), (lang, text[s0:s1], text[t0:t1])
                 pairs += 1
         assert pairs > 50, lang  # most words align somewhere
@@ -61,7 +66,9 @@ def test_packing_cuts_between_groups_and_fits_both_lengths():
     assert all(len(p.student_ids) <= 14 and len(p.teacher_ids) <= 12 for p in packed)
     body_s = np.concatenate([p.student_ids[p.student_groups >= 0] for p in packed])
     body_t = np.concatenate([p.teacher_ids[p.teacher_groups >= 0] for p in packed])
-    assert body_s.tolist() == list(range(10, 40)) * 2 and body_t.tolist() == list(range(100, 120)) * 2  # nothing lost or split
+    assert (
+        body_s.tolist() == list(range(10, 40)) * 2 and body_t.tolist() == list(range(100, 120)) * 2
+    )  # nothing lost or split
     for p in packed:
         assert p.student_ids[0] == 2 and p.student_ids[-1] == 3 and p.teacher_ids[0] == 0 and p.teacher_ids[-1] == 1
         for group in np.unique(p.student_groups[p.student_groups >= 0]):  # a group keeps its 3 + 2 pieces together
@@ -75,7 +82,9 @@ def test_masking_is_per_group_on_both_sides(streams):
     assert len(chosen) >= 1
     assert set(seq.student_groups[s_masked]) == set(chosen) == set(seq.teacher_groups[t_masked])
     assert not s_masked[seq.student_groups < 0].any() and not t_masked[seq.teacher_groups < 0].any()
-    assert np.array_equal(s_in[~s_masked], seq.student_ids[~s_masked]) and np.array_equal(t_in[~t_masked], seq.teacher_ids[~t_masked])
+    assert np.array_equal(s_in[~s_masked], seq.student_ids[~s_masked]) and np.array_equal(
+        t_in[~t_masked], seq.teacher_ids[~t_masked]
+    )
 
 
 def test_unified_batches_pair_student_and_teacher_positions(streams, unified):
@@ -112,7 +121,9 @@ def test_unified_online_equals_offline(tmp_path, streams, teachers, merged):
         a, b = offline(i, batch), online(i, batch)
         assert len(a[0]) == int(rows.sum()) and torch.equal(a[0], b[0])
         assert torch.equal(kd_soft_ce(logits, *a), kd_soft_ce(logits, *b))
-    routed = DataPlan([make_stream(s.lang, teachers[s.teacher], ["x"], merged.id_maps[s.teacher], 64) for s in streams[:1]], 4, 1)
+    routed = DataPlan(
+        [make_stream(s.lang, teachers[s.teacher], ["x"], merged.id_maps[s.teacher], 64) for s in streams[:1]], 4, 1
+    )
     assert routed.fingerprint() != DataPlan(streams[:1], 4, 1).fingerprint()
 
 
@@ -126,7 +137,10 @@ def test_unified_config_checks():
     with pytest.raises(UserError, match="train.alpha_hidden.*routed"):
         from_dict(ExperimentConfig, {**cards, "cache": {"mode": "online"}, "train": {"alpha_hidden": 1.0}})
     with pytest.raises(UserError, match="data.whole_word"):
-        from_dict(ExperimentConfig, {"teachers": {"cards": ["t.yaml"]}, "data": {"tokenization": "unified", "whole_word": True}})
+        from_dict(
+            ExperimentConfig,
+            {"teachers": {"cards": ["t.yaml"]}, "data": {"tokenization": "unified", "whole_word": True}},
+        )
 
 
 def test_unified_eval_compares_the_same_spans(teachers, merged, unified, corpus_texts):
@@ -134,17 +148,37 @@ def test_unified_eval_compares_the_same_spans(teachers, merged, unified, corpus_
     from mergedistill.evaluation import compare_student
     from mergedistill.student import build_student
 
-    student = build_student(StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=130), len(merged)).eval()
+    student = build_student(
+        StudentConfig(arch="deberta-v2", layers=1, hidden=32, heads=2, intermediate=64, max_position=130), len(merged)
+    ).eval()
     tok = teachers["xlm-roberta"].tokenizer
-    texts = [t for t in corpus_texts["ja"]["valid"] if len(tok(t)["input_ids"]) < 48][:12]  # untruncated: both sides see all of it
-    row = compare_student(student, teachers["xlm-roberta"], merged.id_maps["xlm-roberta"], texts, k=4, pll_paragraphs=4, student_tokenizer=unified)
-    routed = compare_student(student, teachers["xlm-roberta"], merged.id_maps["xlm-roberta"], texts, k=4, pll_paragraphs=4)
+    texts = [t for t in corpus_texts["ja"]["valid"] if len(tok(t)["input_ids"]) < 48][
+        :12
+    ]  # untruncated: both sides see all of it
+    row = compare_student(
+        student,
+        teachers["xlm-roberta"],
+        merged.id_maps["xlm-roberta"],
+        texts,
+        k=4,
+        pll_paragraphs=4,
+        student_tokenizer=unified,
+    )
+    routed = compare_student(
+        student, teachers["xlm-roberta"], merged.id_maps["xlm-roberta"], texts, k=4, pll_paragraphs=4
+    )
     assert row["masked"] > 5 and 0 <= row["student_acc"] <= 1 and np.isfinite(row["student_pll_per_char"])
     from mergedistill import mlm_eval
     from mergedistill.evaluation import teacher_eval_set
 
     # the teacher reads its own pieces: its PLL is its usual one
-    own = mlm_eval.pseudo_log_likelihood(teachers["xlm-roberta"].model, teacher_eval_set(teachers["xlm-roberta"], texts[:4]), tok.mask_token_id,
-                                         tok.pad_token_id)
+    own = mlm_eval.pseudo_log_likelihood(
+        teachers["xlm-roberta"].model,
+        teacher_eval_set(teachers["xlm-roberta"], texts[:4]),
+        tok.mask_token_id,
+        tok.pad_token_id,
+    )
     assert row["teacher_pll_per_char"] == pytest.approx(own["pll_per_char"])
-    assert row["student_pll_per_char"] != pytest.approx(routed["student_pll_per_char"])  # the student reads other pieces
+    assert row["student_pll_per_char"] != pytest.approx(
+        routed["student_pll_per_char"]
+    )  # the student reads other pieces

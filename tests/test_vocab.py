@@ -12,7 +12,6 @@ from mergedistill.pieces import NormalizedVocab
 from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab, map_topk, merge_vocabs
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
 from mergedistill.vocab.report import fertility_rows, merged_examples, overlap_table
-
 from tests.conftest import ASSIGNMENT
 
 
@@ -80,14 +79,21 @@ def test_build_is_byte_identical_and_reloads(tmp_path, teachers, texts, merged):
         with atomic_dir(tmp_path / out) as tmp:
             write_vocab_dir(tmp, again, teachers, ASSIGNMENT)
     compare = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
+
     def same(c):
         return not c.diff_files and not c.left_only and not c.right_only and all(same(s) for s in c.subdirs.values())
+
     assert same(compare)
     loaded = load_vocab(tmp_path / "a")
-    assert loaded.pieces == merged.pieces and all(np.array_equal(loaded.id_maps[n], merged.id_maps[n]) for n in merged.id_maps)
+    assert loaded.pieces == merged.pieces and all(
+        np.array_equal(loaded.id_maps[n], merged.id_maps[n]) for n in merged.id_maps
+    )
     routed = load_routed_tokenizer(tmp_path / "a")
     text = texts["de"][0]
-    assert routed.encode(text, "de") == merged.map_ids("roberta", teachers["roberta"].tokenizer(text)["input_ids"]).tolist()
+    assert (
+        routed.encode(text, "de")
+        == merged.map_ids("roberta", teachers["roberta"].tokenizer(text)["input_ids"]).tolist()
+    )
 
 
 def test_unified_tokenizer_loads_without_mergedistill(tmp_path, teachers, texts, merged):
@@ -99,7 +105,9 @@ def test_unified_tokenizer_loads_without_mergedistill(tmp_path, teachers, texts,
         "print(ids[0], ids[-1], t.mask_token_id, len(ids)); print(t.decode(ids, skip_special_tokens=True))"
     )
     text = texts["ja"][0]
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "v" / "unified"), text], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "v" / "unified"), text], capture_output=True, text=True, check=True
+    )
     first, last, mask, n = map(int, out.stdout.splitlines()[0].split())
     assert (first, last, mask) == (2, 3, 4) and n > 2
     assert out.stdout.splitlines()[1].replace(" ", "") == text.replace(" ", "")  # byte fallback: nothing lost

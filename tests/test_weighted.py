@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.cache import OfflineTargets, OnlineTargets, build_cache, cache_fingerprint, finalize_cache, teacher_targets
+from mergedistill.cache import (
+    OfflineTargets,
+    OnlineTargets,
+    build_cache,
+    cache_fingerprint,
+    finalize_cache,
+    teacher_targets,
+)
 from mergedistill.data import DataPlan, make_stream
 from mergedistill.teachers import Teacher, TeacherCard
 from mergedistill.vocab.build import build_vocab
@@ -15,8 +22,10 @@ from mergedistill.vocab.build import build_vocab
 @pytest.fixture(scope="module")
 def wordpiece_pair(tiny_teachers, corpus_texts):
     """bert and electra: two tiny teachers over the SAME WordPiece tokenizer (so they can be mixed)."""
-    teachers = {name: Teacher.load(TeacherCard(name=name, source=str(tiny_teachers[name]), languages=["en"], max_length=64))
-                for name in ("bert", "electra")}
+    teachers = {
+        name: Teacher.load(TeacherCard(name=name, source=str(tiny_teachers[name]), languages=["en"], max_length=64))
+        for name in ("bert", "electra")
+    }
     texts = {"en": corpus_texts["en"]["train"][:120]}
     merged = build_vocab(teachers, {"en": ["bert", "electra"]}, texts)
     return teachers, merged, texts
@@ -42,14 +51,20 @@ def test_a_teacher_mixed_with_its_copy_gives_its_own_targets(wordpiece_pair):
     # the values are the mixture's log-probabilities (= the teacher's), the reference its logits: the same
     # distribution over the top-k once renormalized (-inf = a piece the student lacks, in both)
     assert torch.equal(torch.isfinite(logits), torch.isfinite(ref_logits))
-    torch.testing.assert_close(torch.softmax(logits, -1).nan_to_num(), torch.softmax(ref_logits, -1).nan_to_num(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        torch.softmax(logits, -1).nan_to_num(), torch.softmax(ref_logits, -1).nan_to_num(), atol=2e-3, rtol=0
+    )
 
 
 def test_the_lower_ce_teacher_dominates_each_sequence(wordpiece_pair):
     teachers, merged, texts = wordpiece_pair
     broken = copy.deepcopy(teachers["bert"])
     with torch.no_grad():  # a teacher that puts almost all mass on one wrong piece: huge CE on the gold pieces
-        bias = broken.model.cls.predictions.bias if hasattr(broken.model.cls.predictions, "bias") else broken.model.cls.predictions.decoder.bias
+        bias = (
+            broken.model.cls.predictions.bias
+            if hasattr(broken.model.cls.predictions, "bias")
+            else broken.model.cls.predictions.decoder.bias
+        )
         bias[7] += 60.0
     pool = {"bert": teachers["bert"], "broken": broken}
     maps = {"bert": merged.id_maps["bert"], "broken": merged.id_maps["bert"]}
@@ -65,7 +80,9 @@ def test_offline_cache_equals_online_for_a_mixed_stream(tmp_path, wordpiece_pair
     teachers, merged, texts = wordpiece_pair
     plan = mixed_plan(teachers, merged, texts, ("bert", "electra"), n=12)
     fp = cache_fingerprint(plan, teachers, "vocab-fp", k=4)
-    assert fp != cache_fingerprint(mixed_plan(teachers, merged, texts, ("electra", "bert"), n=12), teachers, "vocab-fp", k=4)
+    assert fp != cache_fingerprint(
+        mixed_plan(teachers, merged, texts, ("electra", "bert"), n=12), teachers, "vocab-fp", k=4
+    )
     build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 4, fp, progress=False)
     finalize_cache(tmp_path / "c", fp, plan)
     offline, online = OfflineTargets(tmp_path / "c", fp), OnlineTargets(teachers, merged.id_maps, 4)

@@ -35,9 +35,9 @@ def test_build_produces_a_loadable_teacher_and_is_skipped_when_current(tmp_path)
 
 
 def test_interrupted_build_resumes_to_identical_weights(tmp_path):
-    import torch
-
     import shutil
+
+    import torch
 
     resumed = card(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
@@ -126,14 +126,20 @@ def test_a_shipped_tokenizer_file_makes_builds_reproducible(tmp_path):
     shipped = tmp_path / "shipped.tokenizer.json"
     shutil.copy(first / "tokenizer.json", shipped)
     pinned = {"family": "wordpiece", "vocab_size": 400, "file": str(shipped)}
-    builds = [build_teacher(card(tmp_path / d, tokenizer=pinned), progress=False, log=lambda m: None) for d in ("b", "c")]
+    builds = [
+        build_teacher(card(tmp_path / d, tokenizer=pinned), progress=False, log=lambda m: None) for d in ("b", "c")
+    ]
     a, b, c = state(first), state(builds[0]), state(builds[1])
-    assert all(torch.equal(b[k], c[k]) and torch.equal(a[k], b[k]) for k in b)  # and the same as the build that trained it
+    assert all(
+        torch.equal(b[k], c[k]) and torch.equal(a[k], b[k]) for k in b
+    )  # and the same as the build that trained it
     assert (builds[0] / "tokenizer.json").read_text() == (builds[1] / "tokenizer.json").read_text()
     before = build_fingerprint(card(tmp_path / "b", tokenizer=pinned), seed=0)
     shipped.write_text(shipped.read_text().replace('"[MASK]"', '"[MASK]" ', 1))  # same path, other bytes
     assert build_fingerprint(card(tmp_path / "b", tokenizer=pinned), seed=0) != before
     with pytest.raises(UserError, match="build.tokenizer.file: .*missing.json does not exist"):
-        build_teacher(card(tmp_path / "d", tokenizer={**pinned, "file": str(tmp_path / "missing.json")}), progress=False)
+        build_teacher(
+            card(tmp_path / "d", tokenizer={**pinned, "file": str(tmp_path / "missing.json")}), progress=False
+        )
     with pytest.raises(UserError, match="lacks the bytelevel special token"):
         build_teacher(card(tmp_path / "e", tokenizer={**pinned, "family": "bytelevel"}), progress=False)

@@ -45,7 +45,9 @@ class Phase1Config:
     max_paragraphs: Optional[int] = None  # per language; None = all of the train split
 
     def problems(self):
-        out = _positive(self, "layer_stride", "steps", "batch_size", "max_length", "lr", "eval_every", "eval_batches", "temperature")
+        out = _positive(
+            self, "layer_stride", "steps", "batch_size", "max_length", "lr", "eval_every", "eval_batches", "temperature"
+        )
         out += _non_negative(self, "warmup_steps", "weight_decay", "w_attn", "w_hidden", "w_logit")
         out += _one_of(self.layer_choice, ("stride", "bottom"), "layer_choice")
         if not 0 < self.mlm_probability < 1:
@@ -58,7 +60,9 @@ class Phase1Config:
 @dataclass
 class Phase2Config:
     tasks: List[str] = field(default_factory=lambda: list(TASKS))
-    variants: List[str] = field(default_factory=lambda: list(VARIANTS))  # students to train (the teacher is always evaluated)
+    variants: List[str] = field(
+        default_factory=lambda: list(VARIANTS)
+    )  # students to train (the teacher is always evaluated)
     task_teacher: str = ""  # directory of an MMT already fine-tuned on the task; "" = fine-tune it here
     teacher_steps: int = 300
     teacher_lr: float = 1e-3
@@ -78,12 +82,30 @@ class Phase2Config:
     max_train_examples: Optional[int] = None  # source-language training examples per task; None = all
 
     def problems(self):
-        out = _positive(self, "teacher_steps", "teacher_lr", "batch_size", "max_length", "lr", "head_lr", "temperature", "dense_steps")
+        out = _positive(
+            self,
+            "teacher_steps",
+            "teacher_lr",
+            "batch_size",
+            "max_length",
+            "lr",
+            "head_lr",
+            "temperature",
+            "dense_steps",
+        )
         out += _non_negative(self, "w_soft", "w_gold", "w_attn", "w_hidden", "sparse_steps")
         if not 0 < self.density <= 1:
             out.append(("density", f"must be in (0, 1], got {self.density}"))
-        out += [("tasks", f"has unknown task {t!r}; choose from {', '.join(TASK_NAMES)}") for t in self.tasks if t not in TASK_NAMES]
-        out += [("variants", f"has unknown variant {v!r}; choose from {', '.join(VARIANTS)}") for v in self.variants if v not in VARIANTS]
+        out += [
+            ("tasks", f"has unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
+            for t in self.tasks
+            if t not in TASK_NAMES
+        ]
+        out += [
+            ("variants", f"has unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+            for v in self.variants
+            if v not in VARIANTS
+        ]
         if not self.tasks:
             out.append(("tasks", "must name at least one task"))
         if self.w_soft + self.w_gold <= 0:
@@ -98,10 +120,14 @@ class BistilEvalConfig:
     latency_repeats: int = 10
     target_ratio: float = 0.95  # the report marks the student OK when target accuracy >= this x teacher's
     min_speedup: float = 2.0
-    min_gain_over_scratch: float = 0.05  # "far above scratch": BiStil − scratch >= this, and its 95 % bootstrap interval above 0
+    min_gain_over_scratch: float = (
+        0.05  # "far above scratch": BiStil − scratch >= this, and its 95 % bootstrap interval above 0
+    )
 
     def problems(self):
-        return _positive(self, "latency_batch_size", "latency_repeats", "target_ratio", "min_speedup") + _non_negative(self, "min_gain_over_scratch")
+        return _positive(self, "latency_batch_size", "latency_repeats", "target_ratio", "min_speedup") + _non_negative(
+            self, "min_gain_over_scratch"
+        )
 
 
 @dataclass

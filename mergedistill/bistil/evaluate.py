@@ -19,7 +19,9 @@ def predict(model, batches):
     model.eval()
     with torch.inference_mode():
         for batch in batches:
-            inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model))
+            inputs = to_device(
+                {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model)
+            )
             logits = model(**inputs).logits.cpu()
             labels = batch["labels"]
             rows = torch.arange(offset, offset + len(labels))
@@ -63,7 +65,12 @@ def task_metrics(pred, gold, kind: str, num_labels: int) -> dict:
     """Sequence tasks: accuracy + macro-F1 (score = accuracy). Token tasks: micro-F1 over non-O labels (score)."""
     if kind == "sequence":
         f1 = f1_scores(pred, gold, range(num_labels))
-        return {"score": accuracy(pred, gold), "accuracy": accuracy(pred, gold), "macro_f1": f1["macro"], "n": int(len(gold))}
+        return {
+            "score": accuracy(pred, gold),
+            "accuracy": accuracy(pred, gold),
+            "macro_f1": f1["macro"],
+            "n": int(len(gold)),
+        }
     f1 = f1_scores(pred, gold, range(num_labels), ignore=(0,))
     return {"score": f1["micro"], "micro_f1": f1["micro"], "accuracy": accuracy(pred, gold), "n": int(len(gold))}
 
@@ -93,7 +100,11 @@ def paired_bootstrap(a: tuple, b: tuple, samples: int = 1000, seed: int = 0) -> 
         return stats[0][idx].sum(1) / np.maximum(stats[1][idx].sum(1), 1e-12)
 
     diffs = resampled(a) - resampled(b)
-    return {"diff": float(point(a) - point(b)), "low": float(np.percentile(diffs, 2.5)), "high": float(np.percentile(diffs, 97.5))}
+    return {
+        "diff": float(point(a) - point(b)),
+        "low": float(np.percentile(diffs, 2.5)),
+        "high": float(np.percentile(diffs, 97.5)),
+    }
 
 
 def parameter_counts(model) -> dict:
@@ -179,9 +190,17 @@ def evaluate_all(run) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(run.out / "trim"))
     trim = read_manifest(run.out / "trim")
     phase1 = read_manifest(run.out / "phase1")
-    results = {"config": to_dict(cfg), "trim": {k: trim[k] for k in ("original_vocab", "kept_vocab", "theta", "params_before", "params_after")},
-               "phase1_best": phase1["best"], "student_layers": phase1["layers"], "teacher_layers": phase1["teacher_layers"],
-               "threads": torch.get_num_threads(), "latency_batch": cfg.eval.latency_batch_size, "device": str(run.device), "tasks": {}}
+    results = {
+        "config": to_dict(cfg),
+        "trim": {k: trim[k] for k in ("original_vocab", "kept_vocab", "theta", "params_before", "params_after")},
+        "phase1_best": phase1["best"],
+        "student_layers": phase1["layers"],
+        "teacher_layers": phase1["teacher_layers"],
+        "threads": torch.get_num_threads(),
+        "latency_batch": cfg.eval.latency_batch_size,
+        "device": str(run.device),
+        "tasks": {},
+    }
     for task in cfg.phase2.tasks:
         source = load_task(task, cfg.source, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.target)
         target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.source)
@@ -193,8 +212,10 @@ def evaluate_all(run) -> dict:
             directory = run.out / "phase2" / task / variant
             manifests[variant] = read_manifest(directory)
             models[variant] = load_student(manifests[variant]["phase1"], directory, kind, num_labels).to(run.device)
-        batches = {lang: eval_batches(encode(data, tokenizer, cfg.phase2.max_length), 64, tokenizer.pad_token_id)
-                   for lang, data in ((cfg.source, source), (cfg.target, target))}
+        batches = {
+            lang: eval_batches(encode(data, tokenizer, cfg.phase2.max_length), 64, tokenizer.pad_token_id)
+            for lang, data in ((cfg.source, source), (cfg.target, target))
+        }
         speed_examples = encode(target, tokenizer, cfg.phase2.max_length)[: cfg.eval.latency_batch_size]
         from mergedistill.bistil.tasks import collate
 
@@ -210,24 +231,38 @@ def evaluate_all(run) -> dict:
                 if lang == cfg.target:
                     target_examples[name] = example_scores(pred, gold, examples, len(target.ids), kind)
             manifest = manifests.get(name)
-            rows.append({"model": name, "source": scores[cfg.source]["score"], "target": scores[cfg.target]["score"],
-                         "metrics": scores, "params": parameter_counts(model)["total"],
-                         "changed": manifest["changed"] if manifest else None,
-                         "changed_fraction": manifest["changed"] / max(1, manifest["eligible"]) if manifest else None,
-                         "flops": flops_per_sequence(model.config, round(mean_length), num_labels, kind == "token"),
-                         "latency_ms": latencies[name] * 1000})
+            rows.append(
+                {
+                    "model": name,
+                    "source": scores[cfg.source]["score"],
+                    "target": scores[cfg.target]["score"],
+                    "metrics": scores,
+                    "params": parameter_counts(model)["total"],
+                    "changed": manifest["changed"] if manifest else None,
+                    "changed_fraction": manifest["changed"] / max(1, manifest["eligible"]) if manifest else None,
+                    "flops": flops_per_sequence(model.config, round(mean_length), num_labels, kind == "token"),
+                    "latency_ms": latencies[name] * 1000,
+                }
+            )
         teacher_row = rows[0]
         for row in rows:
             row["target_ratio"] = row["target"] / teacher_row["target"] if teacher_row["target"] else 0.0
             row["speedup"] = latencies["teacher"] / latencies[row["model"]]
             if row["model"] != "bistil" and "bistil" in target_examples:  # BiStil minus this model, 95 % interval
-                row["bistil_minus"] = paired_bootstrap(target_examples["bistil"], target_examples[row["model"]], seed=cfg.seed)
+                row["bistil_minus"] = paired_bootstrap(
+                    target_examples["bistil"], target_examples[row["model"]], seed=cfg.seed
+                )
         from mergedistill.bistil.report import verdict
 
         results["mean_length"] = mean_length
         train = run.task_data(task)
-        results["tasks"][task] = {"metric": "accuracy" if kind == "sequence" else "micro-F1 (PRODUCT/KEY/NUM)", "rows": rows,
-                                  "n_train": len(train.ids), "n_source_test": len(source.ids), "n_target_test": len(target.ids),
-                                  "majority": majority_accuracy(train.labels, target.labels) if kind == "sequence" else None,
-                                  "verdict": verdict(rows, cfg.eval.target_ratio, cfg.eval.min_speedup, cfg.eval.min_gain_over_scratch)}
+        results["tasks"][task] = {
+            "metric": "accuracy" if kind == "sequence" else "micro-F1 (PRODUCT/KEY/NUM)",
+            "rows": rows,
+            "n_train": len(train.ids),
+            "n_source_test": len(source.ids),
+            "n_target_test": len(target.ids),
+            "majority": majority_accuracy(train.labels, target.labels) if kind == "sequence" else None,
+            "verdict": verdict(rows, cfg.eval.target_ratio, cfg.eval.min_speedup, cfg.eval.min_gain_over_scratch),
+        }
     return results

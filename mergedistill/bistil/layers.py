@@ -14,7 +14,9 @@ from mergedistill.errors import UserError
 
 def student_layers(n_teacher: int, stride: int) -> int:
     if stride < 1 or n_teacher // stride < 1:
-        raise UserError(f"phase1.layer_stride={stride}: the teacher has {n_teacher} layers, so the stride must be 1..{n_teacher}")
+        raise UserError(
+            f"phase1.layer_stride={stride}: the teacher has {n_teacher} layers, so the stride must be 1..{n_teacher}"
+        )
     return n_teacher // stride
 
 
@@ -50,12 +52,14 @@ def layer_key_map(keys, kept: list[int]) -> dict[str, str]:
         if match is None:
             out[key] = key
         elif int(match.group(2)) in wanted:
-            student_key = key[: match.start(2)] + str(wanted[int(match.group(2))]) + key[match.end(2):]
+            student_key = key[: match.start(2)] + str(wanted[int(match.group(2))]) + key[match.end(2) :]
             out[student_key] = key
     return out
 
 
-def make_student(teacher_model, stride: int, choice: str = "stride", dropout: float = 0.0, from_scratch: bool = False, seed: int = 0):
+def make_student(
+    teacher_model, stride: int, choice: str = "stride", dropout: float = 0.0, from_scratch: bool = False, seed: int = 0
+):
     """A copy of the teacher with the kept layers and the embeddings (and MLM head), dropout off.
 
     ``from_scratch`` gives the same architecture randomly initialized (the scratch baseline).
@@ -80,6 +84,8 @@ def make_student(teacher_model, stride: int, choice: str = "stride", dropout: fl
         student_state = student.state_dict()
         missing = [k for k in student_state if k not in mapping]
         if missing:
-            raise UserError(f"teacher {config.model_type}: cannot map student weight {missing[0]}; use a BERT/RoBERTa-style teacher")
+            raise UserError(
+                f"teacher {config.model_type}: cannot map student weight {missing[0]}; use a BERT/RoBERTa-style teacher"
+            )
         student.load_state_dict({k: teacher_state[mapping[k]].clone() for k in student_state})
     return student.eval()

@@ -37,13 +37,21 @@ def select_mask(theta0: Mapping, theta1: Mapping, density: float) -> dict:
     out, start = {}, 0
     for n in names:
         size = theta0[n].numel()
-        out[n] = chosen[start:start + size].view_as(theta0[n])
+        out[n] = chosen[start : start + size].view_as(theta0[n])
         start += size
     return out
 
 
-def train_steps(model, params, loss_fn: Callable, batches: Iterable, lr: float, weight_decay: float = 0.0,
-                after_step: Callable | None = None, desc: str = "train") -> list[float]:
+def train_steps(
+    model,
+    params,
+    loss_fn: Callable,
+    batches: Iterable,
+    lr: float,
+    weight_decay: float = 0.0,
+    after_step: Callable | None = None,
+    desc: str = "train",
+) -> list[float]:
     """A plain AdamW loop with linear decay over ``batches``; returns the losses."""
     import torch
     from tqdm import tqdm
@@ -76,8 +84,16 @@ def restore_outside_mask(model, theta0: Mapping, mask: Mapping) -> None:
             params[name].copy_(torch.where(keep, params[name], theta0[name]))
 
 
-def lt_sft(model, eligible: list[str], loss_fn: Callable, dense_batches: Iterable, sparse_batches: Iterable, density: float,
-           lr: float, weight_decay: float = 0.0) -> tuple:
+def lt_sft(
+    model,
+    eligible: list[str],
+    loss_fn: Callable,
+    dense_batches: Iterable,
+    sparse_batches: Iterable,
+    density: float,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple:
     """Run LT-SFT on ``model`` in place; returns (mask over ``eligible``, θ0 of the eligible params, losses)."""
     theta0_all = snapshot(model)
     theta0 = {n: theta0_all[n] for n in eligible}
@@ -91,8 +107,16 @@ def lt_sft(model, eligible: list[str], loss_fn: Callable, dense_batches: Iterabl
     params = dict(model.named_parameters())
     hooks = [params[n].register_hook(lambda grad, m=mask[n]: grad * m) for n in eligible]
     try:
-        sparse = train_steps(model, list(model.parameters()), loss_fn, sparse_batches, lr, weight_decay,
-                             after_step=lambda: restore_outside_mask(model, theta0, mask), desc="lt-sft sparse")
+        sparse = train_steps(
+            model,
+            list(model.parameters()),
+            loss_fn,
+            sparse_batches,
+            lr,
+            weight_decay,
+            after_step=lambda: restore_outside_mask(model, theta0, mask),
+            desc="lt-sft sparse",
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -111,7 +135,9 @@ class SparseDiff:
 
         entries = {}
         for name, before in theta0.items():
-            delta = theta1[name].detach().double().cpu().reshape(-1) - before.detach().double().cpu().reshape(-1)  # stored on the CPU
+            delta = theta1[name].detach().double().cpu().reshape(-1) - before.detach().double().cpu().reshape(
+                -1
+            )  # stored on the CPU
             index = torch.nonzero(delta, as_tuple=False).reshape(-1)
             entries[name] = (index, delta[index].clone(), tuple(before.shape))
         return cls(entries)
@@ -124,7 +150,9 @@ class SparseDiff:
         params = dict(model.named_parameters())
         for name, (_, _, shape) in self.entries.items():
             if name not in params or tuple(params[name].shape) != shape:
-                raise UserError(f"sparse diff: parameter {name} {shape} is not in the model (or has another shape); apply it to the phase-1 model it was trained from")
+                raise UserError(
+                    f"sparse diff: parameter {name} {shape} is not in the model (or has another shape); apply it to the phase-1 model it was trained from"
+                )
         return params
 
     def _add(self, model, sign: float) -> None:
@@ -145,7 +173,6 @@ class SparseDiff:
         return model
 
     def save(self, path: str | Path) -> None:
-        import torch
         from safetensors.torch import save_file
 
         tensors, meta = {}, {}
@@ -162,7 +189,9 @@ class SparseDiff:
         try:
             handle = safe_open(str(path), framework="pt")
         except Exception as err:  # missing or corrupt file
-            raise UserError(f"{path}: not a readable sparse diff ({err}); re-run `mergedistill bistil phase2`") from None
+            raise UserError(
+                f"{path}: not a readable sparse diff ({err}); re-run `mergedistill bistil phase2`"
+            ) from None
         with handle:
             meta = handle.metadata() or {}
             entries = {}

@@ -23,8 +23,18 @@ from mergedistill.losses import attention_mse, hidden_mse
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
 
-def phase1_loss(student_out, teacher_out, attention_mask, stride: int, w_attn: float, w_hidden: float, w_logit: float = 0.0,
-                student_logits=None, teacher_logits=None, temperature: float = 1.0) -> tuple:
+def phase1_loss(
+    student_out,
+    teacher_out,
+    attention_mask,
+    stride: int,
+    w_attn: float,
+    w_hidden: float,
+    w_logit: float = 0.0,
+    student_logits=None,
+    teacher_logits=None,
+    temperature: float = 1.0,
+) -> tuple:
     """(total, {term: float}) from HF encoder outputs with ``attentions`` and ``hidden_states``;
     ``*_logits``: MLM logits at the masked positions only (rows), for the optional logit term."""
     import torch
@@ -32,10 +42,28 @@ def phase1_loss(student_out, teacher_out, attention_mask, stride: int, w_attn: f
     n_student = len(student_out.hidden_states) - 1
     terms = {}
     zero = student_out.hidden_states[0].sum() * 0.0
-    terms["attn"] = sum((attention_mse(student_out.attentions[i], teacher_out.attentions[j], attention_mask)
-                         for i, j in attention_pairs(n_student, stride)), zero) if w_attn > 0 else zero
-    terms["hidden"] = sum((hidden_mse(student_out.hidden_states[i], teacher_out.hidden_states[j], attention_mask)
-                           for i, j in hidden_pairs(n_student, stride)), zero) if w_hidden > 0 else zero
+    terms["attn"] = (
+        sum(
+            (
+                attention_mse(student_out.attentions[i], teacher_out.attentions[j], attention_mask)
+                for i, j in attention_pairs(n_student, stride)
+            ),
+            zero,
+        )
+        if w_attn > 0
+        else zero
+    )
+    terms["hidden"] = (
+        sum(
+            (
+                hidden_mse(student_out.hidden_states[i], teacher_out.hidden_states[j], attention_mask)
+                for i, j in hidden_pairs(n_student, stride)
+            ),
+            zero,
+        )
+        if w_hidden > 0
+        else zero
+    )
     if w_logit > 0 and student_logits is not None and len(student_logits):
         t_probs = torch.softmax(teacher_logits.float() / temperature, -1)
         s_logp = torch.log_softmax(student_logits.float() / temperature, -1)
@@ -60,7 +88,9 @@ def masked_batch(sequences: Sequence[np.ndarray], tokenizer, prob: float, seed: 
     inputs, masks = [], []
     for row, seq in enumerate(sequences):
         rng = example_rng(seed, *key, row)
-        ids, masked = mask_sequence(np.asarray(seq, dtype=np.int64), np.isin(seq, special_ids), rng, prob, tokenizer.mask_token_id, pool)
+        ids, masked = mask_sequence(
+            np.asarray(seq, dtype=np.int64), np.isin(seq, special_ids), rng, prob, tokenizer.mask_token_id, pool
+        )
         inputs.append(ids)
         masks.append(masked)
     ids, attention = pad_batch(inputs, tokenizer.pad_token_id)
@@ -69,8 +99,12 @@ def masked_batch(sequences: Sequence[np.ndarray], tokenizer, prob: float, seed: 
     for row, (m, seq) in enumerate(zip(masks, sequences)):
         masked[row, : len(m)] = m
         originals[row, : len(m)] = np.where(m, seq, -100)
-    return {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(attention), "masked": torch.as_tensor(masked),
-            "labels": torch.as_tensor(originals, dtype=torch.long)}
+    return {
+        "input_ids": torch.as_tensor(ids),
+        "attention_mask": torch.as_tensor(attention),
+        "masked": torch.as_tensor(masked),
+        "labels": torch.as_tensor(originals, dtype=torch.long),
+    }
 
 
 def balanced_schedule(sizes: Mapping[str, int], batch_size: int, steps: int, seed: int) -> list[tuple[str, list[int]]]:
@@ -95,8 +129,11 @@ def _forward(model, batch, need_logits: bool) -> tuple:
     from mergedistill.device import device_of, to_device
     from mergedistill.heads import masked_lm_logits
 
-    inputs = dict(to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model)),
-                  output_attentions=True, output_hidden_states=True)
+    inputs = dict(
+        to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model)),
+        output_attentions=True,
+        output_hidden_states=True,
+    )
     if need_logits:
         logits, out = masked_lm_logits(model, batch["input_ids"], batch["attention_mask"], batch["masked"], True, True)
         return out, logits
@@ -120,11 +157,22 @@ def _loss(student, teacher, batch, stride, weights, objective: str = "distil") -
     with torch.no_grad():
         t_out, t_logits = _forward(teacher, batch, need_logits)
     s_out, s_logits = _forward(student, batch, need_logits)
-    return phase1_loss(s_out, t_out, batch["attention_mask"], stride, student_logits=s_logits, teacher_logits=t_logits, **weights)
+    return phase1_loss(
+        s_out, t_out, batch["attention_mask"], stride, student_logits=s_logits, teacher_logits=t_logits, **weights
+    )
 
 
-def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: Mapping[str, list], cfg, seed: int = 0,
-                 log: Callable[[str], None] = print, objective: str = "distil") -> tuple:
+def train_phase1(
+    teacher,
+    student,
+    tokenizer,
+    train: Mapping[str, list],
+    valid: Mapping[str, list],
+    cfg,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    objective: str = "distil",
+) -> tuple:
     """Distil ``teacher`` into ``student`` (both eager-attention masked-LMs over ``tokenizer``), or with
     ``objective="mlm"`` train ``student`` on masked-LM alone (``teacher`` unused).
 
@@ -148,8 +196,13 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers if teacher is not None else 1
     weights = dict(w_attn=cfg.w_attn, w_hidden=cfg.w_hidden, w_logit=cfg.w_logit, temperature=cfg.temperature)
     on = device_of(student)  # the teacher is on the same device (the run's ``device``)
-    eval_batches = [masked_batch(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], tokenizer, cfg.mlm_probability, seed, "eval", lang, b)
-                    for lang, seqs in sorted(valid.items()) for b in range(min(cfg.eval_batches, math.ceil(len(seqs) / cfg.batch_size)))]
+    eval_batches = [
+        masked_batch(
+            seqs[b * cfg.batch_size : (b + 1) * cfg.batch_size], tokenizer, cfg.mlm_probability, seed, "eval", lang, b
+        )
+        for lang, seqs in sorted(valid.items())
+        for b in range(min(cfg.eval_batches, math.ceil(len(seqs) / cfg.batch_size)))
+    ]
     eval_batches = [to_device(batch, on) for batch in eval_batches]
 
     def evaluate() -> float:
@@ -166,7 +219,9 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
     log(f"phase1: step 0 eval loss {best[0]:.4f}")
     plan = balanced_schedule({lang: len(seqs) for lang, seqs in train.items()}, cfg.batch_size, cfg.steps, seed)
     for step, (lang, indices) in enumerate(tqdm(plan, desc="phase1", leave=False, disable=None), start=1):
-        batch = to_device(masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step), on)
+        batch = to_device(
+            masked_batch([train[lang][i] for i in indices], tokenizer, cfg.mlm_probability, seed, "train", step), on
+        )
         loss, terms = _loss(student, teacher, batch, stride, weights, objective)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,7 +230,9 @@ def train_phase1(teacher, student, tokenizer, train: Mapping[str, list], valid: 
         scheduler.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             eval_loss = evaluate()
-            history.append({"step": step, "lang": lang, "train_loss": float(loss.detach()), **terms, "eval_loss": eval_loss})
+            history.append(
+                {"step": step, "lang": lang, "train_loss": float(loss.detach()), **terms, "eval_loss": eval_loss}
+            )
             log(f"phase1: step {step} train loss {float(loss.detach()):.4f} eval loss {eval_loss:.4f}")
             if eval_loss < best[0]:
                 best = (eval_loss, step, copy.deepcopy(student.state_dict()))

@@ -54,7 +54,9 @@ def _rows(logits, labels):
     return logits[keep], labels[keep]
 
 
-def distill_loss_fn(teacher, stride: int, temperature: float, w_soft: float, w_gold: float, w_attn: float, w_hidden: float):
+def distill_loss_fn(
+    teacher, stride: int, temperature: float, w_soft: float, w_gold: float, w_attn: float, w_hidden: float
+):
     """loss(student, batch) for ``train_steps``; the teacher runs online (no gradients)."""
     import torch
     import torch.nn.functional as F
@@ -65,8 +67,12 @@ def distill_loss_fn(teacher, stride: int, temperature: float, w_soft: float, w_g
 
     def loss_fn(student, batch):
         batch = to_device(batch, device_of(student))  # the teacher is on the same device (the run's ``device``)
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      output_attentions=need_internals, output_hidden_states=need_internals)
+        inputs = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_attentions=need_internals,
+            output_hidden_states=need_internals,
+        )
         s_out = student(**inputs)
         s_logits, gold = _rows(s_out.logits, batch["labels"])
         total = s_logits.sum() * 0.0
@@ -100,7 +106,9 @@ def train_task_teacher(base_dir, kind: str, num_labels: int, batches, lr: float,
 
 def eligible_names(model, base_keys, include_embeddings: bool) -> list[str]:
     """Body parameters that came from the phase-1 model (LT-SFT may touch them); the rest is the new head."""
-    return [n for n, _ in model.named_parameters() if n in base_keys and (include_embeddings or "word_embeddings" not in n)]
+    return [
+        n for n, _ in model.named_parameters() if n in base_keys and (include_embeddings or "word_embeddings" not in n)
+    ]
 
 
 def base_parameter_names(model, phase1_dir) -> set:
@@ -112,24 +120,45 @@ def base_parameter_names(model, phase1_dir) -> set:
     return {n for n, _ in model.named_parameters() if n in stored}
 
 
-def train_student(phase1_dir, teacher, kind: str, num_labels: int, variant: str, cfg, dense_batches, sparse_batches, seed: int = 0):
+def train_student(
+    phase1_dir, teacher, kind: str, num_labels: int, variant: str, cfg, dense_batches, sparse_batches, seed: int = 0
+):
     """Train one student variant; returns (model, SparseDiff vs the phase-1 body, head state, losses)."""
     from mergedistill.device import device_of
 
     student = task_model(phase1_dir, kind, num_labels, seed=seed).to(device_of(teacher))
     stride = teacher.config.num_hidden_layers // student.config.num_hidden_layers
     gold_only = variant == "self-taught"
-    loss_fn = distill_loss_fn(teacher, stride, cfg.temperature, 0.0 if gold_only else cfg.w_soft, 1.0 if gold_only else cfg.w_gold,
-                              0.0 if gold_only else cfg.w_attn, 0.0 if gold_only else cfg.w_hidden)
+    loss_fn = distill_loss_fn(
+        teacher,
+        stride,
+        cfg.temperature,
+        0.0 if gold_only else cfg.w_soft,
+        1.0 if gold_only else cfg.w_gold,
+        0.0 if gold_only else cfg.w_attn,
+        0.0 if gold_only else cfg.w_hidden,
+    )
     base = base_parameter_names(student, phase1_dir)
     eligible = eligible_names(student, base, cfg.include_embeddings)
-    for name, param in student.named_parameters():  # phase-1 weights outside the diff (word embeddings by default) stay fixed
+    for (
+        name,
+        param,
+    ) in student.named_parameters():  # phase-1 weights outside the diff (word embeddings by default) stay fixed
         if name in base and name not in eligible:
             param.requires_grad_(False)
     theta0 = snapshot(student, eligible)
     if variant == "dense":
-        losses = {"dense": train_steps(student, list(student.parameters()), loss_fn, list(dense_batches) + list(sparse_batches), cfg.lr, 0.01,
-                                       desc="dense student")}
+        losses = {
+            "dense": train_steps(
+                student,
+                list(student.parameters()),
+                loss_fn,
+                list(dense_batches) + list(sparse_batches),
+                cfg.lr,
+                0.01,
+                desc="dense student",
+            )
+        }
     else:
         _, _, losses = lt_sft(student, eligible, loss_fn, dense_batches, sparse_batches, cfg.density, cfg.lr, 0.01)
     diff = SparseDiff.between(theta0, snapshot(student, eligible))

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 from mergedistill.errors import UserError
-from mergedistill.io import atomic_dir, file_fingerprint, fingerprint, is_current, read_manifest, write_json_atomic, write_manifest
+from mergedistill.io import (
+    atomic_dir,
+    file_fingerprint,
+    fingerprint,
+    is_current,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
 
 STAGES = ("trim", "phase1", "phase2", "report")
 # phase-1 kind -> (student initialisation, objective): BiStil copies the teacher's layers and distils; the
@@ -79,7 +87,9 @@ def _load_mlm(directory, eager: bool = True):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     extra = {"attn_implementation": "eager"} if eager else {}
-    return AutoModelForMaskedLM.from_pretrained(str(directory), **extra).eval(), AutoTokenizer.from_pretrained(str(directory))
+    return AutoModelForMaskedLM.from_pretrained(str(directory), **extra).eval(), AutoTokenizer.from_pretrained(
+        str(directory)
+    )
 
 
 class Run:
@@ -125,15 +135,22 @@ class Run:
             model, trimmed, kept, _ = trim_teacher(model, tokenizer, texts, c.trim.theta)
             save_trimmed(tmp, model, trimmed, kept)
             log(f"trim: {vocab_before} -> {len(kept)} pieces")
-            return {"original_vocab": vocab_before, "kept_vocab": int(len(kept)), "theta": c.trim.theta,
-                    "params_before": int(params_before), "params_after": int(sum(p.numel() for p in model.parameters()))}
+            return {
+                "original_vocab": vocab_before,
+                "kept_vocab": int(len(kept)),
+                "theta": c.trim.theta,
+                "params_before": int(params_before),
+                "params_after": int(sum(p.numel() for p in model.parameters())),
+            }
 
         return self._run("trim", self.out / "trim", self.trim_fp(), build)
 
     # ---- phase 1
     def phase1_fp(self, kind: str = "bistil") -> str:
         # BiStil's fingerprint keeps its pre-baseline form, so existing phase-1 outputs stay current
-        return fingerprint("phase1", self.trim_fp(), _section(self.cfg, "phase1"), self.cfg.seed, kind if kind != "bistil" else False)
+        return fingerprint(
+            "phase1", self.trim_fp(), _section(self.cfg, "phase1"), self.cfg.seed, kind if kind != "bistil" else False
+        )
 
     def phase1_dir(self, kind: str = "bistil") -> Path:
         return self.out / ("phase1" if kind == "bistil" else f"phase1-{kind}")
@@ -149,17 +166,39 @@ class Run:
 
         def build(tmp):
             teacher, tokenizer = _load_mlm(self.out / "trim")
-            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=random_init, seed=c.seed).to(self.device)
+            student = make_student(teacher, p.layer_stride, p.layer_choice, from_scratch=random_init, seed=c.seed).to(
+                self.device
+            )
             teacher.to(self.device)
-            train = {lang: pack_language(tokenizer, _texts(c, lang, "train", p.max_paragraphs), p.max_length) for lang in (c.source, c.target)}
-            valid = {lang: pack_language(tokenizer, _texts(c, lang, "valid", None), p.max_length) for lang in (c.source, c.target)}
-            student, history = train_phase1(teacher if objective == "distil" else None, student, tokenizer, train, valid, p, seed=c.seed,
-                                            log=lambda m: log(f"{name}: {m.removeprefix('phase1: ')}"), objective=objective)
+            train = {
+                lang: pack_language(tokenizer, _texts(c, lang, "train", p.max_paragraphs), p.max_length)
+                for lang in (c.source, c.target)
+            }
+            valid = {
+                lang: pack_language(tokenizer, _texts(c, lang, "valid", None), p.max_length)
+                for lang in (c.source, c.target)
+            }
+            student, history = train_phase1(
+                teacher if objective == "distil" else None,
+                student,
+                tokenizer,
+                train,
+                valid,
+                p,
+                seed=c.seed,
+                log=lambda m: log(f"{name}: {m.removeprefix('phase1: ')}"),
+                objective=objective,
+            )
             student.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / "history.json", history)
-            return {"best": history[-1], "layers": student.config.num_hidden_layers, "teacher_layers": teacher.config.num_hidden_layers,
-                    "init": "random" if random_init else "teacher", "objective": objective}
+            return {
+                "best": history[-1],
+                "layers": student.config.num_hidden_layers,
+                "teacher_layers": teacher.config.num_hidden_layers,
+                "init": "random" if random_init else "teacher",
+                "objective": objective,
+            }
 
         return self._run(name, self.phase1_dir(kind), self.phase1_fp(kind), build)
 
@@ -175,8 +214,13 @@ class Run:
 
         c = self.cfg
         data = self.task_data(task)
-        return train_batches(encode(data, tokenizer, c.phase2.max_length), c.phase2.batch_size, steps, tokenizer.pad_token_id,
-                             seed=hash_seed(c.seed, task, salt)), data
+        return train_batches(
+            encode(data, tokenizer, c.phase2.max_length),
+            c.phase2.batch_size,
+            steps,
+            tokenizer.pad_token_id,
+            seed=hash_seed(c.seed, task, salt),
+        ), data
 
     def teacher_fp(self, task: str) -> str:
         p = self.cfg.phase2
@@ -197,7 +241,9 @@ class Run:
 
             tokenizer = AutoTokenizer.from_pretrained(str(self.out / "trim"))
             batches, data = self.batches(task, tokenizer, p.teacher_steps, "teacher")
-            model = train_task_teacher(self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed, device=self.device)
+            model = train_task_teacher(
+                self.out / "trim", data.kind, data.num_labels, batches, p.teacher_lr, seed=c.seed, device=self.device
+            )
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             return {"task": task}
@@ -206,7 +252,14 @@ class Run:
         return self.out / "phase2" / task / "teacher"
 
     def variant_fp(self, task: str, variant: str) -> str:
-        return fingerprint("phase2", self.teacher_fp(task), self.phase1_fp(phase1_kind(variant)), _section(self.cfg, "phase2"), task, variant)
+        return fingerprint(
+            "phase2",
+            self.teacher_fp(task),
+            self.phase1_fp(phase1_kind(variant)),
+            _section(self.cfg, "phase2"),
+            task,
+            variant,
+        )
 
     def phase2(self, task: str, variant: str) -> Path:
         from safetensors.torch import save_file
@@ -226,16 +279,26 @@ class Run:
             cls = AutoModelForSequenceClassification if data.kind == "sequence" else AutoModelForTokenClassification
             teacher = cls.from_pretrained(str(teacher_path), attn_implementation="eager").to(self.device).eval()
             if teacher.config.vocab_size != len(tokenizer):
-                raise UserError(f"phase2.task_teacher: {teacher_path} has {teacher.config.vocab_size} pieces, the trimmed vocabulary "
-                                f"{len(tokenizer)}; fine-tune the trimmed teacher ({self.out / 'trim'}) or leave task_teacher empty")
-            model, diff, head, losses = train_student(phase1_dir, teacher, data.kind, data.num_labels, variant, p, dense, sparse, seed=c.seed)
+                raise UserError(
+                    f"phase2.task_teacher: {teacher_path} has {teacher.config.vocab_size} pieces, the trimmed vocabulary "
+                    f"{len(tokenizer)}; fine-tune the trimmed teacher ({self.out / 'trim'}) or leave task_teacher empty"
+                )
+            model, diff, head, losses = train_student(
+                phase1_dir, teacher, data.kind, data.num_labels, variant, p, dense, sparse, seed=c.seed
+            )
             diff.save(tmp / "diff.safetensors")
             save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / "head.safetensors"))
             model.config.save_pretrained(tmp)
             write_json_atomic(tmp / "losses.json", losses)
             eligible = sum(torch_numel(shape) for _, _, shape in diff.entries.values())
             log(f"phase2 {task} {variant}: {diff.nnz:,} of {eligible:,} eligible body parameters changed")
-            return {"task": task, "variant": variant, "changed": diff.nnz, "eligible": int(eligible), "phase1": str(phase1_dir)}
+            return {
+                "task": task,
+                "variant": variant,
+                "changed": diff.nnz,
+                "eligible": int(eligible),
+                "phase1": str(phase1_dir),
+            }
 
         directory = self.out / "phase2" / task / variant
         self._run(f"phase2 {task} {variant}", directory, self.variant_fp(task, variant), build)
@@ -249,8 +312,12 @@ class Run:
         for task in c.phase2.tasks:
             for variant in c.phase2.variants:
                 self.phase2(task, variant)
-        fp = fingerprint("report", [self.variant_fp(t, v) for t in c.phase2.tasks for v in c.phase2.variants],
-                         [self.teacher_fp(t) for t in c.phase2.tasks], _section(c, "eval"))
+        fp = fingerprint(
+            "report",
+            [self.variant_fp(t, v) for t in c.phase2.tasks for v in c.phase2.variants],
+            [self.teacher_fp(t) for t in c.phase2.tasks],
+            _section(c, "eval"),
+        )
 
         def build(tmp):
             from mergedistill.bistil.evaluate import evaluate_all

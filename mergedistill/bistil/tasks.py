@@ -50,7 +50,9 @@ def drop_copies(text: str, other_text: str) -> str:
 def keyterm_tags(words: list[str], lang: str) -> list[int]:
     keys = KEYS.get(lang)
     if keys is None:
-        raise UserError(f"keyterms task: no key-name list for language {lang!r}; use one of {', '.join(KEYS)} or drop the task")
+        raise UserError(
+            f"keyterms task: no key-name list for language {lang!r}; use one of {', '.join(KEYS)} or drop the task"
+        )
     tags = []
     for word in words:
         if word in PRODUCTS:
@@ -113,8 +115,14 @@ def build_task(task: str, lang: str, records, partner_texts: dict | None = None)
     return TaskData(task, lang, ids, inputs, labels)
 
 
-def load_task(task: str, lang: str, split: str, limit: int | None = None, corpus_dir: str | None = None,
-              partner: str | None = None) -> TaskData:
+def load_task(
+    task: str,
+    lang: str,
+    split: str,
+    limit: int | None = None,
+    corpus_dir: str | None = None,
+    partner: str | None = None,
+) -> TaskData:
     """``partner``: the other language of the pair, whose aligned paragraphs ``topic-nocopy`` reads."""
     from mergedistill.corpus import load_split
 
@@ -151,7 +159,11 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     token_level = isinstance(examples[0]["labels"], list)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long) if token_level else torch.zeros(len(examples), dtype=torch.long)
+    labels = (
+        torch.full((len(examples), width), -100, dtype=torch.long)
+        if token_level
+        else torch.zeros(len(examples), dtype=torch.long)
+    )
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
         ids[row, :n] = torch.as_tensor(example["input_ids"])
@@ -178,4 +190,4 @@ def train_batches(examples: list[dict], batch_size: int, steps: int, pad_id: int
 
 
 def eval_batches(examples: list[dict], batch_size: int, pad_id: int) -> list[dict]:
-    return [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    return [collate(examples[i : i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]

@@ -25,7 +25,7 @@ def piece_counts(tokenizer, texts: Iterable[str], batch: int = 512) -> np.ndarra
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     texts = list(texts)
     for start in range(0, len(texts), batch):
-        ids = tokenizer(texts[start:start + batch], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]
         flat = np.fromiter((i for row in ids for i in row), dtype=np.int64)
         counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
     return counts
@@ -143,8 +143,15 @@ def trim_model(model, kept: np.ndarray):
 
     old_vocab = model.get_input_embeddings().weight.shape[0]
     index = torch.as_tensor(kept, dtype=torch.long)
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    biases = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if p.dim() == 1 and p.shape[0] == old_vocab]
+    tied = (
+        model.get_output_embeddings() is not None
+        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
+    biases = [
+        (name, p)
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if p.dim() == 1 and p.shape[0] == old_vocab
+    ]
     with torch.no_grad():
         inp = model.get_input_embeddings()
         inp.weight = torch.nn.Parameter(inp.weight[index].clone())

@@ -14,5 +14,7 @@ def run_until(args, stage: str) -> int:
     cfg = load_config(args.config, args.overrides)
     from mergedistill.stages import run_experiment
 
-    run_experiment(cfg, config_path=args.config, overrides=args.overrides, until=stage, force=[stage] if args.force else [])
+    run_experiment(
+        cfg, config_path=args.config, overrides=args.overrides, until=stage, force=[stage] if args.force else []
+    )
     return 0

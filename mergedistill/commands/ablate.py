@@ -16,5 +16,7 @@ def main(args):
     from mergedistill.config import load_config
 
     ablation = load_config(args.config, None, schema=AblationConfig)
-    run_ablation(ablation, source=args.config, overrides=args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run_ablation(
+        ablation, source=args.config, overrides=args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     return 0

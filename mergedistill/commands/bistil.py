@@ -17,8 +17,13 @@ def add_arguments(parser):
     for action, help_text in ACTIONS.items():
         p = sub.add_parser(action, help=help_text, description=help_text)
         add_config_arguments(p)
-        p.add_argument("--force", nargs="*", default=None, metavar="STAGE",
-                       help="re-run these stages even if current (trim phase1 phase1-scratch phase1-random-init phase2 report); no names = this action's stage")
+        p.add_argument(
+            "--force",
+            nargs="*",
+            default=None,
+            metavar="STAGE",
+            help="re-run these stages even if current (trim phase1 phase1-scratch phase1-random-init phase2 report); no names = this action's stage",
+        )
 
 
 def main(args):

@@ -9,10 +9,14 @@ def add_arguments(parser):
     build.add_argument("cards", nargs="+", help="teacher card YAML files with a build: recipe")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    evaluate = sub.add_parser("eval", help="masked-token accuracy and PLL/char per teacher and language on held-out text")
+    evaluate = sub.add_parser(
+        "eval", help="masked-token accuracy and PLL/char per teacher and language on held-out text"
+    )
     evaluate.add_argument("cards", nargs="+", help="teacher cards (YAML) or checkpoint directories")
     evaluate.add_argument("--languages", nargs="+", default=None, help="default: each teacher's own languages")
-    evaluate.add_argument("--all-languages", action="store_true", help="evaluate every teacher on every language of the cards")
+    evaluate.add_argument(
+        "--all-languages", action="store_true", help="evaluate every teacher on every language of the cards"
+    )
     evaluate.add_argument("--paragraphs", type=int, default=100, help="held-out (valid split) paragraphs per language")
     evaluate.add_argument("--json", default=None, help="also write the table as JSON to this file")
     sub.add_parser("list", help="list the teacher cards under teachers/")
@@ -42,7 +46,9 @@ def main(args):
         return 0
     from mergedistill.evaluation import evaluate_teachers, format_teacher_table
 
-    rows = evaluate_teachers(args.cards, languages=args.languages, all_languages=args.all_languages, paragraphs=args.paragraphs)
+    rows = evaluate_teachers(
+        args.cards, languages=args.languages, all_languages=args.all_languages, paragraphs=args.paragraphs
+    )
     print(format_teacher_table(rows))
     if args.json:
         from mergedistill.io import write_json_atomic

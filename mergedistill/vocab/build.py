@@ -14,8 +14,14 @@ def served_languages(assignment: Mapping[str, Sequence[str]], teacher: str) -> l
     return sorted(lang for lang, teachers in assignment.items() if teacher in teachers)
 
 
-def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]], texts: Mapping[str, Sequence[str]],
-                min_freq: float = 1e-6, max_size: int | None = None, unified: bool = True) -> MergedVocab:
+def build_vocab(
+    teachers: Mapping[str, object],
+    assignment: Mapping[str, Sequence[str]],
+    texts: Mapping[str, Sequence[str]],
+    min_freq: float = 1e-6,
+    max_size: int | None = None,
+    unified: bool = True,
+) -> MergedVocab:
     """``teachers``: name -> Teacher; ``assignment``: language -> teacher names; ``texts``: language -> paragraphs.
 
     Each teacher's pieces are counted on the text of the languages it serves; a teacher that serves no
@@ -51,13 +57,21 @@ def build_vocab(teachers: Mapping[str, object], assignment: Mapping[str, Sequenc
     return merged
 
 
-def write_vocab_dir(directory: str | Path, merged: MergedVocab, teachers: Mapping[str, object], assignment: Mapping[str, Sequence[str]],
-                    unified: bool = True, max_length: int = 512) -> None:
+def write_vocab_dir(
+    directory: str | Path,
+    merged: MergedVocab,
+    teachers: Mapping[str, object],
+    assignment: Mapping[str, Sequence[str]],
+    unified: bool = True,
+    max_length: int = 512,
+) -> None:
     """Vocabulary files + ``routed/`` tokenizer (+ ``unified/`` tokenizer) into ``directory``."""
     directory = Path(directory)
     save_vocab(merged, directory)
     routes = {lang: names[0] for lang, names in assignment.items()}
     used = sorted(set(routes.values()))
-    RoutedTokenizer(routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length).save(directory / "routed")
+    RoutedTokenizer(
+        routes, {n: teachers[n].tokenizer for n in used}, {n: merged.id_maps[n] for n in used}, max_length
+    ).save(directory / "routed")
     if unified:
         build_unified_tokenizer(merged, max_length).save_pretrained(directory / "unified")

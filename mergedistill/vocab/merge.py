@@ -50,7 +50,7 @@ def piece_counts(tokenizer, texts, batch: int = 1000) -> np.ndarray:
     """How often each teacher id occurs when ``tokenizer`` tokenizes ``texts`` (no special tokens)."""
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     for start in range(0, len(texts), batch):
-        ids = tokenizer(list(texts[start:start + batch]), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(list(texts[start : start + batch]), add_special_tokens=False)["input_ids"]
         flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
         counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
     return counts
@@ -94,8 +94,10 @@ def merge_vocabs(
         room = max_size - len(SPECIAL_TOKENS)
         needed = [k for k in ordered if k in required]
         if len(needed) > room:
-            raise UserError(f"vocab.max_size={max_size} is below the {len(needed) + len(SPECIAL_TOKENS)} pieces the teachers need "
-                            "to tokenize their languages (specials included); raise vocab.max_size or set it to null")
+            raise UserError(
+                f"vocab.max_size={max_size} is below the {len(needed) + len(SPECIAL_TOKENS)} pieces the teachers need "
+                "to tokenize their languages (specials included); raise vocab.max_size or set it to null"
+            )
         optional = [k for k in ordered if k not in required][: room - len(needed)]
         chosen = set(needed) | set(optional)
         ordered = [k for k in ordered if k in chosen]

@@ -30,7 +30,9 @@ def save_vocab(vocab: MergedVocab, directory: str | Path) -> None:
     """Write into an existing directory (the caller provides atomicity, e.g. ``io.atomic_dir``)."""
     directory = Path(directory)
     (directory / "id_maps").mkdir(parents=True, exist_ok=True)
-    (directory / "pieces.json").write_text(json.dumps(vocab.pieces, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    (directory / "pieces.json").write_text(
+        json.dumps(vocab.pieces, ensure_ascii=False, indent=0) + "\n", encoding="utf-8"
+    )
     _save_npy(directory / "counts.npy", vocab.counts.astype(np.int64))
     for name, id_map in sorted(vocab.id_maps.items()):
         _save_npy(directory / "id_maps" / f"{name}.npy", id_map.astype(np.int32))
@@ -41,12 +43,16 @@ def load_vocab(directory: str | Path) -> MergedVocab:
     directory = Path(directory)
     pieces_path = directory / "pieces.json"
     if not pieces_path.is_file():
-        raise UserError(f"{directory}: not a merged vocabulary (pieces.json missing); build it with `mergedistill vocab build`")
+        raise UserError(
+            f"{directory}: not a merged vocabulary (pieces.json missing); build it with `mergedistill vocab build`"
+        )
     pieces = json.loads(pieces_path.read_text(encoding="utf-8"))
     id_maps = {p.stem: np.load(p, mmap_mode="r") for p in sorted((directory / "id_maps").glob("*.npy"))}
     counts = np.load(directory / "counts.npy")
     metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
     for name, id_map in id_maps.items():
         if id_map.size and int(id_map.max()) >= len(pieces):
-            raise UserError(f"{directory}/id_maps/{name}.npy: ids beyond the vocabulary; the directory is corrupted, rebuild it")
+            raise UserError(
+                f"{directory}/id_maps/{name}.npy: ids beyond the vocabulary; the directory is corrupted, rebuild it"
+            )
     return MergedVocab(pieces, id_maps, counts, metadata)

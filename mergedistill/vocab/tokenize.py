@@ -28,7 +28,13 @@ ROUTED_CONFIG = "routed_tokenizer.json"
 class RoutedTokenizer:
     """language -> (teacher tokenizer, id map); ``encode`` returns student ids aligned with the teacher's."""
 
-    def __init__(self, routes: Mapping[str, str], tokenizers: Mapping[str, object], id_maps: Mapping[str, np.ndarray], max_length: int = 512):
+    def __init__(
+        self,
+        routes: Mapping[str, str],
+        tokenizers: Mapping[str, object],
+        id_maps: Mapping[str, np.ndarray],
+        max_length: int = 512,
+    ):
         self.routes = dict(routes)
         self.tokenizers = dict(tokenizers)
         self.id_maps = dict(id_maps)
@@ -70,7 +76,9 @@ def load_routed_tokenizer(directory: str | Path) -> RoutedTokenizer:
     if not config_path.is_file():
         candidate = directory / "routed" / ROUTED_CONFIG
         if not candidate.is_file():
-            raise UserError(f"{directory}: no {ROUTED_CONFIG}; pass the student's export directory or its routed/ folder")
+            raise UserError(
+                f"{directory}: no {ROUTED_CONFIG}; pass the student's export directory or its routed/ folder"
+            )
         directory, config_path = directory / "routed", candidate
     config = json.loads(config_path.read_text(encoding="utf-8"))
     tokenizers = {name: AutoTokenizer.from_pretrained(directory / name) for name in config["teachers"]}
@@ -81,7 +89,7 @@ def load_routed_tokenizer(directory: str | Path) -> RoutedTokenizer:
 def unified_scores(vocab: MergedVocab, smoothing: float = 0.5) -> list[float]:
     """Unigram log-probabilities from the merged corpus counts (add-``smoothing``), specials at 0."""
     counts = np.asarray(vocab.counts, dtype=np.float64) if len(vocab.counts) else np.zeros(len(vocab))
-    body = counts[len(SPECIAL_TOKENS):] + smoothing
+    body = counts[len(SPECIAL_TOKENS) :] + smoothing
     log_total = math.log(body.sum())
     scores = [0.0] * len(SPECIAL_TOKENS) + [float(math.log(c) - log_total) for c in body]
     # byte pieces are the fallback of last resort
@@ -94,17 +102,30 @@ def build_unified_tokenizer(vocab: MergedVocab, model_max_length: int = 512):
     from transformers import PreTrainedTokenizerFast
 
     has_bytes = "<0x00>" in vocab.pieces
-    model = models.Unigram(list(zip(vocab.pieces, unified_scores(vocab))), unk_id=SPECIAL_IDS["unk"], byte_fallback=has_bytes)
+    model = models.Unigram(
+        list(zip(vocab.pieces, unified_scores(vocab))), unk_id=SPECIAL_IDS["unk"], byte_fallback=has_bytes
+    )
     tok = Tokenizer(model)
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", SPECIAL_IDS["cls"]), ("[SEP]", SPECIAL_IDS["sep"])]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", SPECIAL_IDS["cls"]), ("[SEP]", SPECIAL_IDS["sep"])],
     )
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=model_max_length,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def copy_tokenizer_files(source: str | Path, target: str | Path) -> None:

@@ -28,8 +28,19 @@ def make_student():
 
 
 def train_config(**changes):
-    return TrainConfig(**{"steps": 4, "batch_size": 4, "lr": 1e-2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "zero_stage": 2,
-                          "alpha_kd": 0.0, **changes})
+    return TrainConfig(
+        **{
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 1e-2,
+            "warmup_steps": 1,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "zero_stage": 2,
+            "alpha_kd": 0.0,
+            **changes,
+        }
+    )
 
 
 def recording(read: list):

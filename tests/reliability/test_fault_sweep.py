@@ -63,7 +63,18 @@ def command(ranks: int, output: str) -> list[str]:
     args = ["run", "exp.yaml", *OVERRIDES, f"output_dir={output}"] + (["train.grad_accum=2"] if ranks == 1 else [])
     if ranks == 1:
         return [sys.executable, "-m", "mergedistill", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "mergedistill", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "mergedistill",
+        *args,
+    ]
 
 
 def overrides(ranks: int, output: str) -> list[str]:
@@ -71,7 +82,9 @@ def overrides(ranks: int, output: str) -> list[str]:
 
 
 def launch(world: Path, ranks: int, output: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(ranks, output), cwd=world, env={**clean_env(), **env}, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        command(ranks, output), cwd=world, env={**clean_env(), **env}, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def traced_run(world: Path, ranks: int, output: str) -> dict[int, list[str]]:
@@ -90,12 +103,19 @@ def segments(points: list[str]) -> dict[str, tuple[int, int]]:
 
 def describe(point: str, n: int) -> str:
     kind, _, stage = point.partition(":")
-    return {"stage": "the stage starts", "seal": "output complete, before its rename into place",
-            "write": f"atomic file write #{n} of the stage done, before its rename", "chunk": f"inside cache chunk #{n}'s write",
-            "step": f"after optimizer step #{n} of the attempt", "checkpoint": f"checkpoint #{n} written, before `latest` points to it"}[kind]
+    return {
+        "stage": "the stage starts",
+        "seal": "output complete, before its rename into place",
+        "write": f"atomic file write #{n} of the stage done, before its rename",
+        "chunk": f"inside cache chunk #{n}'s write",
+        "step": f"after optimizer step #{n} of the attempt",
+        "checkpoint": f"checkpoint #{n} written, before `latest` points to it",
+    }[kind]
 
 
-def kill_and_resume(world: Path, reference: Path, source: Path, ranks: int, stage: str, point: str, n: int, rank: int, run: str) -> None:
+def kill_and_resume(
+    world: Path, reference: Path, source: Path, ranks: int, stage: str, point: str, n: int, rank: int, run: str
+) -> None:
     out = world / run
     out.mkdir()
     for done in STAGES[: STAGES.index(stage)]:
@@ -105,16 +125,27 @@ def kill_and_resume(world: Path, reference: Path, source: Path, ranks: int, stag
     if ranks == 1:
         assert killed.returncode == -signal.SIGKILL, f"{spec}: exit {killed.returncode}\n{killed.stderr[-3000:]}"
     else:
-        assert killed.returncode != 0 and re.search(rf"rank\s*:\s*{rank} .*\n\s*exitcode\s*:\s*-9 ", killed.stderr), \
+        assert killed.returncode != 0 and re.search(rf"rank\s*:\s*{rank} .*\n\s*exitcode\s*:\s*-9 ", killed.stderr), (
             f"{spec}: rank {rank} was not killed\n{killed.stderr[-3000:]}"
+        )
     resumed = launch(world, ranks, run)
     assert resumed.returncode == 0, f"{spec}: the re-run failed\n{resumed.stderr[-4000:]}"
     assert_complete_and_current(world, out, overrides(ranks, run), ranks)
     for name in sorted(p.name for p in (reference / "cache" / "topk").glob("chunk-*.arrow")):
-        assert (out / "cache" / "topk" / name).read_bytes() == (reference / "cache" / "topk" / name).read_bytes(), f"{spec}: {name}"
+        assert (out / "cache" / "topk" / name).read_bytes() == (reference / "cache" / "topk" / name).read_bytes(), (
+            f"{spec}: {name}"
+        )
     assert_same_student(out, reference)
-    record({"launch": "1 process" if ranks == 1 else f"torchrun, {ranks} ranks", "killed_rank": rank, "stage": stage,
-                    "point": f"{point}@{n}", "moment": describe(point, n), "outcome": "re-run equal"})
+    record(
+        {
+            "launch": "1 process" if ranks == 1 else f"torchrun, {ranks} ranks",
+            "killed_rank": rank,
+            "stage": stage,
+            "point": f"{point}@{n}",
+            "moment": describe(point, n),
+            "outcome": "re-run equal",
+        }
+    )
     shutil.rmtree(out)
 
 
@@ -137,7 +168,9 @@ def test_one_process_killed_at_two_random_points_per_stage_resumes_to_the_same_o
         picks += rng.sample([i for i in pool if i not in picks], 2 - len(picks))
         for k, index in enumerate(sorted(picks)):
             name = points[index]
-            kill_and_resume(world, ref, ref, 1, stage, name, points[first:index + 1].count(name), 0, f"one-{stage}-{k}")
+            kill_and_resume(
+                world, ref, ref, 1, stage, name, points[first : index + 1].count(name), 0, f"one-{stage}-{k}"
+            )
 
 
 def test_one_rank_of_two_killed_at_random_points_resumes_to_the_same_outputs(world, reference):
@@ -149,9 +182,22 @@ def test_one_rank_of_two_killed_at_random_points_resumes_to_the_same_outputs(wor
     for rank in (0, 1):
         points = traces[rank]
         parts = segments(points)
-        picks = [rng.choice([i for i, p in enumerate(points) if p == "chunk"]), rng.choice([i for i, p in enumerate(points) if p == "checkpoint"])]
+        picks = [
+            rng.choice([i for i, p in enumerate(points) if p == "chunk"]),
+            rng.choice([i for i, p in enumerate(points) if p == "checkpoint"]),
+        ]
         picks.append(rng.choice([i for i in range(len(points)) if i not in picks]))
         for k, index in enumerate(picks):
             stage = next(name for name, (first, end) in parts.items() if first <= index < end)
             name = points[index]
-            kill_and_resume(world, ref, source, 2, stage, name, points[parts[stage][0]:index + 1].count(name), rank, f"two-{rank}-{k}")
+            kill_and_resume(
+                world,
+                ref,
+                source,
+                2,
+                stage,
+                name,
+                points[parts[stage][0] : index + 1].count(name),
+                rank,
+                f"two-{rank}-{k}",
+            )

@@ -17,7 +17,6 @@ resumes from ``<output_dir>/train.work/checkpoints/latest`` on its own, which is
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -34,8 +33,15 @@ pytestmark = pytest.mark.slow
 
 STEPS, EVERY = 16, 4
 # a student big enough that a checkpoint save takes measurable time, so a kill can land inside it
-OVERRIDES = ["student.hidden=256", "student.intermediate=1024", "student.layers=2", "student.heads=4",
-             f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=1"]
+OVERRIDES = [
+    "student.hidden=256",
+    "student.intermediate=1024",
+    "student.layers=2",
+    "student.heads=4",
+    f"train.steps={STEPS}",
+    f"train.checkpoint_every={EVERY}",
+    "train.log_every=1",
+]
 TIMEOUT = 120
 
 
@@ -47,8 +53,13 @@ def world(tmp_path_factory):
 def launch(world: Path, run: str, log_name: str) -> subprocess.Popen:
     log = open(world / "logs" / f"{log_name}.txt", "wb")
     env = {**clean_env(), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "mergedistill", "train", "exp.yaml", f"output_dir={run}", *OVERRIDES],
-                               cwd=world, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mergedistill", "train", "exp.yaml", f"output_dir={run}", *OVERRIDES],
+        cwd=world,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     return process
 
@@ -125,7 +136,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(wo
         process = launch(world, run, f"{run}-1")
         wait_until(process, lambda: (checkpoints / target).is_dir(), f"{target} appeared")
         kill(process)
-        assert (checkpoints / target).is_dir() and latest_tag(checkpoints) != target, "the kill landed after the checkpoint was published"
+        assert (checkpoints / target).is_dir() and latest_tag(checkpoints) != target, (
+            "the kill landed after the checkpoint was published"
+        )
         resumed_from = assert_latest_loadable(checkpoints)
         assert resumed_from == int(target.split("-")[1]) - EVERY
 
@@ -137,8 +150,10 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(wo
         time.sleep(rng.uniform(0.0, 0.03))
         kill(process)
         resumed_from = assert_latest_loadable(checkpoints)
-        print(f"seed {seed}: killed while writing {target}, then after step {max(logged_steps(metrics))} "
-              f"(latest: {latest_tag(checkpoints)}); resuming from step {resumed_from}")
+        print(
+            f"seed {seed}: killed while writing {target}, then after step {max(logged_steps(metrics))} "
+            f"(latest: {latest_tag(checkpoints)}); resuming from step {resumed_from}"
+        )
 
         # 3. resume to the end
         process = launch(world, run, f"{run}-3")

@@ -97,7 +97,11 @@ def build_world(root: Path, stages_until: str | None = None) -> Path:
     bytelevel = train_tokenizer("bytelevel", texts["de"], vocab_size=300)
     save_pretrained_teacher(tiny_mlm("roberta", bytelevel, **size), bytelevel, teachers / "bl")
 
-    headless = BertModel(BertConfig(vocab_size=len(wordpiece), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    headless = BertModel(
+        BertConfig(
+            vocab_size=len(wordpiece), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
     save_pretrained_teacher(headless, wordpiece, teachers / "headless")
 
     shutil.copytree(teachers / "wp", teachers / "special-mismatch")
@@ -126,6 +130,10 @@ def build_world(root: Path, stages_until: str | None = None) -> Path:
 
 def clean_env() -> dict:
     """The environment for a child process, without the rendezvous variables an in-process DeepSpeed run set."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return env

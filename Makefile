@@ -28,7 +28,7 @@ demo-baseline: $(STAMP)
 	$(VENV)/bin/mergedistill run experiments/demo.yaml eval.baseline=true
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=20
 
 # ruff: formatting (120 columns) and lint, configured in pyproject.toml; CI runs it before the tests
 lint: $(STAMP)

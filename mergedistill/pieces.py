@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable
 
 WORD_START = "▁"
 ROLES = ("pad", "unk", "cls", "sep", "mask")
@@ -183,8 +183,3 @@ def keys_to_text(keys: Iterable[str | None]) -> str:
             out += b" "
         out += key_bytes(key)
     return out.decode("utf-8", errors="replace")
-
-
-def ids_to_keys(vocab: NormalizedVocab, ids: Sequence[int]) -> list[str]:
-    """Keys of the non-special ids in ``ids``."""
-    return [vocab.keys[i] for i in ids if vocab.keys[i] is not None]

@@ -11,9 +11,12 @@ Strategies are small classes registered by name (``STRATEGIES``):
 - ``weighted`` per example (AvgCE-style): candidates that share one tokenization are mixed position by
                position with weights softmax(-CE); refused when their tokenizations differ.
 
-The language-level strategies return an ``Assignment`` (language -> teachers). The example-level ones
-also expose a pure function over a cross-entropy matrix that the cache builder and the online trainer
-call per example.
+Every strategy returns an ``Assignment`` (language -> teachers) from ``assign`` and decides, in ``streams``,
+which data streams a language's training text becomes: one stream through its first teacher (static, score),
+one stream per teacher over the paragraphs each serves (min-ce, from a per-paragraph choice that the pipeline's
+``split`` stage computes once and stores, see ``mergedistill.plan``), or one stream whose teachers are mixed
+per example (weighted). The pure functions over a cross-entropy matrix (``min_ce_choice``,
+``mixture_weights``) are what the split stage and the teacher targets call per example.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 # (language, teacher) -> {"acc": float, "pll_per_char": float, "fertility": float, "unk_rate": float}
 ScoreTable = Mapping[tuple[str, str], Mapping[str, float]]
 Assignment = dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One data stream a strategy asks for: ``texts`` of ``lang`` read through ``teacher``'s tokenizer;
+    ``mixture``: the teachers (sharing that tokenization) whose distributions are mixed per example."""
+
+    lang: str
+    teacher: str
+    texts: Sequence[str]
+    mixture: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,20 +76,43 @@ def selection_score(metrics: Mapping[str, float], fertility_penalty: float = 0.0
 
 class Strategy:
     name: ClassVar[str]
-    per_example: ClassVar[bool] = False
+    per_example: ClassVar[bool] = False  # teachers are chosen or mixed per example (recorded in assignment.json)
+    splits_examples: ClassVar[bool] = False  # ``streams`` needs a stored per-paragraph choice (the split stage)
     needs_scores: ClassVar[bool] = False
 
     def __init__(self, select_cfg):
         self.cfg = select_cfg
 
-    def assign(self, candidates: Candidates, scores: ScoreTable | None = None) -> Assignment:
+    def assign(
+        self,
+        candidates: Candidates,
+        scores: ScoreTable | None = None,
+        tokenizations: Mapping[str, str] | None = None,
+    ) -> Assignment:
+        """language -> teachers. ``scores``: held-out metrics per (language, teacher); ``tokenizations``: teacher ->
+        a fingerprint of its tokenizer (only ``weighted`` reads it)."""
         raise NotImplementedError
+
+    def splits(self, names: Sequence[str]) -> bool:
+        """Whether a language served by ``names`` is divided among them paragraph by paragraph."""
+        return False
+
+    def choose(self, ce_per_char: np.ndarray) -> np.ndarray:
+        """Per paragraph (rows), the index of the teacher (columns) that serves it (strategies that split)."""
+        raise NotImplementedError(f"select.strategy={self.name} does not split a language per paragraph")
+
+    def streams(
+        self, lang: str, names: Sequence[str], texts: Sequence[str], choice: np.ndarray | None = None
+    ) -> list[StreamSpec]:
+        """The streams ``lang``'s training ``texts`` become; ``choice``: per text, the index in ``names`` of the
+        teacher serving it (given when ``splits(names)``). Here: the first teacher serves all of them."""
+        return [StreamSpec(lang, names[0], texts)]
 
 
 class Static(Strategy):
     name = "static"
 
-    def assign(self, candidates, scores=None):
+    def assign(self, candidates, scores=None, tokenizations=None):
         assignment: Assignment = {}
         for lang in candidates.languages:
             chosen = self.cfg.assignment.get(lang)
@@ -113,7 +150,7 @@ class ScoreBased(Strategy):
         ranked.sort(key=lambda item: (-item[1], -item[2], item[0]))  # deterministic tie-break by name
         return [(teacher, value) for teacher, value, _ in ranked]
 
-    def assign(self, candidates, scores=None):
+    def assign(self, candidates, scores=None, tokenizations=None):
         if scores is None:
             raise ValueError("the score strategy needs a score table")
         return {
@@ -151,20 +188,49 @@ class MinCE(ScoreBased):
 
     name = "min-ce"
     per_example = True
+    splits_examples = True
     needs_scores = False
 
-    def assign(self, candidates, scores=None):
+    def assign(self, candidates, scores=None, tokenizations=None):
         return {lang: candidates.for_language(lang, self.cfg.candidates) for lang in candidates.languages}
+
+    def splits(self, names):
+        return len(names) > 1
+
+    def choose(self, ce_per_char):
+        """The lowest CE per character wins; a paragraph no teacher could score goes to the first."""
+        ce = np.asarray(ce_per_char, dtype=np.float64)
+        return min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
+
+    def streams(self, lang, names, texts, choice=None):
+        """One stream per teacher over the paragraphs it serves (corpus order kept), by teacher name."""
+        if not self.splits(names):
+            return super().streams(lang, names, texts)
+        if choice is None or len(choice) != len(texts):
+            raise ValueError(f"min-ce needs one teacher index per {lang} paragraph ({len(texts)})")
+        choice = np.asarray(choice)
+        parts = {name: [texts[int(i)] for i in np.flatnonzero(choice == j)] for j, name in enumerate(names)}
+        return [StreamSpec(lang, name, part) for name, part in sorted(parts.items()) if part]
 
 
 class Weighted(MinCE):
     name = "weighted"
+    splits_examples = False
 
-    def assign(self, candidates, scores=None, tokenizations: Mapping[str, str] | None = None):
+    def assign(self, candidates, scores=None, tokenizations=None):
         assignment = super().assign(candidates, scores)
-        if tokenizations is not None:
+        if tokenizations is not None:  # refused unless each language's candidates share one tokenization
             check_shared_tokenization(assignment, tokenizations)
         return assignment
+
+    def splits(self, names):
+        return False
+
+    def streams(self, lang, names, texts, choice=None):
+        """One stream over all of the language's text, its teachers mixed per example (one teacher: plain)."""
+        if len(names) == 1:
+            return super().streams(lang, names, texts)
+        return [StreamSpec(lang, names[0], texts, mixture=tuple(names))]
 
 
 def check_shared_tokenization(assignment: Assignment, tokenizations: Mapping[str, str]) -> None:

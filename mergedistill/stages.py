@@ -1,7 +1,9 @@
 """The MergeDistill pipeline's stages, wired for ``mergedistill run`` (see ``pipeline`` for the mechanism).
 
-    teachers -> select -> vocab -> cache -> train ─┬─> eval -> export -> report
-                                     └──> baseline ─┘   (the same student, gold MLM only)
+    teachers -> select -> vocab [-> split] -> cache -> train ─┬─> eval -> export -> report
+                                                └──> baseline ─┘   (the same student, gold MLM only)
+
+(``split``, under select.strategy=min-ce only: which teacher serves each training paragraph, measured once.)
 
 Each stage's output is a directory under ``cfg.output_dir``; its manifest fingerprints its config
 sections and upstream outputs, so a re-run skips what is current and resumes what is not.
@@ -14,8 +16,6 @@ import json
 import shutil
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from mergedistill import io
 from mergedistill.config import to_yaml
@@ -137,12 +137,7 @@ def stage_select(ctx: StageContext):
                 k: metrics[k] for k in ("acc", "ce", "pll_per_char", "pll_per_word", "fertility", "unk_rate")
             }
     strategy = make_strategy(cfg.select)
-    if cfg.select.strategy == "weighted":  # refused unless each language's candidates share one tokenization
-        assignment = strategy.assign(
-            candidates, scores, tokenizations={n: t.tokenizer_fingerprint() for n, t in teachers.items()}
-        )
-    else:
-        assignment = strategy.assign(candidates, scores)
+    assignment = strategy.assign(candidates, scores, {n: t.tokenizer_fingerprint() for n, t in teachers.items()})
     io.write_json_atomic(
         ctx.out / "assignment.json",
         {"strategy": cfg.select.strategy, "per_example": strategy.per_example, "assignment": assignment},
@@ -215,95 +210,11 @@ def stage_vocab(ctx: StageContext):
     return {"size": len(merged)}
 
 
-def per_example_split(cfg, teachers, lang, names, texts, log) -> dict[str, list[str]]:
-    """min-ce: each paragraph goes to the candidate with the lowest masked cross-entropy per character."""
-    from mergedistill.evaluation import teacher_eval_set
-    from mergedistill.mlm_eval import eval_positions, masked_logits
-    from mergedistill.selection import min_ce_choice
+def stage_split(ctx: StageContext):
+    """min-ce: score every training paragraph with every candidate once; store who serves each (``mergedistill.plan``)."""
+    from mergedistill.plan import write_split
 
-    ce = np.zeros((len(texts), len(names)))
-    for j, name in enumerate(names):
-        log(f"[cache] min-ce: scoring {len(texts)} {lang} paragraphs with {name}")
-        teacher = teachers[name]
-        eval_set = teacher_eval_set(teacher, texts)
-        masked = eval_positions(eval_set, cfg.data.mask_seed, cfg.data.mlm_probability)
-        tok = teacher.tokenizer
-        for rows, log_probs in masked_logits(
-            teacher.model, eval_set.sequences, masked, tok.mask_token_id, tok.pad_token_id, 64
-        ):
-            offset = 0
-            for i in rows:
-                n = int(masked[i].sum())
-                gold = eval_set.sequences[i][masked[i]]
-                nll = -float(
-                    log_probs[offset : offset + n].gather(1, __import__("torch").from_numpy(gold)[:, None]).sum()
-                )
-                ce[i, j] = (
-                    nll / max(eval_set.chars[i], 1) if n else np.nan
-                )  # per character of the text this teacher scored
-                offset += n
-    choice = min_ce_choice(np.where(np.isnan(ce).all(axis=1, keepdims=True), 0.0, ce))
-    return {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate(names)}
-
-
-def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
-    """Streams and the deterministic batch plan shared by the cache, train and baseline stages."""
-    from mergedistill.data import DataPlan, make_stream
-    from mergedistill.vocab import load_vocab
-
-    chosen = read_json(select_dir / "assignment.json")
-    assignment = chosen["assignment"]
-    merged = load_vocab(vocab_dir)
-    teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
-    unified = unified_tokenizer(vocab_dir) if cfg.data.tokenization == "unified" else None
-    streams = []
-    for lang in sorted(assignment):
-        names = assignment[lang]
-        texts = train_texts(cfg, lang)
-        if chosen["strategy"] == "weighted" and len(names) > 1:  # one stream, the teachers mixed per example
-            streams.append(
-                make_stream(
-                    lang,
-                    teachers[names[0]],
-                    texts,
-                    merged.id_maps[names[0]],
-                    cfg.data.max_length,
-                    cfg.data.whole_word,
-                    mixture=tuple(names),
-                    student_tokenizer=unified,
-                )
-            )
-            continue
-        split = (
-            per_example_split(cfg, teachers, lang, names, texts, log)
-            if chosen["per_example"] and len(names) > 1
-            else {names[0]: texts}
-        )
-        for name, part in sorted(split.items()):
-            if part:
-                streams.append(
-                    make_stream(
-                        lang,
-                        teachers[name],
-                        part,
-                        merged.id_maps[name],
-                        cfg.data.max_length,
-                        cfg.data.whole_word,
-                        student_tokenizer=unified,
-                    )
-                )
-    n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    plan = DataPlan(
-        streams,
-        cfg.train.batch_size,
-        n_batches,
-        cfg.seed,
-        cfg.data.sampling_alpha,
-        cfg.data.mlm_probability,
-        cfg.data.mask_seed,
-        dict(cfg.data.language_weights),
-    )
-    return plan, teachers, merged
+    return write_split(ctx.cfg, ctx.inputs["select"], ctx.out, ctx.log)
 
 
 def unified_tokenizer(vocab_dir: Path):
@@ -326,9 +237,10 @@ DROPPED_SAMPLE_BATCHES = 20
 
 def stage_cache(ctx: StageContext):
     from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache, sample_dropped
+    from mergedistill.plan import make_plan
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"))
     io.write_json_atomic(
         ctx.out / "plan.json",
         {
@@ -414,10 +326,11 @@ def _student(cfg, merged, teachers):
 def _train_stage(ctx: StageContext, with_teachers: bool):
     import torch
 
+    from mergedistill.plan import make_plan
     from mergedistill.train import train, unpartitioned_student
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"))
     student = _student(cfg, merged, teachers)
     targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
     internals = None
@@ -764,6 +677,8 @@ COMMANDS: dict = {}
 
 
 def pipeline_stages(cfg) -> list[Stage]:
+    from mergedistill.selection import make_strategy
+
     stages = [
         Stage(
             "teachers",
@@ -786,11 +701,25 @@ def pipeline_stages(cfg) -> list[Stage]:
             after=("select",),
             doc="merge vocabularies",
         ),
+    ]
+    # the min-ce split (which teacher serves each training paragraph), measured once for cache, train and baseline
+    split = ("split",) if make_strategy(cfg.select).splits_examples else ()
+    if split:
+        stages.append(
+            Stage(
+                "split",
+                stage_split,
+                sections=("corpus", "data.mask_seed", "data.mlm_probability"),
+                after=("select",),
+                doc="min-ce: which teacher serves each training paragraph",
+            )
+        )
+    stages += [
         Stage(
             "cache",
             stage_cache,
             sections=("cache", "data", "corpus", "train.steps", "train.batch_size", "train.grad_accum", "seed"),
-            after=("vocab", "select"),
+            after=("vocab", "select") + split,
             doc="teacher top-k cache",
             sharded=True,
         ),
@@ -798,7 +727,7 @@ def pipeline_stages(cfg) -> list[Stage]:
             "train",
             stage_train,
             sections=("student", "train", "data", "cache.mode", "cache.top_k", "seed"),
-            after=("cache", "vocab", "select"),
+            after=("cache", "vocab", "select") + split,
             doc="distil the student under DeepSpeed",
             sharded=True,
         ),
@@ -809,7 +738,7 @@ def pipeline_stages(cfg) -> list[Stage]:
                 "baseline",
                 stage_baseline,
                 sections=("student", "train", "data", "seed"),
-                after=("cache", "vocab", "select"),
+                after=("cache", "vocab", "select") + split,
                 doc="the same student with gold MLM only (no teachers)",
                 sharded=True,
             )

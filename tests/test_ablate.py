@@ -9,7 +9,8 @@ from mergedistill.ablate import AblationConfig, budget_problems, comparison, var
 from mergedistill.cli import main
 from mergedistill.config import load_config
 from mergedistill.errors import UserError
-from mergedistill.stages import make_plan, per_example_split, train_texts
+from mergedistill.plan import make_plan, read_split
+from mergedistill.stages import train_texts
 from tests.test_run_pipeline import CARD, EXPERIMENT
 
 ABLATION = """# mergedistill ablate {root}/ablation.yaml
@@ -77,7 +78,7 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     }
     cfg = variant_configs(load_config(root / "ablation.yaml", schema=AblationConfig))["min-ce"]
     out = root / "ablation" / "min-ce"
-    plan, teachers, _ = make_plan(cfg, out / "vocab", out / "select", log=lambda m: None)
+    plan, _, _ = make_plan(cfg, out / "vocab", out / "select", out / "split")
     recorded = json.loads((out / "cache" / "plan.json").read_text())["streams"]
     assert {s.name: len(s.sequences) for s in plan.streams} == recorded
     assert set(recorded) <= {"en@multi", "de@de", "de@multi", "ja@ja", "ja@multi"} and {
@@ -85,7 +86,8 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
     } == {"en", "de", "ja"}
     for lang in ("de", "ja"):
         texts = train_texts(cfg, lang)
-        split = per_example_split(cfg, teachers, lang, [lang, "multi"], texts, log=lambda m: None)
+        choice = read_split(out / "split", lang, [lang, "multi"], len(texts))  # stored once by the split stage
+        split = {name: [t for t, c in zip(texts, choice) if c == j] for j, name in enumerate([lang, "multi"])}
         assert sorted(t for part in split.values() for t in part) == sorted(texts)
         assert {f"{lang}@{name}" for name, part in split.items() if part} == {
             s for s in recorded if s.startswith(f"{lang}@")
@@ -101,10 +103,10 @@ def test_ablate_writes_one_table_for_all_variants(ablation_root, capsys):
         line = f"| {lang} | {reference:.3f} · multi | {chosen:.3f} ({chosen - reference:+.3f}) · {served[('min-ce', lang)]} |"
         assert line in table.splitlines(), (line, table)
 
-    # a re-run reuses every stage of every variant (teachers, select, vocab, cache, train, eval)
+    # a re-run reuses every stage of every variant (teachers, select, vocab, [split,] cache, train, eval)
     capsys.readouterr()
     assert main(["ablate", str(root / "ablation.yaml")]) == 0
-    assert capsys.readouterr().err.count("up to date, skipped") == 2 * 6
+    assert capsys.readouterr().err.count("up to date, skipped") == 6 + 7  # min-ce has the split stage too
 
 
 def test_variants_must_share_the_budget(ablation_root, tmp_path):

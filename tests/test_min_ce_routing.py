@@ -8,7 +8,7 @@ lowered by 40, so it can only read its own script: at every masked piece of an E
 "latin" teacher's log-probability of the gold piece is higher than the "cyrillic" one's by more than 30
 nats (40 minus at most log(vocabulary size) from the changed normalisation), and the reverse on Russian.
 
-The real select, vocab and cache stages (``mergedistill run ... until cache``) must then route every
+The real select, vocab, split and cache stages (``mergedistill run ... until cache``) must then route every
 English paragraph to "latin" and every Russian one to "cyrillic", keeping corpus order, and planning
 again from the stage outputs must give the same streams.
 """
@@ -23,7 +23,9 @@ import pytest
 from mergedistill.config import ExperimentConfig, from_dict
 from mergedistill.corpus import load_texts
 from mergedistill.data import make_stream
-from mergedistill.stages import load_teachers, make_plan, per_example_split, run_experiment
+from mergedistill.plan import example_ce, make_plan, read_split
+from mergedistill.selection import make_strategy
+from mergedistill.stages import load_teachers, run_experiment
 from tests.reliability.world import embedded_paragraphs
 
 CYRILLIC = re.compile("[\u0400-\u04ff]")
@@ -112,10 +114,13 @@ def test_min_ce_sends_each_paragraph_to_the_teacher_that_reads_its_script(routed
     assignment = json.loads((out / "select" / "assignment.json").read_text())
     assert assignment == {"strategy": "min-ce", "per_example": True, "assignment": {"sr": ["cyrillic", "latin"]}}
 
-    # the function the cache and train stages plan with: exactly the expected paragraphs, in corpus order
-    teachers = load_teachers(cfg)
-    for _ in range(2):  # and the same answer when asked again
-        assert per_example_split(cfg, teachers, "sr", ["cyrillic", "latin"], train, log=lambda m: None) == expected
+    # the split the split stage stored, and the streams the strategy makes of it: exactly the expected paragraphs,
+    # in corpus order; scoring again gives the same split
+    teachers, names, strategy = load_teachers(cfg), ["cyrillic", "latin"], make_strategy(cfg.select)
+    stored = read_split(out / "split", "sr", names, len(train))
+    assert {s.teacher: list(s.texts) for s in strategy.streams("sr", names, train, stored)} == expected
+    again = strategy.choose(example_ce(cfg, teachers, "sr", names, train, log=lambda m: None))
+    assert again.tolist() == stored.tolist()
 
     # the streams the cache stage recorded, and those planned again from the stage outputs, hold exactly these paragraphs
     from mergedistill.vocab import load_vocab
@@ -127,7 +132,7 @@ def test_min_ce_sends_each_paragraph_to_the_teacher_that_reads_its_script(routed
     }
     recorded = json.loads((out / "cache" / "plan.json").read_text())
     assert recorded["streams"] == {name: len(sequences) for name, sequences in wanted.items()}
-    plan, _, _ = make_plan(cfg, out / "vocab", out / "select", log=lambda m: None)
+    plan, _, _ = make_plan(cfg, out / "vocab", out / "select", out / "split")
     assert sorted(s.name for s in plan.streams) == sorted(wanted)
     for stream in plan.streams:
         got = wanted[stream.name]

@@ -6,6 +6,7 @@ from mergedistill.config import SelectConfig
 from mergedistill.errors import UserError
 from mergedistill.selection import (
     Candidates,
+    StreamSpec,
     check_shared_tokenization,
     format_table,
     make_strategy,
@@ -51,6 +52,32 @@ def test_language_without_teacher_is_a_user_error():
     lonely = Candidates(("en", "ko"), {"mbert": ["en"]})
     with pytest.raises(UserError, match="'ko' has no teacher"):
         make_strategy(SelectConfig(strategy="score")).assign(lonely, {("en", "mbert"): SCORES[("en", "mbert")]})
+
+
+def test_each_strategy_decides_the_streams_of_a_language():
+    texts = ["p0", "p1", "p2", "p3"]
+    names = ["mbert", "de-roberta"]
+    for strategy in ("static", "score"):  # the first teacher reads everything, whatever else the language lists
+        chosen = make_strategy(SelectConfig(strategy=strategy))
+        assert not chosen.splits(names) and chosen.streams("de", names, texts) == [StreamSpec("de", "mbert", texts)]
+        with pytest.raises(NotImplementedError):
+            chosen.choose(np.zeros((4, 2)))
+    min_ce = make_strategy(SelectConfig(strategy="min-ce"))
+    assert min_ce.splits(names) and not min_ce.splits(["mbert"])
+    choice = min_ce.choose(np.array([[1.0, 0.5], [0.2, 0.9], [np.nan, np.nan], [np.nan, 2.0]]))
+    assert choice.tolist() == [1, 0, 0, 1]  # a paragraph no teacher could score goes to the first
+    assert min_ce.streams("de", names, texts, choice) == [  # by teacher name, corpus order kept
+        StreamSpec("de", "de-roberta", ["p0", "p3"]),
+        StreamSpec("de", "mbert", ["p1", "p2"]),
+    ]
+    assert min_ce.streams("de", names, texts, np.array([1, 1, 1, 1])) == [StreamSpec("de", "de-roberta", texts)]
+    assert min_ce.streams("en", ["mbert"], texts) == [StreamSpec("en", "mbert", texts)]
+    with pytest.raises(ValueError, match="one teacher index per de paragraph"):
+        min_ce.streams("de", names, texts)
+    weighted = make_strategy(SelectConfig(strategy="weighted"))
+    assert weighted.per_example and not weighted.splits(names)
+    assert weighted.streams("de", names, texts) == [StreamSpec("de", "mbert", texts, mixture=("mbert", "de-roberta"))]
+    assert weighted.streams("en", ["mbert"], texts) == [StreamSpec("en", "mbert", texts)]
 
 
 def test_min_ce_picks_lowest_cross_entropy_per_example():

@@ -126,7 +126,7 @@ def generated_stages(calls, bad_input_in=None):
         return run
 
     stages = [Stage("trim", produce("trim"), sections=("vocab",))]
-    for task in ("topic", "keyterms"):
+    for task in ("topic", "topic-nocopy"):  # one name starts with the other
         stages += [
             Stage(f"phase2/{task}/teacher", produce(f"phase2/{task}/teacher"), sections=("train",), after=("trim",)),
             Stage(f"phase2/{task}/bistil", produce(f"phase2/{task}/bistil"), after=("trim", f"phase2/{task}/teacher")),
@@ -141,15 +141,20 @@ def test_generated_stage_names_nest_their_outputs_and_chain_fingerprints_by_what
     assert (
         tmp_path / "phase2" / "topic" / "bistil" / "out.txt"
     ).read_text() == "trim|trim|phase2/topic/teacher|phase2/topic/bistil|"
-    manifest = io.read_manifest(tmp_path / "phase2" / "keyterms" / "bistil")
-    assert manifest["stage"] == "phase2/keyterms/bistil" and set(manifest["inputs"]) == {
+    manifest = io.read_manifest(tmp_path / "phase2" / "topic-nocopy" / "bistil")
+    assert manifest["stage"] == "phase2/topic-nocopy/bistil" and set(manifest["inputs"]) == {
         "trim",
-        "phase2/keyterms/teacher",
+        "phase2/topic-nocopy/teacher",
     }
     calls.clear()
     changed = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 5}})  # what the teachers read
     run_stages(changed, generated_stages(calls), tmp_path, log=lambda m: None)
-    assert calls == ["phase2/topic/teacher", "phase2/topic/bistil", "phase2/keyterms/teacher", "phase2/keyterms/bistil"]
+    assert calls == [
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic-nocopy/teacher",
+        "phase2/topic-nocopy/bistil",
+    ]
 
 
 def test_only_and_force_take_a_stage_or_the_stages_under_a_name(tmp_path):
@@ -158,16 +163,21 @@ def test_only_and_force_take_a_stage_or_the_stages_under_a_name(tmp_path):
     run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
     calls.clear()
     run_stages(cfg, generated_stages(calls), tmp_path, force={"phase2/topic"}, log=lambda m: None)
-    assert calls == ["phase2/topic/teacher", "phase2/topic/bistil"]  # forced; what reads them stays current
+    assert calls == ["phase2/topic/teacher", "phase2/topic/bistil"]  # not topic-nocopy; what reads them stays current
     calls.clear()
     results = run_stages(
-        cfg, generated_stages(calls), tmp_path, only={"phase2"}, force={"phase2/keyterms/bistil"}, log=lambda m: None
+        cfg,
+        generated_stages(calls),
+        tmp_path,
+        only={"phase2"},
+        force={"phase2/topic-nocopy/bistil"},
+        log=lambda m: None,
     )
-    assert calls == ["phase2/keyterms/bistil"]
-    assert [r.name for r in results if r.status == "ran"] == ["phase2/keyterms/bistil"]
+    assert calls == ["phase2/topic-nocopy/bistil"]
+    assert [r.name for r in results if r.status == "ran"] == ["phase2/topic-nocopy/bistil"]
     calls.clear()
     run_stages(cfg, generated_stages(calls), tmp_path, force={"trim"}, log=lambda m: None)
-    assert calls == ["trim"]  # "trim" selects trim, not every name that starts with the letters
+    assert calls == ["trim"]  # forced alone: its fingerprint is unchanged, so what reads it stays current
     for flag in ("only", "force"):  # a typo is an error, not a run that quietly does nothing
         with pytest.raises(UserError, match=f"--{flag} phase2/topic/bistl: no such stage"):
             run_stages(cfg, generated_stages(calls), tmp_path, **{flag: {"phase2/topic/bistl"}}, log=lambda m: None)
@@ -185,4 +195,4 @@ def test_bad_input_in_a_generated_stage_leaves_no_work_dir_or_temp_dir(tmp_path)
     assert sorted(p.name for p in (tmp_path / "phase2" / "topic").iterdir()) == ["teacher"]  # no bistil.work, no .tmp
     calls.clear()
     run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
-    assert calls == ["phase2/topic/bistil", "phase2/keyterms/teacher", "phase2/keyterms/bistil"]
+    assert calls == ["phase2/topic/bistil", "phase2/topic-nocopy/teacher", "phase2/topic-nocopy/bistil"]

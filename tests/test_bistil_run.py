@@ -428,3 +428,58 @@ def test_bistil_only_and_force_select_stages_as_run_does(small_run, tmp_path, ca
     capsys.readouterr()
     assert cli_main(["bistil", "run", str(config), f"output_dir={out}", "--force", "phase3"]) == 2
     assert "--force phase3: no such stage; the stages are trim, phase1, phase2/topic/teacher" in capsys.readouterr().err
+
+
+def test_bistil_fingerprints_chain_through_the_stages_each_declares_it_reads(tiny_teacher, tmp_path):
+    """A changed input re-runs the stages that read it, directly or through others, and no more."""
+    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.recipe import bistil_stages
+    from mergedistill.config import from_dict
+    from mergedistill.pipeline import stage_fingerprint
+
+    def fingerprints(**changes) -> dict:
+        base = {"teacher": str(tiny_teacher), "phase2": {"tasks": ["topic"], "variants": ["bistil", "scratch"]}}
+        cfg = from_dict(BistilConfig, {**base, **changes})
+        out: dict = {}
+        for stage in bistil_stages(cfg):
+            out[stage.name] = stage_fingerprint(stage, cfg, out)
+        return out
+
+    def rerun(**changes) -> list[str]:
+        new = fingerprints(**changes)
+        return [name for name, fp in new.items() if base.get(name) != fp]
+
+    base = fingerprints()
+    assert list(base) == [
+        "trim",
+        "phase1",
+        "phase1-scratch",
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    assert rerun(phase1={"steps": 3}) == [
+        "phase1",
+        "phase1-scratch",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    assert rerun(phase2={"tasks": ["topic"], "variants": ["bistil", "scratch"], "teacher_steps": 3}) == [
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    # a new variant or task adds its stages; the students already trained stay current
+    assert rerun(phase2={"tasks": ["topic", "keyterms"], "variants": ["bistil", "scratch", "dense"]}) == [
+        "phase2/topic/dense",
+        "phase2/keyterms/teacher",
+        "phase2/keyterms/bistil",
+        "phase2/keyterms/scratch",
+        "phase2/keyterms/dense",
+        "report",
+    ]
+    assert rerun(target="ja") == list(base)  # the trimmed vocabulary changes, so does everything after it
+    assert rerun(eval={"max_test_examples": 5}) == ["report"]

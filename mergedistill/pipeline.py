@@ -6,6 +6,8 @@ fingerprint, so a re-run resumes where the last one stopped and a changed input 
 everything after it. Outputs are built in a temp directory and renamed into place (``io.atomic_dir``);
 long stages keep resumable state in ``<output_dir>/<stage>.work/``, which survives a kill. A stage that
 stops on a ``UserError`` (bad input) removes the work dir it created, so a failed attempt leaves nothing.
+A stage name may be a path (``phase2/topic/bistil``, generated per task and variant): its output and work
+dir nest under ``output_dir`` the same way.
 
 Under a launcher (``torchrun``/``deepspeed``, ``WORLD_SIZE`` > 1) every rank runs ``run_stages``: rank 0
 decides what runs, prepares and owns every work dir and output directory; a stage runs on rank 0 alone
@@ -58,6 +60,20 @@ def _section(cfg_dict: dict, dotted: str) -> Any:
     return value
 
 
+def selects(chosen: set[str], name: str) -> bool:
+    """``name`` is one of the ``chosen`` stage names or under one of them (``phase2`` selects ``phase2/topic/x``)."""
+    return any(name == c or name.startswith(c + "/") for c in chosen)
+
+
+def check_selection(stages: list[Stage], **chosen: set[str] | None) -> None:
+    """A UserError for a name in ``--only``/``--force`` that selects no stage (a typo would do nothing)."""
+    names = [s.name for s in stages]
+    for flag, wanted in chosen.items():
+        unknown = [c for c in sorted(wanted or ()) if not any(selects({c}, n) for n in names)]
+        if unknown:
+            raise UserError(f"--{flag} {' '.join(unknown)}: no such stage; the stages are {', '.join(names)}")
+
+
 def reads_corpus(stage: Stage) -> bool:
     return any(name == "corpus" or name.startswith("corpus.") for name in stage.sections)
 
@@ -89,7 +105,7 @@ def _work_dir(output_dir: Path, stage: str, fp: str, log: Callable[[str], None])
         log(f"[{stage}] inputs changed since the interrupted attempt: discarding {work}")
         shutil.rmtree(work)
     created = not work.exists()
-    work.mkdir(exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # a generated name (phase2/topic/bistil) nests it
     if created:
         io.write_text_atomic(stamp, fp + "\n")
     return work, created
@@ -185,9 +201,12 @@ def run_stages(
     log: Callable[[str], None] = print,
     ranks: Ranks | None = None,
 ) -> list[StageResult]:
-    """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened. ``ranks``
-    defaults to the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
+    """Run ``stages`` in order under ``output_dir``; skip the current ones; return what happened. ``only``
+    runs just those stages (their inputs must exist), ``force`` re-runs those even if current; a name there
+    also selects the stages under it (``phase2`` = ``phase2/<task>/<variant>`` ...). ``ranks`` defaults to
+    the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
+    check_selection(stages, only=only, force=force)
     ranks = ranks or Ranks(*world_from_env()).connect(getattr(cfg, "device", "auto"))
     rank_log = (lambda message, say=log: say(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
     if not ranks.main:
@@ -214,10 +233,10 @@ def run_stages(
         fp = stage_fingerprint(stage, cfg, fingerprints, corpus_content, ranks.world)
         final = output_dir / stage.name
         fingerprints[stage.name], paths[stage.name] = fp, final
-        wanted = only is None or stage.name in only
+        wanted = only is None or selects(only, stage.name)
         # rank 0 decides for all: another rank looking later could find the output rank 0 has just sealed
         skip = ranks.share(
-            not wanted or (io.is_current(final, fp) and not (force and stage.name in force)) if ranks.main else None
+            not wanted or (io.is_current(final, fp) and not selects(force or set(), stage.name)) if ranks.main else None
         )
         if skip:
             if wanted:

@@ -181,7 +181,8 @@ eval: {{max_test_examples: 40, latency_repeats: 2, latency_batch_size: 8}}
     # a second run skips every stage; a bad key is one line naming it
     capsys.readouterr()
     assert cli_main(["bistil", "run", str(config)]) == 0
-    assert "running" not in capsys.readouterr().out
+    second = capsys.readouterr()
+    assert "running" not in second.err and "[phase2/keyterms/random-init] up to date, skipped" in second.err
     assert cli_main(["bistil", "trim", str(config), "phase2.density=1.5"]) == 2
     assert "phase2.density" in capsys.readouterr().err
 
@@ -239,8 +240,10 @@ def test_a_teacher_card_with_a_recipe_is_built_by_bistil_itself(tmp_path):
     """`bistil trim` on a card whose teacher does not exist yet builds it first (no separate `teachers build`),
     and trimming + phase 1 work on a DeBERTa-v2 teacher (the demo's architecture) with layer stride 3."""
     from mergedistill.bistil.config import BistilConfig
-    from mergedistill.bistil.stages import Run
+    from mergedistill.bistil.recipe import bistil_stages
     from mergedistill.config import from_dict
+    from mergedistill.io import read_manifest
+    from mergedistill.pipeline import run_stages
 
     card = tmp_path / "mmt.yaml"
     card.write_text(f"""name: mmt
@@ -270,10 +273,213 @@ build:
             },
         },
     )
-    run = Run(cfg)
-    manifest = run.phase1()
+    first = run_stages(cfg, bistil_stages(cfg)[:2], cfg.output_dir, log=lambda m: None)  # trim, phase1
     assert (tmp_path / "zoo" / "mmt" / "model.safetensors").is_file()
+    manifest = read_manifest(tmp_path / "run" / "phase1")
     assert manifest["layers"] == 1 and manifest["teacher_layers"] == 3
-    assert Run(cfg).phase1_fp(False) == run.phase1_fp(
-        False
-    )  # the built teacher is current: same fingerprints, nothing rebuilt
+    again = run_stages(cfg, bistil_stages(cfg)[:2], cfg.output_dir, log=lambda m: None)
+    # the built teacher is current: same fingerprints, nothing rebuilt
+    assert [r.status for r in again] == ["skipped"] * 2
+    assert [r.fingerprint for r in again] == [r.fingerprint for r in first]
+
+
+SMALL = """# mergedistill bistil run {config}
+teacher: {teacher}
+output_dir: {out}
+source: en
+target: de
+trim: {{max_paragraphs: 200}}
+phase1: {{steps: 2, batch_size: 8, max_length: 32, eval_every: 2, eval_batches: 1, max_paragraphs: 40}}
+phase2: {{tasks: [topic], variants: [bistil], teacher_steps: 2, dense_steps: 2, sparse_steps: 2, batch_size: 8,
+         max_length: 32, max_train_examples: 40}}
+eval: {{max_test_examples: 16, latency_repeats: 1, latency_batch_size: 4}}
+"""
+SMALL_STAGES = ["trim", "phase1", "phase2/topic/teacher", "phase2/topic/bistil", "report"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_teacher, tmp_path_factory):
+    """(config, output dir) of one uninterrupted `bistil run` of one task and one variant: five stages."""
+    root = tmp_path_factory.mktemp("bistil-small")
+    config = root / "bistil.yaml"
+    config.write_text(SMALL.format(config=config, teacher=tiny_teacher, out=root / "reference"))
+    assert cli_main(["bistil", "run", str(config)]) == 0
+    return config, root / "reference"
+
+
+def stage_lines(err: str) -> dict:
+    """stage -> "ran" | "skipped", from the pipeline's log lines."""
+    out = {}
+    for line in err.splitlines():
+        name, _, rest = line.partition("] ")
+        if line.startswith("[") and (rest.startswith("running") or rest.startswith("up to date")):
+            out[name[1:]] = "ran" if rest.startswith("running") else "skipped"
+    return out
+
+
+def stamps(out, names) -> dict:
+    """stage -> (manifest bytes, mtime in ns): unchanged exactly when the stage was not run again."""
+    return {
+        n: ((out / n / "manifest.json").read_bytes(), (out / n / "manifest.json").stat().st_mtime_ns) for n in names
+    }
+
+
+def same_outputs(a, b) -> list[str]:
+    """The files of the two runs whose deterministic content differs (weights, sparse diffs, scores)."""
+    from safetensors import safe_open
+
+    differ = []
+    for stage in SMALL_STAGES[:-1]:
+        for file in sorted((a / stage).glob("*.safetensors")):
+            x, y = safe_open(str(file), "pt"), safe_open(str(b / stage / file.name), "pt")
+            if sorted(x.keys()) != sorted(y.keys()) or x.metadata() != y.metadata():
+                differ.append(f"{stage}/{file.name}")
+            elif any(not torch.equal(x.get_tensor(k), y.get_tensor(k)) for k in x.keys()):
+                differ.append(f"{stage}/{file.name}")
+    scores = [
+        [
+            (r["model"], r["metrics"], r["params"], r["changed"])
+            for r in json.loads((run / "report" / "results.json").read_text())["tasks"]["topic"]["rows"]
+        ]
+        for run in (a, b)
+    ]
+    return differ + (["report/results.json"] if scores[0] != scores[1] else [])
+
+
+def test_bistil_run_killed_inside_a_stage_skips_the_finished_ones_and_redoes_that_one(small_run, tmp_path, capsys):
+    """A real SIGKILL (``faults``: ``MERGEDISTILL_KILL_AT``) after the task teacher is trained into its temp
+    dir, before it is renamed into place; the re-run skips trim and phase1 and ends with the uninterrupted run's outputs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config, reference = small_run
+    out = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERGEDISTILL_")}
+    env.update(MERGEDISTILL_KILL_AT="seal:phase2/topic/teacher@1", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    done = subprocess.run(
+        [sys.executable, "-m", "mergedistill", "bistil", "run", str(config), f"output_dir={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert stage_lines(done.stderr) == {"trim": "ran", "phase1": "ran", "phase2/topic/teacher": "ran"}
+    task = out / "phase2" / "topic"
+    assert sorted(p.name.split(".")[1] if p.name.startswith(".") else p.name for p in task.iterdir()) == [
+        "teacher",  # the temp dir the kill left: .teacher.<random>.tmp
+        "teacher.work",
+    ]
+    finished = stamps(out, ["trim", "phase1"])
+
+    capsys.readouterr()
+    assert cli_main(["bistil", "run", str(config), f"output_dir={out}"]) == 0
+    assert stage_lines(capsys.readouterr().err) == {
+        "trim": "skipped",
+        "phase1": "skipped",
+        "phase2/topic/teacher": "ran",
+        "phase2/topic/bistil": "ran",
+        "report": "ran",
+    }
+    assert stamps(out, ["trim", "phase1"]) == finished  # not rewritten
+    assert sorted(p.name for p in task.iterdir()) == ["bistil", "teacher"]  # no temp or work dir left
+    assert not list(out.glob("*.work")) and not list(out.glob(".*.tmp"))
+    assert same_outputs(reference, out) == []
+
+
+def test_bistil_only_and_force_select_stages_as_run_does(small_run, tmp_path, capsys):
+    import shutil
+
+    config, reference = small_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)  # fingerprints do not hold output_dir: every stage is current here
+
+    def bistil(*args) -> dict:
+        capsys.readouterr()
+        assert cli_main(["bistil", *args[:1], str(config), f"output_dir={out}", *args[1:]]) == 0
+        return stage_lines(capsys.readouterr().err)
+
+    before = stamps(out, SMALL_STAGES)
+    # forcing a stage re-runs it alone: its fingerprint is unchanged, so what reads it stays current (as in `run`)
+    assert bistil("run", "--force", "phase2") == {
+        "trim": "skipped",
+        "phase1": "skipped",
+        "phase2/topic/teacher": "ran",
+        "phase2/topic/bistil": "ran",
+        "report": "skipped",
+    }
+    after = stamps(out, SMALL_STAGES)
+    assert [n for n in SMALL_STAGES if after[n] != before[n]] == ["phase2/topic/teacher", "phase2/topic/bistil"]
+    assert bistil("run", "--only", "trim", "phase2/topic/bistil", "--force", "phase2/topic/bistil") == {
+        "trim": "skipped",
+        "phase2/topic/bistil": "ran",
+    }
+    # a stage action runs the stages up to its own; its --force flag forces its own stages
+    assert bistil("phase1", "--force") == {"trim": "skipped", "phase1": "ran"}
+    assert bistil("phase2") == {
+        "trim": "skipped",
+        "phase1": "skipped",
+        "phase2/topic/teacher": "skipped",
+        "phase2/topic/bistil": "skipped",
+    }
+    assert same_outputs(reference, out) == []
+    capsys.readouterr()
+    assert cli_main(["bistil", "run", str(config), f"output_dir={out}", "--force", "phase3"]) == 2
+    assert "--force phase3: no such stage; the stages are trim, phase1, phase2/topic/teacher" in capsys.readouterr().err
+
+
+def test_bistil_fingerprints_chain_through_the_stages_each_declares_it_reads(tiny_teacher, tmp_path):
+    """A changed input re-runs the stages that read it, directly or through others, and no more."""
+    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.recipe import bistil_stages
+    from mergedistill.config import from_dict
+    from mergedistill.pipeline import stage_fingerprint
+
+    def fingerprints(**changes) -> dict:
+        base = {"teacher": str(tiny_teacher), "phase2": {"tasks": ["topic"], "variants": ["bistil", "scratch"]}}
+        cfg = from_dict(BistilConfig, {**base, **changes})
+        out: dict = {}
+        for stage in bistil_stages(cfg):
+            out[stage.name] = stage_fingerprint(stage, cfg, out)
+        return out
+
+    def rerun(**changes) -> list[str]:
+        new = fingerprints(**changes)
+        return [name for name, fp in new.items() if base.get(name) != fp]
+
+    base = fingerprints()
+    assert list(base) == [
+        "trim",
+        "phase1",
+        "phase1-scratch",
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    assert rerun(phase1={"steps": 3}) == [
+        "phase1",
+        "phase1-scratch",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    assert rerun(phase2={"tasks": ["topic"], "variants": ["bistil", "scratch"], "teacher_steps": 3}) == [
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic/scratch",
+        "report",
+    ]
+    # a new variant or task adds its stages; the students already trained stay current
+    assert rerun(phase2={"tasks": ["topic", "keyterms"], "variants": ["bistil", "scratch", "dense"]}) == [
+        "phase2/topic/dense",
+        "phase2/keyterms/teacher",
+        "phase2/keyterms/bistil",
+        "phase2/keyterms/scratch",
+        "phase2/keyterms/dense",
+        "report",
+    ]
+    assert rerun(target="ja") == list(base)  # the trimmed vocabulary changes, so does everything after it
+    assert rerun(eval={"max_test_examples": 5}) == ["report"]

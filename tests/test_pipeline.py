@@ -2,6 +2,7 @@ import pytest
 
 from mergedistill import io
 from mergedistill.config import ExperimentConfig, from_dict
+from mergedistill.errors import UserError
 from mergedistill.pipeline import Stage, run_stages
 
 CFG = {"teachers": {"cards": ["a.yaml"]}}
@@ -108,3 +109,90 @@ def test_changing_a_user_corpus_file_reruns_the_stages_that_read_the_corpus(tmp_
     corpus_file.write_text("Hallo Welt\n" * 19 + "Guten Tag\n")  # same config, new text
     run_stages(cfg, stages(), tmp_path / "run", log=lambda m: None)
     assert calls == ["vocab", "train", "eval"]
+
+
+def generated_stages(calls, bad_input_in=None):
+    """A root stage and per-task stages with path names, chained by what each declares it reads."""
+
+    def produce(name):
+        def run(ctx):
+            calls.append(name)
+            if name == bad_input_in:
+                (ctx.work / "progress").write_text("half")
+                raise UserError(f"{name}: bad input")
+            upstream = "".join((p / "out.txt").read_text() for p in ctx.inputs.values())
+            (ctx.out / "out.txt").write_text(upstream + name + "|")
+
+        return run
+
+    stages = [Stage("trim", produce("trim"), sections=("vocab",))]
+    for task in ("topic", "topic-nocopy"):  # one name starts with the other
+        stages += [
+            Stage(f"phase2/{task}/teacher", produce(f"phase2/{task}/teacher"), sections=("train",), after=("trim",)),
+            Stage(f"phase2/{task}/bistil", produce(f"phase2/{task}/bistil"), after=("trim", f"phase2/{task}/teacher")),
+        ]
+    return stages
+
+
+def test_generated_stage_names_nest_their_outputs_and_chain_fingerprints_by_what_they_read(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
+    assert (
+        tmp_path / "phase2" / "topic" / "bistil" / "out.txt"
+    ).read_text() == "trim|trim|phase2/topic/teacher|phase2/topic/bistil|"
+    manifest = io.read_manifest(tmp_path / "phase2" / "topic-nocopy" / "bistil")
+    assert manifest["stage"] == "phase2/topic-nocopy/bistil" and set(manifest["inputs"]) == {
+        "trim",
+        "phase2/topic-nocopy/teacher",
+    }
+    calls.clear()
+    changed = from_dict(ExperimentConfig, {**CFG, "train": {"steps": 5}})  # what the teachers read
+    run_stages(changed, generated_stages(calls), tmp_path, log=lambda m: None)
+    assert calls == [
+        "phase2/topic/teacher",
+        "phase2/topic/bistil",
+        "phase2/topic-nocopy/teacher",
+        "phase2/topic-nocopy/bistil",
+    ]
+
+
+def test_only_and_force_take_a_stage_or_the_stages_under_a_name(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
+    calls.clear()
+    run_stages(cfg, generated_stages(calls), tmp_path, force={"phase2/topic"}, log=lambda m: None)
+    assert calls == ["phase2/topic/teacher", "phase2/topic/bistil"]  # not topic-nocopy; what reads them stays current
+    calls.clear()
+    results = run_stages(
+        cfg,
+        generated_stages(calls),
+        tmp_path,
+        only={"phase2"},
+        force={"phase2/topic-nocopy/bistil"},
+        log=lambda m: None,
+    )
+    assert calls == ["phase2/topic-nocopy/bistil"]
+    assert [r.name for r in results if r.status == "ran"] == ["phase2/topic-nocopy/bistil"]
+    calls.clear()
+    run_stages(cfg, generated_stages(calls), tmp_path, force={"trim"}, log=lambda m: None)
+    assert calls == ["trim"]  # forced alone: its fingerprint is unchanged, so what reads it stays current
+    for flag in ("only", "force"):  # a typo is an error, not a run that quietly does nothing
+        with pytest.raises(UserError, match=f"--{flag} phase2/topic/bistl: no such stage"):
+            run_stages(cfg, generated_stages(calls), tmp_path, **{flag: {"phase2/topic/bistl"}}, log=lambda m: None)
+
+
+def test_bad_input_in_a_generated_stage_leaves_no_work_dir_or_temp_dir(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    with pytest.raises(UserError):
+        run_stages(cfg, generated_stages(calls, bad_input_in="phase2/topic/bistil"), tmp_path, log=lambda m: None)
+    assert io.is_current(
+        tmp_path / "phase2" / "topic" / "teacher",
+        io.read_manifest(tmp_path / "phase2" / "topic" / "teacher")["fingerprint"],
+    )
+    assert sorted(p.name for p in (tmp_path / "phase2" / "topic").iterdir()) == ["teacher"]  # no bistil.work, no .tmp
+    calls.clear()
+    run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
+    assert calls == ["phase2/topic/bistil", "phase2/topic-nocopy/teacher", "phase2/topic-nocopy/bistil"]

@@ -176,20 +176,21 @@ def _clock(model) -> float:
     return time.perf_counter()
 
 
-def evaluate_all(run) -> dict:
-    """Evaluate the task teacher and every trained student of a ``stages.Run`` on source and target test data."""
+def evaluate_all(cfg, stage_dirs: dict, device) -> dict:
+    """Evaluate the task teacher and every trained student on source and target test data; ``stage_dirs``:
+    the output directory of each BiStil stage by name (``recipe.bistil_stages``)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     from mergedistill.bistil.phase2 import load_student
+    from mergedistill.bistil.recipe import task_data, task_teacher_path, variant_name
     from mergedistill.bistil.tasks import encode, eval_batches, load_task
     from mergedistill.config import to_dict
     from mergedistill.io import read_manifest
 
-    cfg = run.cfg
-    tokenizer = AutoTokenizer.from_pretrained(str(run.out / "trim"))
-    trim = read_manifest(run.out / "trim")
-    phase1 = read_manifest(run.out / "phase1")
+    tokenizer = AutoTokenizer.from_pretrained(str(stage_dirs["trim"]))
+    trim = read_manifest(stage_dirs["trim"])
+    phase1 = read_manifest(stage_dirs["phase1"])
     results = {
         "config": to_dict(cfg),
         "trim": {k: trim[k] for k in ("original_vocab", "kept_vocab", "theta", "params_before", "params_after")},
@@ -198,7 +199,7 @@ def evaluate_all(run) -> dict:
         "teacher_layers": phase1["teacher_layers"],
         "threads": torch.get_num_threads(),
         "latency_batch": cfg.eval.latency_batch_size,
-        "device": str(run.device),
+        "device": str(device),
         "tasks": {},
     }
     for task in cfg.phase2.tasks:
@@ -206,12 +207,12 @@ def evaluate_all(run) -> dict:
         target = load_task(task, cfg.target, "test", cfg.eval.max_test_examples, cfg.corpus_dir, partner=cfg.source)
         kind, num_labels = source.kind, source.num_labels
         cls = AutoModelForSequenceClassification if kind == "sequence" else AutoModelForTokenClassification
-        models = {"teacher": cls.from_pretrained(str(run.task_teacher(task))).to(run.device).eval()}
+        models = {"teacher": cls.from_pretrained(str(task_teacher_path(cfg, stage_dirs, task))).to(device).eval()}
         manifests = {}
         for variant in cfg.phase2.variants:
-            directory = run.out / "phase2" / task / variant
+            directory = stage_dirs[variant_name(task, variant)]
             manifests[variant] = read_manifest(directory)
-            models[variant] = load_student(manifests[variant]["phase1"], directory, kind, num_labels).to(run.device)
+            models[variant] = load_student(manifests[variant]["phase1"], directory, kind, num_labels).to(device)
         batches = {
             lang: eval_batches(encode(data, tokenizer, cfg.phase2.max_length), 64, tokenizer.pad_token_id)
             for lang, data in ((cfg.source, source), (cfg.target, target))
@@ -255,7 +256,7 @@ def evaluate_all(run) -> dict:
         from mergedistill.bistil.report import verdict
 
         results["mean_length"] = mean_length
-        train = run.task_data(task)
+        train = task_data(cfg, task)
         results["tasks"][task] = {
             "metric": "accuracy" if kind == "sequence" else "micro-F1 (PRODUCT/KEY/NUM)",
             "rows": rows,

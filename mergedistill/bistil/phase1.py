@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mergedistill.layers import attention_pairs, hidden_pairs, layer_stride
-from mergedistill.losses import attention_mse, hidden_mse
+from mergedistill.losses import attention_mse, hidden_mse, soft_ce
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
 
@@ -37,7 +37,6 @@ def phase1_loss(
 ) -> tuple:
     """(total, {term: float}) from HF encoder outputs with ``attentions`` and ``hidden_states``;
     ``*_logits``: MLM logits at the masked positions only (rows), for the optional logit term."""
-    import torch
 
     n_student = len(student_out.hidden_states) - 1
     terms = {}
@@ -65,9 +64,7 @@ def phase1_loss(
         else zero
     )
     if alpha_kd > 0 and student_logits is not None and len(student_logits):
-        t_probs = torch.softmax(teacher_logits.float() / temperature, -1)
-        s_logp = torch.log_softmax(student_logits.float() / temperature, -1)
-        terms["logit"] = -(t_probs * s_logp).sum(-1).mean() * temperature**2
+        terms["logit"] = soft_ce(student_logits, teacher_logits, temperature)
     else:
         terms["logit"] = zero
     total = alpha_attn * terms["attn"] + alpha_hidden * terms["hidden"] + alpha_kd * terms["logit"]

@@ -37,16 +37,6 @@ def task_model(source, kind: str, num_labels: int, seed: int = 0, eager: bool = 
         hf_logging.set_verbosity(verbosity)
 
 
-def soft_ce(student_logits, teacher_logits, temperature: float):
-    """Soft cross-entropy to the teacher's distribution at temperature T, × T² (rows = examples or tokens)."""
-    import torch
-
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
-    probs = torch.softmax(teacher_logits.float() / temperature, -1)
-    return -(probs * torch.log_softmax(student_logits.float() / temperature, -1)).sum(-1).mean() * temperature**2
-
-
 def _rows(logits, labels):
     """(logits, labels) at the scored rows: all examples (sequence) or labelled tokens (token)."""
     if labels.dim() == 1:
@@ -66,9 +56,9 @@ def distill_loss_fn(
 ):
     """loss(student, batch) for ``train_steps``; the teacher runs online (no gradients)."""
     import torch
-    import torch.nn.functional as F
 
     from mergedistill.device import device_of, to_device
+    from mergedistill.losses import mlm_ce, soft_ce
 
     need_internals = alpha_attn > 0 or alpha_hidden > 0
 
@@ -91,7 +81,7 @@ def distill_loss_fn(
             if need_internals:
                 total = total + phase1_loss(s_out, t_out, batch["attention_mask"], stride, alpha_attn, alpha_hidden)[0]
         if alpha_gold > 0 and len(gold):
-            total = total + alpha_gold * F.cross_entropy(s_logits.float(), gold)
+            total = total + alpha_gold * mlm_ce(s_logits, gold)
         return total
 
     return loss_fn

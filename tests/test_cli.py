@@ -122,3 +122,10 @@ def test_every_stage_verb_of_the_table_parses_and_runs_the_pipeline_until_its_st
     assert cfg.train.steps == 2 and cfg.teachers.cards == ["a.yaml"]
     assert plain == {"config_path": str(config), "overrides": ["train.steps=2"], "until": verb, "force": []}
     assert forced == {"config_path": str(config), "overrides": [], "until": verb, "force": [verb]}
+
+
+def test_the_report_names_make_demo_for_the_demo_config_only():
+    from mergedistill.commands.run import reproduce_command
+
+    assert reproduce_command("experiments/demo.yaml") == "make demo   # = mergedistill run experiments/demo.yaml"
+    assert reproduce_command("exp.yaml", ["train.steps=2"]) == "mergedistill run exp.yaml train.steps=2"

@@ -1,8 +1,9 @@
 """The `mergedistill` command line: one verb per pipeline stage.
 
-Each verb lives in ``mergedistill/commands/<verb>.py`` with ``HELP``, ``add_arguments(parser)`` and
-``main(args) -> int``. Command modules import heavy libraries (torch, transformers) inside ``main`` so
-that ``--help`` stays fast. A ``UserError`` becomes one line on stderr and exit code 2 (a traceback
+Each verb has ``HELP``, ``add_arguments(parser)`` and ``main(args) -> int``: a module
+``mergedistill/commands/<verb>.py``, or for the verbs that only run the pipeline up to their stage an entry of
+the table ``commands/_stage.py:STAGE_VERBS`` (see ``verb_command``). Commands import heavy libraries (torch,
+transformers) inside ``main`` so that ``--help`` stays fast. A ``UserError`` becomes one line on stderr and exit code 2 (a traceback
 only with ``--debug``).
 """
 
@@ -35,7 +36,7 @@ VERBS = (
     "run",
     "ablate",
     "bistil",
-)  # modules in commands/
+)  # modules in commands/, or entries of commands/_stage.py:STAGE_VERBS
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -51,6 +52,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
 
 
+def verb_command(verb: str):
+    """What runs ``verb``: its entry in the per-stage table, else its module in ``mergedistill/commands/``."""
+    from mergedistill.commands._stage import STAGE_VERBS
+
+    return STAGE_VERBS.get(verb) or importlib.import_module(f"mergedistill.commands.{verb}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="mergedistill",
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for verb in VERBS:
-        module = importlib.import_module(f"mergedistill.commands.{verb}")
+        module = verb_command(verb)
         verb_parser = sub.add_parser(verb, help=module.HELP, description=module.HELP)
         verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         module.add_arguments(verb_parser)

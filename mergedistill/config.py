@@ -2,13 +2,15 @@
 
 ``load_config(path, overrides)`` merges a YAML file and ``key=value`` overrides onto the dataclass
 schema. Unknown keys, wrong types and out-of-range values raise ``UserError`` naming the dotted key.
-A section may define ``problems(self) -> list[(field, message)]`` for value checks; floats must be finite.
+A section may define ``problems(self) -> list[(field, message)]`` for value checks; floats must be finite,
+and ``RENAMED_KEYS`` (old field name -> new) so that an old key is refused with its new name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, TypeVar
@@ -312,6 +314,15 @@ def _problems(obj: Any, prefix: str) -> list[tuple[str, str]]:
     return found
 
 
+def _renamed(schema: type, dotted: str) -> str | None:
+    """The new dotted name of a key its section lists in ``RENAMED_KEYS``, or None."""
+    section, parts = schema, dotted.split(".")
+    for part in parts[:-1]:
+        section = typing.get_type_hints(section).get(part) if dataclasses.is_dataclass(section) else None
+    new = getattr(section, "RENAMED_KEYS", {}).get(parts[-1])
+    return ".".join([*parts[:-1], new]) if new else None
+
+
 def from_dict(schema: Type[T], data: Any, source: str = "<config>", overrides: list[str] | None = None) -> T:
     """Build and validate a ``schema`` instance from plain data and ``key=value`` overrides."""
     try:
@@ -324,6 +335,9 @@ def from_dict(schema: Type[T], data: Any, source: str = "<config>", overrides: l
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
+        new = _renamed(schema, key)
+        if new:
+            raise UserError(f"{source}: config key '{key}' was renamed to '{new}'; use the new name") from None
         reason = str(err).splitlines()[0]
         raise UserError(f"{source}: bad config key '{key}': {reason}") from None
     problems = _problems(obj, "")

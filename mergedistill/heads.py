@@ -52,11 +52,10 @@ def masked_lm_logits(
 def masked_lm_loss(model, input_ids, attention_mask, labels):
     """Masked-LM cross-entropy to ``labels`` (the gold token where masked, -100 elsewhere), projected at
     the masked positions only."""
-    import torch
-
     from mergedistill.device import device_of, to_device
+    from mergedistill.losses import mlm_ce
 
     labels = to_device(labels, device_of(model))
     masked = labels != -100
     logits, _ = masked_lm_logits(model, input_ids, attention_mask, masked)
-    return torch.nn.functional.cross_entropy(logits.float(), labels[masked])
+    return mlm_ce(logits, labels[masked])

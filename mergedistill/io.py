@@ -152,3 +152,7 @@ def is_current(directory: str | os.PathLike, fingerprint_value: str) -> bool:
     """True when ``directory`` holds a complete stage output made from ``fingerprint_value``."""
     manifest = read_manifest(directory)
     return manifest is not None and manifest.get("fingerprint") == fingerprint_value
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Distillation losses: small pure functions over tensors.
+"""Every training loss of mergedistill and BiStil: small pure functions over tensors.
 
 Soft targets come as the teacher's top-k (student ids [n,k], -1 = none; logits [n,k], -inf = none).
 The teacher distribution is the softmax of the top-k logits at temperature T, i.e. renormalized over
@@ -43,6 +43,13 @@ def kd_soft_ce(
     return loss * temperature**2 if t2_scaling else loss
 
 
+def soft_ce(student_logits, teacher_logits, temperature: float = 1.0, t2_scaling: bool = True) -> torch.Tensor:
+    """``kd_soft_ce`` with the teacher's whole distribution (every id kept): rows of student and teacher logits
+    over the same labels (BiStil's task KD, phase 1's MLM-logit term)."""
+    every_id = torch.arange(teacher_logits.shape[-1], device=teacher_logits.device).expand(teacher_logits.shape[0], -1)
+    return kd_soft_ce(student_logits, every_id, teacher_logits, temperature, t2_scaling)
+
+
 def kd_kl(student_logits, topk_ids, topk_logits, temperature: float = 1.0, t2_scaling: bool = True) -> torch.Tensor:
     """KL(teacher ‖ student) restricted to the teacher's top-k = soft cross-entropy − teacher entropy."""
     probs = _teacher_probs(topk_logits, temperature)
@@ -52,7 +59,7 @@ def kd_kl(student_logits, topk_ids, topk_logits, temperature: float = 1.0, t2_sc
 
 
 def mlm_ce(student_logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    """Gold masked-token cross-entropy at the masked positions."""
+    """Cross-entropy to the gold labels of the scored rows: masked tokens (MLM), or a task's examples/tokens."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     return F.cross_entropy(student_logits.float(), gold.long())
@@ -101,3 +108,12 @@ def combine(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> tuple[
     logged = {f"loss_{name}": float(value.detach()) for name, value in terms.items()}
     logged["loss"] = float(total.detach())
     return total, logged
+
+
+def alignment_loss(pivot_vectors: torch.Tensor, other_vectors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of each side is the translation of row i of the other; every other row of
+    the batch is a negative. Cosine similarities divided by ``temperature``."""
+    a, b = F.normalize(pivot_vectors.float(), dim=-1), F.normalize(other_vectors.float(), dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -27,7 +27,7 @@ SPLIT_INDEX = "split.json"
 
 def read_selection(cfg, select_dir: Path) -> tuple[Strategy, Assignment]:
     """The strategy (``select.strategy``) and the assignment the select stage wrote under it."""
-    from mergedistill.stages import read_json
+    from mergedistill.io import read_json
 
     chosen = read_json(Path(select_dir) / "assignment.json")
     strategy = make_strategy(cfg.select)
@@ -68,7 +68,8 @@ def example_ce(cfg, teachers, lang: str, names, texts, log=print) -> np.ndarray:
 
 def write_split(cfg, select_dir: Path, out: Path, log=print) -> dict:
     """The split stage: per language the strategy splits, the serving teacher's index per training paragraph."""
-    from mergedistill.stages import load_teachers, train_texts
+    from mergedistill.stages import train_texts
+    from mergedistill.teachers import load_teachers
 
     strategy, assignment = read_selection(cfg, select_dir)
     split_langs = [lang for lang in sorted(assignment) if strategy.splits(assignment[lang])]
@@ -93,7 +94,7 @@ def write_split(cfg, select_dir: Path, out: Path, log=print) -> dict:
 
 def read_split(split_dir: Path, lang: str, names, paragraphs: int) -> np.ndarray:
     """The stored teacher index per ``lang`` training paragraph (memory-mapped), checked against ``split.json``."""
-    from mergedistill.stages import read_json
+    from mergedistill.io import read_json
 
     split_dir = Path(split_dir)
     path = split_dir / f"{lang}.npy"
@@ -131,7 +132,8 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, split_dir: Path | None = N
     """Streams and the deterministic batch plan shared by the cache, train and baseline stages; ``world``: the
     number of ranks (each takes one micro-batch per step; default: the launcher's)."""
     from mergedistill.data import DataPlan, make_stream
-    from mergedistill.stages import load_teachers, unified_tokenizer
+    from mergedistill.stages import unified_tokenizer
+    from mergedistill.teachers import load_teachers
     from mergedistill.vocab import load_vocab
 
     strategy, assignment = read_selection(cfg, select_dir)

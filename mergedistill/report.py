@@ -237,3 +237,18 @@ def write_report(out_dir: str | Path, facts: ReportFacts) -> list[Path]:
     write_text_atomic(out_dir / "report.md", text)
     write_text_atomic(out_dir / "report.html", to_html(text, facts.title))
     return [out_dir / "report.md", out_dir / "report.html", *(out_dir / p for p in plots.values())]
+
+
+def dropped_note(cache_manifest: dict) -> str:
+    """The report's line on teacher top-k mass that falls on pieces outside the merged vocabulary."""
+    shares = cache_manifest.get("dropped_topk_mass") or {}
+    where = (
+        f" (the plan's first {cache_manifest['dropped_topk_mass_batches']} batches)"
+        if "dropped_topk_mass_batches" in cache_manifest
+        else " (every cached batch)"
+    )
+    listed = ", ".join(f"{key} {100 * share:.2f} %" for key, share in sorted(shares.items())) or "not measured"
+    return (
+        "Teacher top-k probability mass on pieces outside the merged vocabulary (dropped; the KD targets renormalize over the "
+        f"rest), per language@teacher{where}: {listed}"
+    )

@@ -12,43 +12,23 @@ sections and upstream outputs, so a re-run skips what is current and resumes wha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from mergedistill import io
 from mergedistill.config import to_yaml
 from mergedistill.errors import UserError
+from mergedistill.io import read_json
 from mergedistill.pipeline import Stage, StageContext, run_stages
 from mergedistill.ranks import world_from_env
+from mergedistill.teachers import load_cards, load_teachers, teacher_inputs
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def load_cards(cfg):
-    from mergedistill.teachers import load_card
-
-    cards = [load_card(path) for path in cfg.teachers.cards]
-    names = [c.name for c in cards]
-    if len(set(names)) != len(names):
-        raise UserError(f"teachers.cards: two cards share a name ({', '.join(names)}); names must be unique")
-    return cards
-
-
-def load_teachers(cfg, names=None):
-    from mergedistill.device import resolve_device
-    from mergedistill.teachers import Teacher
-
-    device = str(
-        resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device")
-    )
-    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def train_texts(cfg, lang):
     from mergedistill.corpus import load_texts
 
@@ -61,39 +41,6 @@ def eval_texts(cfg, lang, limit=None, split="valid"):
     from mergedistill.corpus import load_texts
 
     return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
-
-
-def card_fingerprints(cfg):
-    return {path: io.file_fingerprint(path) if Path(path).exists() else "missing" for path in cfg.teachers.cards}
-
-
-def teacher_inputs(cfg):
-    """What the teachers stage reads outside the config: the cards, and the corpus directory the demo zoo
-    trains on. Not the user's corpus files (``corpus.sources``): teachers are not built from them, so a bad
-    or changed source file re-runs select and later stages only."""
-    from mergedistill.corpus import resolve_dir
-
-    out = {"cards": card_fingerprints(cfg), "corpus_dir": io.file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
-    checkpoints = local_checkpoints(cfg)
-    return (
-        {**out, "checkpoints": checkpoints} if checkpoints else out
-    )  # none (demo, hub teachers): fingerprint as before
-
-
-def local_checkpoints(cfg) -> dict:
-    """Card path -> fingerprint of its local checkpoint directory, for cards without a build recipe (a teacher
-    retrained in place must re-run the pipeline; built demo teachers are outputs of the teachers stage)."""
-    from mergedistill.teachers import checkpoint_fingerprint, load_card, looks_local
-
-    out = {}
-    for path in cfg.teachers.cards:
-        if not Path(path).is_file():
-            continue
-        card = load_card(path)
-        source = Path(card.source).expanduser()
-        if not card.build and looks_local(card.source) and source.is_dir():
-            out[path] = checkpoint_fingerprint(source)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -300,38 +247,16 @@ def _targets(cfg, ctx, plan, teachers, merged):
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
 
 
-def _student(cfg, merged, teachers):
-    from mergedistill.student import build_student, init_from_teacher
-
-    if cfg.student.init == "teacher":
-        from mergedistill.teachers import Teacher
-
-        cards = {c.name: c for c in load_cards(cfg)}
-        if cfg.student.init_teacher not in cards:
-            raise UserError(
-                f"student.init_teacher: unknown teacher {cfg.student.init_teacher!r}; known: {', '.join(cards)}"
-            )
-        teacher = teachers.get(cfg.student.init_teacher) or Teacher.load(cards[cfg.student.init_teacher])
-        id_map = merged.id_maps.get(teacher.name)
-        if id_map is None:
-            raise UserError(
-                f"student.init_teacher={teacher.name} serves no language, so the vocabulary has no id map for it; pick a selected teacher"
-            )
-        return init_from_teacher(
-            cfg.student, teacher.model, teacher.tokenizer, id_map, merged.pieces, cfg.student.new_piece_init, cfg.seed
-        )
-    return build_student(cfg.student, len(merged), cfg.seed)
-
-
 def _train_stage(ctx: StageContext, with_teachers: bool):
     import torch
 
     from mergedistill.plan import make_plan
+    from mergedistill.student import configured_student
     from mergedistill.train import train, unpartitioned_student
 
     cfg = ctx.cfg
     plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"))
-    student = _student(cfg, merged, teachers)
+    student = configured_student(cfg, merged, teachers)
     targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
     internals = None
     if with_teachers and (cfg.train.alpha_hidden > 0 or cfg.train.alpha_attn > 0):
@@ -460,96 +385,17 @@ def stage_eval(ctx: StageContext):
     return {"languages": len(rows)}
 
 
-def model_card(cfg, eval_data, assignment) -> str:
-    from mergedistill.report import eval_table
-
-    langs = sorted(assignment)
-    return "\n".join(
-        [
-            "---",
-            "library_name: transformers",
-            "pipeline_tag: fill-mask",
-            "license: mpl-2.0",
-            "language:",
-            *[f"- {lang}" for lang in langs],
-            "tags:",
-            "- mergedistill",
-            "- knowledge-distillation",
-            "---",
-            "",
-            f"# {cfg.name}: a multilingual student distilled by mergedistill",
-            "",
-            f"A BERT-style masked-LM distilled from several teachers (MergeDistill-style, {cfg.data.tokenization} tokenization):",
-            "",
-            *[f"- {lang}: {', '.join(names)}" for lang, names in sorted(assignment.items())],
-            "",
-            *(
-                [
-                    "Load it with plain `transformers` (no mergedistill needed):",
-                    "",
-                    "```python",
-                    "from transformers import pipeline",
-                    "fill = pipeline('fill-mask', model='PATH')",
-                    "fill('Click [MASK] to save.')",
-                    "```",
-                    "",
-                    "The top-level tokenizer is the unified student tokenizer over the merged vocabulary, the one the student was",
-                    "trained on (`data.tokenization: unified`): it segments each language as that language's teacher does.",
-                ]
-                if cfg.data.tokenization == "unified"
-                else [
-                    "The student was trained on routed tokenization (MergeDistill's): each language's text through its teacher's",
-                    "tokenizer, mapped to the student's ids. So it needs the language of its input, and this export ships no",
-                    "top-level tokenizer (`AutoTokenizer` would segment differently from training). `routed/` holds the teachers'",
-                    "tokenizers and id maps; load them with mergedistill:",
-                    "",
-                    "```python",
-                    "import torch",
-                    "from transformers import AutoModelForMaskedLM",
-                    "from mergedistill.vocab import load_routed_tokenizer",
-                    "",
-                    "tokenizer = load_routed_tokenizer('PATH')  # language -> teacher tokenizer + id map",
-                    "model = AutoModelForMaskedLM.from_pretrained('PATH').eval()",
-                    f"ids = tokenizer.encode('Click here to save.', lang='{langs[0]}')  # student ids, as in training",
-                    "ids[2] = 4  # the student's [MASK] id",
-                    "top = model(torch.tensor([ids])).logits[0, 2].argmax()",
-                    "```",
-                ]
-            ),
-            "",
-            "## Evaluation (held-out LibreOffice help paragraphs)",
-            "",
-            eval_table(eval_data["rows"]),
-            "",
-        ]
-    )
-
-
-def route_through_evaluated_teachers(routed_dir: Path, routes: dict) -> None:
-    """Point each language of an exported routed tokenizer at the teacher it was evaluated through (the vocab
-    stage routes through the first candidate; min-ce/weighted languages are served mostly by another)."""
-    from mergedistill.vocab.tokenize import ROUTED_CONFIG
-
-    config = read_json(routed_dir / ROUTED_CONFIG)
-    wanted = {lang: name for lang, name in routes.items() if name in config["teachers"]}
-    if any(config["routes"].get(lang) != name for lang, name in wanted.items()):
-        config["routes"] = {**config["routes"], **wanted}
-        io.write_text_atomic(routed_dir / ROUTED_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-# A routed export's top-level tokenizer_config.json: a tokenizer class transformers does not know, so that
-# AutoTokenizer / pipeline("fill-mask") refuse the directory instead of silently building an empty tokenizer
-# of the model's type (ids that mean nothing to the student); the note says what to load instead.
-ROUTED_TOKENIZER_CONFIG = {
-    "tokenizer_class": "MergedistillRoutedTokenizer",
-    "note": "routed student: the text of each language goes through its teacher's tokenizer; load it with "
-    "mergedistill.vocab.load_routed_tokenizer(PATH) and encode(text, lang=...)",
-}
-
-
 def stage_export(ctx: StageContext):
     from transformers import AutoModelForMaskedLM, pipeline
 
+    from mergedistill.device import resolve_device
+    from mergedistill.export import (
+        ROUTED_TOKENIZER_CONFIG,
+        model_card,
+        pipeline_fill_mask_examples,
+        route_through_evaluated_teachers,
+        routed_fill_mask_examples,
+    )
     from mergedistill.vocab.tokenize import copy_tokenizer_files
 
     cfg = ctx.cfg
@@ -569,59 +415,27 @@ def stage_export(ctx: StageContext):
     route_through_evaluated_teachers(ctx.out / "routed", {row["lang"]: row["teacher"] for row in eval_data["rows"]})
     io.write_text_atomic(ctx.out / "README.md", model_card(cfg, eval_data, assignment))
     examples = {}
-    if cfg.data.tokenization == "routed":  # through the tokenizers the student was trained on, language by language
-        from mergedistill.device import resolve_device
-        from mergedistill.evaluation import routed_fill_mask
-        from mergedistill.vocab import load_routed_tokenizer, load_vocab
-
-        routed, pieces = load_routed_tokenizer(ctx.out), load_vocab(ctx.inputs["vocab"]).pieces
-        model.to(resolve_device(cfg.device)).eval()
-        for lang in sorted(assignment):
-            items = []
-            for text in eval_texts(cfg, lang, 40, split="test"):
-                example = routed_fill_mask(model, routed, pieces, text, lang)
-                if example is not None:
-                    items.append(example)
-                if len(items) >= cfg.export.fill_mask_examples:
-                    break
-            examples[lang] = items
-    elif (ctx.out / "tokenizer.json").exists():
-        from mergedistill.device import resolve_device
-
-        fill = pipeline(
-            "fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device)
-        )  # it moves its inputs there
-        limit = model.config.max_position_embeddings - 2
-        for lang in sorted(assignment):
-            items = []
-            for text in eval_texts(cfg, lang, 40, split="test"):
-                words = text.split()
-                if len(words) >= 4 or (lang in ("ja", "zh") and len(text) > 8):
-                    if lang in ("ja", "zh"):
-                        middle = len(text) // 2
-                        masked = text[:middle] + fill.tokenizer.mask_token + text[middle + 1 :]
-                    else:
-                        middle = len(words) // 2
-                        masked = " ".join(words[:middle] + [fill.tokenizer.mask_token] + words[middle + 1 :])
-                    if len(fill.tokenizer(masked)["input_ids"]) > limit:
-                        continue  # longer than the student's positions
-                    predictions = fill(masked, top_k=3)
-                    items.append(
-                        {
-                            "text": masked,
-                            "predictions": [{"token": p["token_str"], "score": float(p["score"])} for p in predictions],
-                        }
-                    )
-                if len(items) >= cfg.export.fill_mask_examples:
-                    break
-            examples[lang] = items
+    per_language = cfg.export.fill_mask_examples
+    if cfg.data.tokenization == "routed" or (ctx.out / "tokenizer.json").exists():
+        texts = {}
+        for lang in sorted(assignment):  # held-out test paragraphs
+            texts[lang] = eval_texts(cfg, lang, 40, split="test")
+        if cfg.data.tokenization == "routed":  # through the tokenizers the student was trained on
+            model.to(resolve_device(cfg.device)).eval()
+            examples = routed_fill_mask_examples(model, ctx.out, ctx.inputs["vocab"], texts, per_language)
+        else:
+            fill = pipeline(
+                "fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device)
+            )  # it moves its inputs there
+            examples = pipeline_fill_mask_examples(fill, model.config.max_position_embeddings, texts, per_language)
     io.write_json_atomic(ctx.out / "fill_mask_examples.json", examples)
     return {"files": sorted(p.name for p in ctx.out.iterdir())}
 
 
-def stage_report(ctx: StageContext):
+def stage_report(ctx: StageContext, commands: Sequence[str] = ()):
+    """``commands``: the command lines that reproduce the run, listed at the end of the report."""
     from mergedistill.device import resolve_device
-    from mergedistill.report import ReportFacts, write_report
+    from mergedistill.report import ReportFacts, dropped_note, write_report
 
     cfg = ctx.cfg
     eval_data = read_json(ctx.inputs["eval"] / "eval.json")
@@ -637,7 +451,7 @@ def stage_report(ctx: StageContext):
     )
     facts = ReportFacts(
         title=f"mergedistill report: {cfg.name}",
-        commands=COMMANDS.get("commands", []),
+        commands=list(commands),
         config_yaml=to_yaml(cfg),
         eval_rows=eval_data["rows"],
         sizes=eval_data["sizes"],
@@ -658,25 +472,8 @@ def stage_report(ctx: StageContext):
     return {}
 
 
-def dropped_note(cache_manifest: dict) -> str:
-    """The report's line on teacher top-k mass that falls on pieces outside the merged vocabulary."""
-    shares = cache_manifest.get("dropped_topk_mass") or {}
-    where = (
-        f" (the plan's first {cache_manifest['dropped_topk_mass_batches']} batches)"
-        if "dropped_topk_mass_batches" in cache_manifest
-        else " (every cached batch)"
-    )
-    listed = ", ".join(f"{key} {100 * share:.2f} %" for key, share in sorted(shares.items())) or "not measured"
-    return (
-        "Teacher top-k probability mass on pieces outside the merged vocabulary (dropped; the KD targets renormalize over the "
-        f"rest), per language@teacher{where}: {listed}"
-    )
-
-
-COMMANDS: dict = {}
-
-
-def pipeline_stages(cfg) -> list[Stage]:
+def pipeline_stages(cfg, commands: Sequence[str] = ()) -> list[Stage]:
+    """The stages of ``cfg``'s run; ``commands``: what reproduces it, for the report."""
     from mergedistill.selection import make_strategy
 
     stages = [
@@ -761,7 +558,7 @@ def pipeline_stages(cfg) -> list[Stage]:
         ),
         Stage(
             "report",
-            stage_report,
+            functools.partial(stage_report, commands=tuple(commands)),
             sections=("name",),
             after=("teachers", "select", "vocab", "cache", "train", "eval", "export"),
             doc="report",
@@ -776,13 +573,12 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None):
-    """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``)."""
-    command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
-    COMMANDS["commands"] = [
-        "make demo   # = " + command if str(config_path).endswith("experiments/demo.yaml") else command
-    ]
-    stages = pipeline_stages(cfg)
+def run_experiment(cfg, config_path=None, overrides=(), only=None, force=(), until=None, command=None):
+    """Run the pipeline; ``until`` stops after that stage (e.g. ``vocab build``). ``command``: the line the report
+    gives to reproduce the run (default: ``mergedistill run CONFIG OVERRIDES``)."""
+    if command is None:
+        command = " ".join(["mergedistill run", str(config_path or ""), *overrides]).strip()
+    stages = pipeline_stages(cfg, commands=[command])
     if until is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(until) + 1]

@@ -132,3 +132,26 @@ def init_from_teacher(
         if config.model_type == "bert":
             student.cls.predictions.transform.load_state_dict(teacher_model.cls.predictions.transform.state_dict())
     return student
+
+
+def configured_student(cfg, merged, teachers):
+    """The student an experiment trains: from scratch, or (``student.init: teacher``) from ``init_teacher``,
+    taken from ``teachers`` when loaded already. ``merged``: the merged vocabulary (``vocab.load_vocab``)."""
+    if cfg.student.init == "teacher":
+        from mergedistill.teachers import Teacher, load_cards
+
+        cards = {c.name: c for c in load_cards(cfg)}
+        if cfg.student.init_teacher not in cards:
+            raise UserError(
+                f"student.init_teacher: unknown teacher {cfg.student.init_teacher!r}; known: {', '.join(cards)}"
+            )
+        teacher = teachers.get(cfg.student.init_teacher) or Teacher.load(cards[cfg.student.init_teacher])
+        id_map = merged.id_maps.get(teacher.name)
+        if id_map is None:
+            raise UserError(
+                f"student.init_teacher={teacher.name} serves no language, so the vocabulary has no id map for it; pick a selected teacher"
+            )
+        return init_from_teacher(
+            cfg.student, teacher.model, teacher.tokenizer, id_map, merged.pieces, cfg.student.new_piece_init, cfg.seed
+        )
+    return build_student(cfg.student, len(merged), cfg.seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from mergedistill.errors import UserError
+from mergedistill.io import file_fingerprint
 
 # ISO 639-1 codes plus the regional variants the corpus layer uses.
 KNOWN_LANGUAGES = set(
@@ -268,3 +269,54 @@ class Teacher:
 
     def tokenizer_fingerprint(self) -> str:
         return hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- an experiment's teachers
+def load_cards(cfg) -> list[TeacherCard]:
+    """The cards of ``cfg.teachers.cards``, in order; names must be unique."""
+    cards = [load_card(path) for path in cfg.teachers.cards]
+    names = [c.name for c in cards]
+    if len(set(names)) != len(names):
+        raise UserError(f"teachers.cards: two cards share a name ({', '.join(names)}); names must be unique")
+    return cards
+
+
+def load_teachers(cfg, names=None) -> dict[str, Teacher]:
+    """Name -> loaded teacher for every card of the experiment (or only ``names``), on its device."""
+    from mergedistill.device import resolve_device
+
+    device = str(
+        resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device")
+    )
+    return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
+
+
+def card_fingerprints(cfg) -> dict:
+    return {path: file_fingerprint(path) if Path(path).exists() else "missing" for path in cfg.teachers.cards}
+
+
+def teacher_inputs(cfg):
+    """What the teachers stage reads outside the config: the cards, and the corpus directory the demo zoo
+    trains on. Not the user's corpus files (``corpus.sources``): teachers are not built from them, so a bad
+    or changed source file re-runs select and later stages only."""
+    from mergedistill.corpus import resolve_dir
+
+    out = {"cards": card_fingerprints(cfg), "corpus_dir": file_fingerprint(resolve_dir(cfg.corpus.dir or None))}
+    checkpoints = local_checkpoints(cfg)
+    return (
+        {**out, "checkpoints": checkpoints} if checkpoints else out
+    )  # none (demo, hub teachers): fingerprint as before
+
+
+def local_checkpoints(cfg) -> dict:
+    """Card path -> fingerprint of its local checkpoint directory, for cards without a build recipe (a teacher
+    retrained in place must re-run the pipeline; built demo teachers are outputs of the teachers stage)."""
+    out = {}
+    for path in cfg.teachers.cards:
+        if not Path(path).is_file():
+            continue
+        card = load_card(path)
+        source = Path(card.source).expanduser()
+        if not card.build and looks_local(card.source) and source.is_dir():
+            out[path] = checkpoint_fingerprint(source)
+    return out

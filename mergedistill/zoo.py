@@ -189,18 +189,6 @@ def tlm_rows(
     }
 
 
-def alignment_loss(pivot_vectors, other_vectors, temperature: float):
-    """Symmetric InfoNCE: row i of each side is the translation of row i of the other; every other row of
-    the batch is a negative. Cosine similarities divided by ``temperature``."""
-    import torch
-    import torch.nn.functional as F
-
-    a, b = F.normalize(pivot_vectors.float(), dim=-1), F.normalize(other_vectors.float(), dim=-1)
-    logits = a @ b.T / temperature
-    target = torch.arange(len(a), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
 def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
     """Masked-LM loss on ``batch_size`` rows drawn from ``rows`` (15 % masked, BERT's 80/10/10)."""
     import torch
@@ -221,6 +209,8 @@ def _mlm_step(model, rows, rng, batch_size: int, special_ids, tokenizer, pool):
 def _alignment_step(model, pairs, rng, train: dict, cls_id: int, sep_id: int, pad_id: int):
     """InfoNCE between ``batch_size`` paragraphs and their translations, each side encoded unmasked on its own."""
     import torch
+
+    from mergedistill.losses import alignment_loss
 
     picks = rng.choice(len(pairs), size=min(train["batch_size"], len(pairs)), replace=False)
     keep = train["max_length"] - 2

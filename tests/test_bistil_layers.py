@@ -104,16 +104,16 @@ def test_short_phase1_run_improves_eval_loss(tokenizer, corpus_texts):
         weight_decay=0.0,
         warmup_steps=2,
         steps=12,
-        w_attn=1.0,
-        w_hidden=1.0,
-        w_logit=0.0,
+        alpha_attn=1.0,
+        alpha_hidden=1.0,
+        alpha_kd=0.0,
         temperature=1.0,
         eval_every=6,
         eval_batches=1,
         batch_size=4,
         mlm_probability=0.15,
     )
-    cfg.w_logit = 0.5  # also exercise the masked-only logit term
+    cfg.alpha_kd = 0.5  # also exercise the masked-only logit term
     student, history = train_phase1(teacher, student, tokenizer, train, valid, cfg, log=lambda _: None)
     assert history[-1]["best_eval_loss"] < history[0]["eval_loss"]
     assert len([h for h in history if "eval_loss" in h]) == 3
@@ -142,9 +142,9 @@ def test_scratch_phase1_learns_masked_lm_without_a_teacher(tokenizer, corpus_tex
         weight_decay=0.0,
         warmup_steps=2,
         steps=12,
-        w_attn=1.0,
-        w_hidden=1.0,
-        w_logit=0.0,
+        alpha_attn=1.0,
+        alpha_hidden=1.0,
+        alpha_kd=0.0,
         temperature=1.0,
         eval_every=6,
         eval_batches=1,

@@ -114,10 +114,10 @@ def test_phase2_head_learns_at_head_lr_and_the_body_at_lr(tmp_path, variant):
     batches = [{**b, "attention_mask": torch.ones_like(b["input_ids"])} for b in _batches(4)]
     cfg = SimpleNamespace(
         temperature=1.0,
-        w_soft=1.0,
-        w_gold=1.0,
-        w_attn=0.0,
-        w_hidden=0.0,
+        alpha_kd=1.0,
+        alpha_gold=1.0,
+        alpha_attn=0.0,
+        alpha_hidden=0.0,
         include_embeddings=False,
         lr=1e-2,
         head_lr=1e-12,

@@ -215,10 +215,10 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
     ]
     cfg = SimpleNamespace(
         temperature=2.0,
-        w_soft=1.0,
-        w_gold=0.5,
-        w_attn=0.0,
-        w_hidden=1.0,
+        alpha_kd=1.0,
+        alpha_gold=0.5,
+        alpha_attn=0.0,
+        alpha_hidden=1.0,
         include_embeddings=False,
         density=0.1,
         lr=1e-2,

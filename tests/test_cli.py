@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from mergedistill import cli
+from mergedistill.commands._stage import STAGE_VERBS
 
 
 def run_cli(*args):
@@ -65,12 +66,8 @@ VERB_ARGS = {
 @pytest.mark.parametrize("verb", cli.VERBS)
 @pytest.mark.parametrize("before", [True, False])
 def test_local_rank_is_accepted_before_and_after_every_verb(verb, before, monkeypatch):
-    import importlib
-
     seen = []
-    monkeypatch.setattr(
-        importlib.import_module(f"mergedistill.commands.{verb}"), "main", lambda args: seen.append(args) or 0
-    )
+    monkeypatch.setattr(cli.verb_command(verb), "main", lambda args: seen.append(args) or 0)
     monkeypatch.setenv("LOCAL_RANK", "0")
     rest = VERB_ARGS.get(verb, ["c.yaml", "train.steps=2"])
     argv = ["--local_rank=1", verb, *rest] if before else [verb, *rest, "--local-rank", "1"]
@@ -108,3 +105,27 @@ def test_local_rank_fills_LOCAL_RANK_only_when_the_launcher_did_not(monkeypatch)
 def test_bad_local_rank_is_one_line_exit_2():
     result = run_cli("--local_rank=x", "corpus", "stats")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--local_rank=x" in result.stderr
+
+
+@pytest.mark.parametrize("verb", sorted(STAGE_VERBS))
+def test_every_stage_verb_of_the_table_parses_and_runs_the_pipeline_until_its_stage(verb, tmp_path, monkeypatch):
+    import mergedistill.stages as stages
+
+    config = tmp_path / "exp.yaml"
+    config.write_text("teachers:\n  cards: [a.yaml]\n")
+    calls = []
+    monkeypatch.setattr(stages, "run_experiment", lambda cfg, **kwargs: calls.append((cfg, kwargs)))
+    assert verb in cli.VERBS
+    assert cli.main([verb, str(config), "train.steps=2"]) == 0
+    assert cli.main([verb, str(config), "--force"]) == 0
+    (cfg, plain), (_, forced) = calls
+    assert cfg.train.steps == 2 and cfg.teachers.cards == ["a.yaml"]
+    assert plain == {"config_path": str(config), "overrides": ["train.steps=2"], "until": verb, "force": []}
+    assert forced == {"config_path": str(config), "overrides": [], "until": verb, "force": [verb]}
+
+
+def test_the_report_names_make_demo_for_the_demo_config_only():
+    from mergedistill.commands.run import reproduce_command
+
+    assert reproduce_command("experiments/demo.yaml") == "make demo   # = mergedistill run experiments/demo.yaml"
+    assert reproduce_command("exp.yaml", ["train.steps=2"]) == "mergedistill run exp.yaml train.steps=2"

@@ -66,3 +66,31 @@ def test_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "section, old, new",
+    [
+        ("phase1", "w_attn", "alpha_attn"),
+        ("phase1", "w_hidden", "alpha_hidden"),
+        ("phase1", "w_logit", "alpha_kd"),
+        ("phase2", "w_soft", "alpha_kd"),
+        ("phase2", "w_gold", "alpha_gold"),
+        ("phase2", "w_attn", "alpha_attn"),
+        ("phase2", "w_hidden", "alpha_hidden"),
+    ],
+)
+def test_an_old_bistil_loss_weight_is_one_line_naming_the_file_key_and_new_name(tmp_path, section, old, new):
+    from mergedistill.bistil.config import BistilConfig
+
+    path = tmp_path / "bistil.yaml"
+    path.write_text(f"# mergedistill bistil run {path}\n{section}:\n  {old}: 0.5\n")
+    with pytest.raises(UserError) as err:
+        load_config(path, schema=BistilConfig)
+    assert str(err.value) == f"{path}: config key '{section}.{old}' was renamed to '{section}.{new}'; use the new name"
+    with pytest.raises(UserError, match=f"'{section}.{old}' was renamed to '{section}.{new}'"):  # an override too
+        from_dict(BistilConfig, {}, source="b.yaml", overrides=[f"{section}.{old}=0.5"])
+    path.write_text(f"{section}:\n  {new}: 0.5\n")
+    assert getattr(getattr(load_config(path, schema=BistilConfig), section), new) == 0.5  # the new name loads
+    with pytest.raises(UserError, match="bad config key 'phase1.w_nothing'"):  # unknown keys are refused as before
+        from_dict(BistilConfig, {"phase1": {"w_nothing": 1.0}})

@@ -208,7 +208,7 @@ def test_bistil_phase1_and_phase2_move_everything_to_the_models(tiny_teachers, c
     monkeypatch.setattr(phase1_module, "phase1_loss", phase1_loss)
     monkeypatch.setattr(phase2_module, "phase1_loss", phase1_loss)
     seqs = {lang: pack_language(tokenizer, corpus_texts[lang]["train"][:20], 32) for lang in ("en", "de")}
-    p1 = from_dict(Phase1Config, {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "w_logit": 1.0})
+    p1 = from_dict(Phase1Config, {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "alpha_kd": 1.0})
     train_phase1(teacher, student, tokenizer, seqs, seqs, p1, log=lambda m: None)
     watch.called("teacher.encoder", "student.encoder", "phase1 loss")
 

@@ -105,7 +105,8 @@ def run_export_in_fresh_python(export: Path, tokenization: str, items: list[dict
 def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_runs, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    from mergedistill.stages import load_teachers, unified_tokenizer
+    from mergedistill.stages import unified_tokenizer
+    from mergedistill.teachers import load_teachers
     from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab
 
     run = tiny_runs.get(arch, tokenization)
@@ -154,7 +155,8 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
 def test_routed_folder_is_the_vocabularys_routing(arch, tokenization, tiny_runs):
     """routed/: one route per language to the teacher it was evaluated through, that teacher's tokenizer (same
     ids as the teacher's own on held-out text of the languages it serves) and its id map (the vocabulary's)."""
-    from mergedistill.stages import eval_texts, load_teachers
+    from mergedistill.stages import eval_texts
+    from mergedistill.teachers import load_teachers
     from mergedistill.vocab import load_vocab
 
     run = tiny_runs.get(arch, tokenization)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mergedistill.losses import attention_mse, combine, hidden_cosine, hidden_mse, kd_kl, kd_soft_ce, mlm_ce
+from mergedistill.losses import attention_mse, combine, hidden_cosine, hidden_mse, kd_kl, kd_soft_ce, mlm_ce, soft_ce
 
 
 def test_soft_ce_matches_a_hand_computation_and_renormalizes_topk():
@@ -59,3 +59,26 @@ def test_combine_weights_and_logs():
     assert float(total) == 3.5 and logged["loss_hidden"] == 9.0 and logged["loss"] == 3.5
     with pytest.raises(ValueError):
         combine({"kd": torch.tensor(1.0)}, {"kd": 0.0})
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_vocabulary_soft_ce_is_kd_soft_ce_with_every_id_kept(temperature):
+    """BiStil's task KD and phase-1 logit term (``soft_ce``) are ``kd_soft_ce`` with the teacher's whole
+    distribution: the same value and gradient, bit for bit, as the full-vocabulary formula they replaced."""
+    torch.manual_seed(0)
+    teacher = torch.randn(7, 11) * 3
+    student = torch.randn(7, 11, requires_grad=True)
+    every_id = torch.arange(11).expand(7, -1)
+    reference = (
+        -(torch.softmax(teacher / temperature, -1) * torch.log_softmax(student / temperature, -1)).sum(-1).mean()
+        * temperature**2
+    )
+    (grad_reference,) = torch.autograd.grad(reference, student)
+    loss = soft_ce(student, teacher, temperature)
+    (grad,) = torch.autograd.grad(loss, student)
+    assert torch.equal(loss, reference) and torch.equal(grad, grad_reference)
+    assert torch.equal(loss, kd_soft_ce(student, every_id, teacher, temperature))
+    assert float(soft_ce(student, teacher, temperature, t2_scaling=False)) == pytest.approx(
+        float(loss) / temperature**2
+    )
+    assert soft_ce(torch.zeros(0, 11), torch.zeros(0, 11)) == 0  # no scored rows: no loss

@@ -25,7 +25,8 @@ from mergedistill.corpus import load_texts
 from mergedistill.data import make_stream
 from mergedistill.plan import example_ce, make_plan, read_split
 from mergedistill.selection import make_strategy
-from mergedistill.stages import load_teachers, run_experiment
+from mergedistill.stages import run_experiment
+from mergedistill.teachers import load_teachers
 from tests.reliability.world import embedded_paragraphs
 
 CYRILLIC = re.compile("[\u0400-\u04ff]")

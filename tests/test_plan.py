@@ -16,7 +16,8 @@ from mergedistill.data import DataPlan, make_stream
 from mergedistill.errors import UserError
 from mergedistill.io import read_manifest
 from mergedistill.plan import make_plan
-from mergedistill.stages import load_teachers, pipeline_stages, run_experiment
+from mergedistill.stages import pipeline_stages, run_experiment
+from mergedistill.teachers import load_teachers
 from tests.test_min_ce_routing import CYRILLIC, LATIN, paragraphs, script_teachers
 
 

@@ -82,7 +82,7 @@ def test_a_local_teacher_retrained_in_place_changes_the_teachers_stage_fingerpri
     import shutil
 
     from mergedistill.config import ExperimentConfig
-    from mergedistill.stages import teacher_inputs
+    from mergedistill.teachers import teacher_inputs
 
     shutil.copytree(tiny_teachers["bert"], tmp_path / "bert")
     (tmp_path / "bert.yaml").write_text(f"name: bert\nsource: {tmp_path / 'bert'}\nlanguages: [en]\n", encoding="utf-8")

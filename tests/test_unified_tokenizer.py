@@ -189,7 +189,7 @@ def test_autotokenizer_and_fill_mask_equal_training_without_mergedistill(unified
 
 def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
     from mergedistill.config import ExperimentConfig, from_dict
-    from mergedistill.stages import model_card
+    from mergedistill.export import model_card
 
     assignment = {"en": ["bert"], "ja": ["xlm-roberta"]}
     cards = {"teachers": {"cards": ["t.yaml"]}}

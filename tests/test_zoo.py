@@ -81,7 +81,7 @@ def test_tlm_rows_join_each_paragraph_to_its_translation_only():
 def test_alignment_loss_is_low_for_matched_translations_and_high_for_swapped_ones():
     import torch
 
-    from mergedistill.zoo import alignment_loss
+    from mergedistill.losses import alignment_loss
 
     pivot = torch.eye(4) * 3
     other = pivot + 0.1 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))

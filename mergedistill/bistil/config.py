@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from mergedistill.bistil.tasks import TASK_NAMES
 from mergedistill.config import _non_negative, _one_of, _positive
@@ -36,24 +36,26 @@ class Phase1Config:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     mlm_probability: float = 0.15
-    w_attn: float = 1.0
-    w_hidden: float = 1.0
-    w_logit: float = 0.0  # optional KD on the masked positions' MLM logits
+    alpha_attn: float = 1.0  # attention-probability MSE to the paired teacher layers
+    alpha_hidden: float = 1.0  # hidden-state MSE to the paired teacher layers
+    alpha_kd: float = 0.0  # optional KD on the masked positions' MLM logits
     temperature: float = 1.0
     eval_every: int = 100
     eval_batches: int = 4  # per language, from the valid split
     max_paragraphs: Optional[int] = None  # per language; None = all of the train split
+    # the loss weights were w_* before they took MergeDistill's train.alpha_* names
+    RENAMED_KEYS: ClassVar[dict] = {"w_attn": "alpha_attn", "w_hidden": "alpha_hidden", "w_logit": "alpha_kd"}
 
     def problems(self):
         out = _positive(
             self, "layer_stride", "steps", "batch_size", "max_length", "lr", "eval_every", "eval_batches", "temperature"
         )
-        out += _non_negative(self, "warmup_steps", "weight_decay", "w_attn", "w_hidden", "w_logit")
+        out += _non_negative(self, "warmup_steps", "weight_decay", "alpha_attn", "alpha_hidden", "alpha_kd")
         out += _one_of(self.layer_choice, ("stride", "bottom"), "layer_choice")
         if not 0 < self.mlm_probability < 1:
             out.append(("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}"))
-        if self.w_attn + self.w_hidden + self.w_logit <= 0:
-            out.append(("w_attn", "at least one of w_attn, w_hidden, w_logit must be > 0"))
+        if self.alpha_attn + self.alpha_hidden + self.alpha_kd <= 0:
+            out.append(("alpha_attn", "at least one of alpha_attn, alpha_hidden, alpha_kd must be > 0"))
         return out
 
 
@@ -71,15 +73,22 @@ class Phase2Config:
     # the students' new task head (the body learns at lr; the task teacher at teacher_lr throughout)
     head_lr: float = 1e-3
     temperature: float = 2.0
-    w_soft: float = 1.0
-    w_gold: float = 0.0  # BiStil: soft targets only; "self-taught" uses gold labels alone
-    w_attn: float = 0.0
-    w_hidden: float = 0.0
+    alpha_kd: float = 1.0  # soft cross-entropy to the task teacher's predictions at temperature T
+    alpha_gold: float = 0.0  # BiStil: soft targets only; "self-taught" uses gold labels alone
+    alpha_attn: float = 0.0  # the phase-1 attention term, here too
+    alpha_hidden: float = 0.0  # the phase-1 hidden-state term, here too
     density: float = 0.08  # LT-SFT: fraction of the body's parameters that may change
     include_embeddings: bool = False  # word embeddings eligible for the sparse mask
     dense_steps: int = 300
     sparse_steps: int = 300
     max_train_examples: Optional[int] = None  # source-language training examples per task; None = all
+    # the loss weights were w_* before they took MergeDistill's train.alpha_* names
+    RENAMED_KEYS: ClassVar[dict] = {
+        "w_soft": "alpha_kd",
+        "w_gold": "alpha_gold",
+        "w_attn": "alpha_attn",
+        "w_hidden": "alpha_hidden",
+    }
 
     def problems(self):
         out = _positive(
@@ -93,7 +102,7 @@ class Phase2Config:
             "temperature",
             "dense_steps",
         )
-        out += _non_negative(self, "w_soft", "w_gold", "w_attn", "w_hidden", "sparse_steps")
+        out += _non_negative(self, "alpha_kd", "alpha_gold", "alpha_attn", "alpha_hidden", "sparse_steps")
         if not 0 < self.density <= 1:
             out.append(("density", f"must be in (0, 1], got {self.density}"))
         out += [
@@ -108,8 +117,8 @@ class Phase2Config:
         ]
         if not self.tasks:
             out.append(("tasks", "must name at least one task"))
-        if self.w_soft + self.w_gold <= 0:
-            out.append(("w_soft", "w_soft or w_gold must be > 0"))
+        if self.alpha_kd + self.alpha_gold <= 0:
+            out.append(("alpha_kd", "alpha_kd or alpha_gold must be > 0"))
         return out
 
 

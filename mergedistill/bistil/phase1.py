@@ -1,8 +1,8 @@
 """Phase 1: general bilingual distillation of the trimmed teacher into its layer-reduced copy.
 
 Batches are monolingual and the languages alternate, so each language gets the same number of batches.
-Teacher and student see the same masked input. Loss = w_attn · Σ_i MSE(student attention i, teacher
-attention (i+1)s−1) + w_hidden · Σ_i MSE(student hidden i, teacher hidden i·s) (+ w_logit · soft CE on
+Teacher and student see the same masked input. Loss = alpha_attn · Σ_i MSE(student attention i, teacher
+attention (i+1)s−1) + alpha_hidden · Σ_i MSE(student hidden i, teacher hidden i·s) (+ alpha_kd · soft CE on
 the masked positions' MLM logits); every term excludes padding. The checkpoint with the lowest eval loss wins.
 
 ``objective="mlm"`` trains the same student on the same batches with masked-LM cross-entropy to the gold
@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mergedistill.layers import attention_pairs, hidden_pairs, layer_stride
-from mergedistill.losses import attention_mse, hidden_mse
+from mergedistill.losses import attention_mse, hidden_mse, soft_ce
 from mergedistill.masking import example_rng, mask_sequence, pack, pad_batch
 
 
@@ -28,16 +28,15 @@ def phase1_loss(
     teacher_out,
     attention_mask,
     stride: int,
-    w_attn: float,
-    w_hidden: float,
-    w_logit: float = 0.0,
+    alpha_attn: float,
+    alpha_hidden: float,
+    alpha_kd: float = 0.0,
     student_logits=None,
     teacher_logits=None,
     temperature: float = 1.0,
 ) -> tuple:
     """(total, {term: float}) from HF encoder outputs with ``attentions`` and ``hidden_states``;
     ``*_logits``: MLM logits at the masked positions only (rows), for the optional logit term."""
-    import torch
 
     n_student = len(student_out.hidden_states) - 1
     terms = {}
@@ -50,7 +49,7 @@ def phase1_loss(
             ),
             zero,
         )
-        if w_attn > 0
+        if alpha_attn > 0
         else zero
     )
     terms["hidden"] = (
@@ -61,16 +60,14 @@ def phase1_loss(
             ),
             zero,
         )
-        if w_hidden > 0
+        if alpha_hidden > 0
         else zero
     )
-    if w_logit > 0 and student_logits is not None and len(student_logits):
-        t_probs = torch.softmax(teacher_logits.float() / temperature, -1)
-        s_logp = torch.log_softmax(student_logits.float() / temperature, -1)
-        terms["logit"] = -(t_probs * s_logp).sum(-1).mean() * temperature**2
+    if alpha_kd > 0 and student_logits is not None and len(student_logits):
+        terms["logit"] = soft_ce(student_logits, teacher_logits, temperature)
     else:
         terms["logit"] = zero
-    total = w_attn * terms["attn"] + w_hidden * terms["hidden"] + w_logit * terms["logit"]
+    total = alpha_attn * terms["attn"] + alpha_hidden * terms["hidden"] + alpha_kd * terms["logit"]
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
@@ -153,7 +150,7 @@ def _loss(student, teacher, batch, stride, weights, objective: str = "distil") -
 
     if objective == "mlm":
         return mlm_loss(student, batch)
-    need_logits = weights["w_logit"] > 0
+    need_logits = weights["alpha_kd"] > 0
     with torch.no_grad():
         t_out, t_logits = _forward(teacher, batch, need_logits)
     s_out, s_logits = _forward(student, batch, need_logits)
@@ -198,7 +195,9 @@ def train_phase1(
         stride = layer_stride(
             teacher.config.num_hidden_layers, student.config.num_hidden_layers, getattr(cfg, "layer_stride", None)
         )
-    weights = dict(w_attn=cfg.w_attn, w_hidden=cfg.w_hidden, w_logit=cfg.w_logit, temperature=cfg.temperature)
+    weights = dict(
+        alpha_attn=cfg.alpha_attn, alpha_hidden=cfg.alpha_hidden, alpha_kd=cfg.alpha_kd, temperature=cfg.temperature
+    )
     on = device_of(student)  # the teacher is on the same device (the run's ``device``)
     eval_batches = [
         masked_batch(

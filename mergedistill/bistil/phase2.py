@@ -37,16 +37,6 @@ def task_model(source, kind: str, num_labels: int, seed: int = 0, eager: bool = 
         hf_logging.set_verbosity(verbosity)
 
 
-def soft_ce(student_logits, teacher_logits, temperature: float):
-    """Soft cross-entropy to the teacher's distribution at temperature T, × T² (rows = examples or tokens)."""
-    import torch
-
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
-    probs = torch.softmax(teacher_logits.float() / temperature, -1)
-    return -(probs * torch.log_softmax(student_logits.float() / temperature, -1)).sum(-1).mean() * temperature**2
-
-
 def _rows(logits, labels):
     """(logits, labels) at the scored rows: all examples (sequence) or labelled tokens (token)."""
     if labels.dim() == 1:
@@ -56,15 +46,21 @@ def _rows(logits, labels):
 
 
 def distill_loss_fn(
-    teacher, stride: int, temperature: float, w_soft: float, w_gold: float, w_attn: float, w_hidden: float
+    teacher,
+    stride: int,
+    temperature: float,
+    alpha_kd: float,
+    alpha_gold: float,
+    alpha_attn: float,
+    alpha_hidden: float,
 ):
     """loss(student, batch) for ``train_steps``; the teacher runs online (no gradients)."""
     import torch
-    import torch.nn.functional as F
 
     from mergedistill.device import device_of, to_device
+    from mergedistill.losses import mlm_ce, soft_ce
 
-    need_internals = w_attn > 0 or w_hidden > 0
+    need_internals = alpha_attn > 0 or alpha_hidden > 0
 
     def loss_fn(student, batch):
         batch = to_device(batch, device_of(student))  # the teacher is on the same device (the run's ``device``)
@@ -77,15 +73,15 @@ def distill_loss_fn(
         s_out = student(**inputs)
         s_logits, gold = _rows(s_out.logits, batch["labels"])
         total = s_logits.sum() * 0.0
-        if w_soft > 0 or need_internals:
+        if alpha_kd > 0 or need_internals:
             with torch.no_grad():
                 t_out = teacher(**to_device(inputs, device_of(teacher)))
-            if w_soft > 0:
-                total = total + w_soft * soft_ce(s_logits, _rows(t_out.logits, batch["labels"])[0], temperature)
+            if alpha_kd > 0:
+                total = total + alpha_kd * soft_ce(s_logits, _rows(t_out.logits, batch["labels"])[0], temperature)
             if need_internals:
-                total = total + phase1_loss(s_out, t_out, batch["attention_mask"], stride, w_attn, w_hidden)[0]
-        if w_gold > 0 and len(gold):
-            total = total + w_gold * F.cross_entropy(s_logits.float(), gold)
+                total = total + phase1_loss(s_out, t_out, batch["attention_mask"], stride, alpha_attn, alpha_hidden)[0]
+        if alpha_gold > 0 and len(gold):
+            total = total + alpha_gold * mlm_ce(s_logits, gold)
         return total
 
     return loss_fn
@@ -134,10 +130,10 @@ def train_student(
         teacher,
         stride,
         cfg.temperature,
-        0.0 if gold_only else cfg.w_soft,
-        1.0 if gold_only else cfg.w_gold,
-        0.0 if gold_only else cfg.w_attn,
-        0.0 if gold_only else cfg.w_hidden,
+        0.0 if gold_only else cfg.alpha_kd,
+        1.0 if gold_only else cfg.alpha_gold,
+        0.0 if gold_only else cfg.alpha_attn,
+        0.0 if gold_only else cfg.alpha_hidden,
     )
     base = base_parameter_names(student, phase1_dir)
     eligible = eligible_names(student, base, cfg.include_embeddings)

@@ -661,7 +661,8 @@ def test_docs_table_is_up_to_date(tmp_path):
 def test_disk_full_outside_the_atomic_writers_is_one_line_too(monkeypatch, capsys):
     """ENOSPC from any other writer (a checkpoint, an Arrow chunk) reaches the CLI as OSError: one line, exit 2."""
     from mergedistill import cli
-    from mergedistill.commands import select
+
+    select = cli.verb_command("select")
 
     def full(args):
         raise OSError(

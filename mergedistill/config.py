@@ -233,7 +233,7 @@ class ExportConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole MergeDistill run: corpus -> teachers -> select -> vocab -> cache -> train -> eval -> export."""
+    """A whole MergeDistill run: corpus -> teachers -> select -> vocab [-> split, min-ce] -> cache -> train [+ baseline] -> eval -> export -> report."""
 
     name: str = "experiment"
     output_dir: str = "runs/experiment"

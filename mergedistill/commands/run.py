@@ -2,7 +2,7 @@
 
 from mergedistill.cli import add_config_arguments
 
-HELP = "run the whole pipeline (teachers -> select -> vocab -> cache -> train -> eval -> export -> report)"
+HELP = "run the whole pipeline (teachers -> select -> vocab [-> split] -> cache -> train -> eval -> export -> report)"
 
 
 def add_arguments(parser):

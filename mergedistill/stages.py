@@ -49,10 +49,17 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def train_texts(cfg, lang):
-    from mergedistill.corpus import load_texts
+def train_texts(cfg, lang, dataset: bool = False):
+    """A language's training paragraphs: a list, or (``dataset``) the memory-mapped ``datasets`` dataset."""
+    from mergedistill.corpus import load_text_dataset, load_texts
 
-    return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
+    load = load_text_dataset if dataset else load_texts
+    return load(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
+
+
+def data_dir(cfg) -> Path:
+    """Where the packed training sequences live (``mergedistill.data_store``), shared by every stage and rank."""
+    return Path(cfg.output_dir) / "data"
 
 
 def eval_texts(cfg, lang, limit=None, split="valid"):
@@ -259,7 +266,8 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
     streams = []
     for lang in sorted(assignment):
         names = assignment[lang]
-        texts = train_texts(cfg, lang)
+        texts = train_texts(cfg, lang, dataset=True)
+        stored = {"data_dir": data_dir(cfg), "workers": cfg.workers, "log": log}
         if chosen["strategy"] == "weighted" and len(names) > 1:  # one stream, the teachers mixed per example
             streams.append(
                 make_stream(
@@ -271,11 +279,12 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
                     cfg.data.whole_word,
                     mixture=tuple(names),
                     student_tokenizer=unified,
+                    **stored,
                 )
             )
             continue
         split = (
-            per_example_split(cfg, teachers, lang, names, texts, log)
+            per_example_split(cfg, teachers, lang, names, list(texts["text"]), log)
             if chosen["per_example"] and len(names) > 1
             else {names[0]: texts}
         )
@@ -290,6 +299,7 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, log=print):
                         cfg.data.max_length,
                         cfg.data.whole_word,
                         student_tokenizer=unified,
+                        **stored,
                     )
                 )
     n_batches = cfg.train.steps * cfg.train.grad_accum * int(__import__("os").environ.get("WORLD_SIZE", "1"))
@@ -328,7 +338,9 @@ def stage_cache(ctx: StageContext):
     from mergedistill.cache import build_cache, cache_fingerprint, finalize_cache, prepare_cache, sample_dropped
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    plan, teachers, merged = ctx.ranks.main_first(
+        "data", lambda: make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    )  # rank 0 builds the Arrow data, the others open it
     io.write_json_atomic(
         ctx.out / "plan.json",
         {
@@ -417,7 +429,9 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     from mergedistill.train import train, unpartitioned_student
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    plan, teachers, merged = ctx.ranks.main_first(
+        "data", lambda: make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.log)
+    )
     student = _student(cfg, merged, teachers)
     targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
     internals = None

@@ -138,7 +138,7 @@ def build_sequences(
             batched=True,
             batch_size=1000,
             num_proc=workers if workers > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer},
+            fn_kwargs=_tokenize_kwargs(tokenizer),
             remove_columns=["text"] + [c for c in as_dataset(texts).column_names if c != "text"],
             cache_file_name=str(work / "tokens.arrow"),
             new_fingerprint=hashlib.sha256(str(path).encode()).hexdigest()[:16],
@@ -167,8 +167,41 @@ def build_sequences(
     return count
 
 
-def _tokenize(batch, tokenizer):
-    return {"ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+def _tokenize(batch, tokenizer, backend=None):
+    """``tokenizer(texts, add_special_tokens=False)["input_ids"]`` as an Arrow table. ``backend``: a fast tokenizer's
+    ``tokenizers`` backend without truncation or padding (``plain_backend``), called directly: what
+    ``tokenizer(...)`` calls once it has turned those off, without the per-text Python lists of masks and type ids
+    a ``BatchEncoding`` builds."""
+    import itertools
+
+    import pyarrow as pa
+
+    texts = batch["text"]
+    if backend is None:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        ids = [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
+
+
+def _tokenize_kwargs(tokenizer) -> dict:
+    backend = plain_backend(tokenizer)  # a worker then unpickles the backend alone, not the whole HF tokenizer
+    return {"tokenizer": None if backend else tokenizer, "backend": backend}
+
+
+def plain_backend(tokenizer):
+    """A copy of a fast tokenizer's ``tokenizers`` backend without truncation or padding (None: not fast)."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
 def _record_batch(sequences: list[np.ndarray], schema):

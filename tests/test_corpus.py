@@ -202,7 +202,10 @@ def test_documents_split_into_capped_paragraphs():
     assert corpus.paragraphs_of(long, 0) == [long] and corpus.paragraphs_of(" \n\n", 50) == []
 
 
-def test_user_documents_become_paragraphs_and_a_jsonl_source_can_stream(tmp_path):
+def test_user_documents_become_paragraphs_and_a_jsonl_source_can_stream(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")  # no Arrow rows from an earlier run
     docs = tmp_path / "docs.jsonl"
     articles = [f"Title {i}\n\nFirst paragraph of {i}.\nSecond paragraph of {i}, " + "long " * 30 for i in range(300)]
     docs.write_text("\n".join(json.dumps({"id": f"art{i}", "text": a}) for i, a in enumerate(articles)) + "\n")

@@ -246,7 +246,8 @@ class ExperimentConfig:
     # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
     device: str = "auto"
     # processes that tokenize the training text into output_dir/data/ (memory-mapped Arrow, built once per
-    # fingerprint; mergedistill/data_store.py); 0 = the CPU count, at most 8. Outputs do not depend on it
+    # fingerprint; mergedistill/data_store.py); 0 = the CPU count (at most 8) for a language of 20,000
+    # paragraphs or more, else 1. Outputs do not depend on it
     workers: int = 0
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
@@ -263,7 +264,9 @@ class ExperimentConfig:
         """Checks that span sections."""
         out = device_problems(self.device)
         if self.workers < 0:
-            out.append(("workers", f"must be >= 0 (0 = the CPU count, at most 8), got {self.workers}"))
+            out.append(
+                ("workers", f"must be >= 0 (0 = as many as the CPUs and the text size call for), got {self.workers}")
+            )
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
             out.append(
                 (

@@ -29,8 +29,16 @@ READ_BATCH = 10_000  # paragraphs per Arrow batch read while packing (and texts 
 WRITE_BATCH = 8_192  # packed sequences per Arrow record batch written
 
 
+PARALLEL_FROM = 20_000  # paragraphs: a smaller stream is tokenized in this process (a pool's start-up costs more)
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def auto_workers(paragraphs: int) -> int:
+    """``workers: 0``: the CPU count (at most 8) for a stream of ``PARALLEL_FROM`` paragraphs or more, else 1."""
+    return default_workers() if paragraphs >= PARALLEL_FROM else 1
 
 
 class ArrowSequences(Sequence):
@@ -235,7 +243,7 @@ def stream_sequences(
         return ArrowSequences(final / "sequences.arrow"), chars
     with io.atomic_dir(final) as tmp:
         n = build_sequences(
-            tmp / "sequences.arrow", texts, tokenizer, max_length, cls_id, sep_id, workers or default_workers(), desc
+            tmp / "sequences.arrow", texts, tokenizer, max_length, cls_id, sep_id, workers or auto_workers(count), desc
         )
         io.write_json_atomic(tmp / "info.json", {"paragraphs": count, "chars": chars, "sequences": n, "format": FORMAT})
     log(f"[data] {desc}: built {final / 'sequences.arrow'} ({count} paragraphs -> {n} sequences)")

@@ -222,3 +222,29 @@ def test_user_documents_become_paragraphs_and_a_jsonl_source_can_stream(tmp_path
     assert capped["id"] == [i for i in plain["id"] if int(i.split("#")[0][3:]) < 50]
     with pytest.raises(UserError, match="max_documents"):
         corpus.load_split("eo", "train", sources={"eo": {**streamed, "max_documents": 0}})
+
+
+def test_a_hub_source_streams_its_first_documents_into_arrow(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    calls, read = [], []
+
+    def fake_load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split, kwargs))
+
+        def documents():  # a stream: only what is read is fetched
+            for i in range(10_000):
+                read.append(i)
+                yield {"id": f"a{i}", "content": f"Heading {i}\n\nBody of article {i}."}
+
+        return documents()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    source = {"hub": "someone/wiki", "config": "sw", "text_field": "content", "streaming": True, "max_documents": 200}
+    rows = corpus.load_split("sw", "train", sources={"sw": source})
+    assert calls == [("someone/wiki", "sw", "train", {"streaming": True})]
+    assert len(read) <= 201  # the stream is read up to the cap, not to its end
+    kept = [i for i in range(200) if split_of(f"a{i}") == "train"]
+    assert rows["id"] == [f"a{i}#{n}" for i in kept for n in (0, 1)]
+    assert rows["text"][:2] == [f"Heading {kept[0]}", f"Body of article {kept[0]}."]

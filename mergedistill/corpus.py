@@ -131,21 +131,116 @@ def _load_user_jsonl(files: list[str]):
 
 
 def _load_user_text(files: list[str], text_field: str):
-    """Plain text, one paragraph per line (blank lines are dropped later, after ids are given)."""
-    from datasets import Dataset
+    """Plain text, one paragraph per line (blank lines are dropped later, after ids are given), written to an
+    Arrow file line by line (keyed by the files' content) and memory-mapped."""
+    from mergedistill import io
 
-    rows = []
-    for file in files:
-        with _open_text(file) as handle:
-            rows += [line.rstrip("\n") for line in handle]
-    return Dataset.from_dict({text_field: rows})
+    def lines():
+        for file in files:
+            with _open_text(file) as handle:
+                yield from (line.rstrip("\n") for line in handle)
+
+    key = io.fingerprint("text-lines", text_field, [(f, io.file_fingerprint(f)) for f in files])
+    return _arrow_rows(key, ({text_field: line} for line in lines()), [text_field])
 
 
-def _load_user(lang: str, split: str, source: Mapping[str, Any]):
+def _arrow_rows(key: str, rows, columns: list[str]):
+    """``rows`` (dicts holding ``columns``, all text) written batch by batch to
+    ``<datasets cache>/mergedistill-rows/<key>.arrow`` once, then memory-mapped: a corpus that never fits in
+    memory is read from there."""
+    import datasets
+    import pyarrow as pa
+
+    path = Path(datasets.config.HF_DATASETS_CACHE) / "mergedistill-rows" / f"{key}.arrow"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        schema = pa.schema([pa.field(c, pa.string()) for c in columns])
+
+        def record_batch(batch):
+            return pa.record_batch([pa.array(col, pa.string()) for col in batch], schema=schema)
+
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                batch: list[list[str]] = [[] for _ in columns]
+                for row in rows:
+                    for values, column in zip(batch, columns):
+                        values.append(str(row[column]))
+                    if len(batch[0]) == 10_000:
+                        writer.write_batch(record_batch(batch))
+                        batch = [[] for _ in columns]
+                writer.write_batch(record_batch(batch))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(path))
+
+
+def _streamed(lang: str, source: Mapping[str, Any], text_field: str, files: list[str] | None):
+    """``streaming: true``: the source read as a stream (``load_dataset(..., streaming=True)``), its first
+    ``max_documents`` documents written to Arrow incrementally (keyed by the source, and the files' content).
+    Columns kept: the text, and ``id``/``module`` when the first document has them."""
+    import itertools
+
+    from datasets import load_dataset
+
+    from mergedistill import io
+
+    cap = source.get("max_documents")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
+        raise UserError(f"corpus.sources.{lang}.max_documents: must be a whole number > 0, got {cap!r}")
+    if files is not None:
+        stream = load_dataset("json", data_files=files, split="train", streaming=True)
+        origin = [(f, io.file_fingerprint(f)) for f in files]
+    else:
+        kwargs = {"revision": source["revision"]} if "revision" in source else {}
+        stream = load_dataset(
+            source["hub"], source.get("config"), split=source.get("split", "train"), streaming=True, **kwargs
+        )
+        origin = dict(source)
+    rows = iter(itertools.islice(stream, cap))
+    first = next(rows, None)
+    if first is None:
+        raise UserError(f"corpus.sources.{lang}: the source holds no documents")
+    if text_field not in first:
+        raise UserError(f"corpus.sources.{lang}.text_field: column {text_field!r} not found (has: {', '.join(first)})")
+    columns = [text_field] + [c for c in ("id", "module") if c in first and c != text_field]
+    key = io.fingerprint("streamed", origin, columns, cap)
+    return _arrow_rows(key, itertools.chain([first], rows), columns)
+
+
+def paragraphs_of(text: str, max_chars: int) -> list[str]:
+    """A document's paragraphs: split at line breaks (blank lines or single newlines), whitespace collapsed,
+    empty ones dropped, and each cut at spaces into pieces of at most ``max_chars`` characters (0: no cap)."""
+    out = []
+    for line in str(text).splitlines():
+        words = line.split()
+        if not words:
+            continue
+        paragraph = " ".join(words)
+        while max_chars and len(paragraph) > max_chars:
+            cut = paragraph.rfind(" ", 0, max_chars + 1)
+            cut = cut if cut > 0 else max_chars  # one word longer than the cap: cut inside it
+            out.append(paragraph[:cut].rstrip())
+            paragraph = paragraph[cut:].lstrip()
+        if paragraph:
+            out.append(paragraph)
+    return out
+
+
+def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_chars: int = 0):
     from datasets import load_dataset
 
     text_field = source.get("text_field", "text")
-    if "hub" in source:  # users with internet
+    if source.get("streaming"):
+        files = _user_files(lang, source["path"]) if "path" in source else None
+        if files is None and "hub" not in source:
+            raise UserError(f"corpus.sources.{lang}: give `path: <files>` or `hub: <dataset name>`")
+        if files is not None and not files[0].endswith(JSON_SUFFIXES):
+            raw = _load_user_text(files, text_field)  # already read line by line into Arrow
+        else:
+            raw = _streamed(lang, source, text_field, files)
+    elif "hub" in source:  # users with internet
         name = source.get("config")
         kwargs = {"revision": source["revision"]} if "revision" in source else {}
         raw = load_dataset(source["hub"], name, split=source.get("split", "train"), **kwargs)
@@ -161,28 +256,57 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any]):
     has_ids = "id" in raw.column_names
     has_modules = "module" in raw.column_names
 
-    def to_record(row, index):
-        text = " ".join(str(row[text_field]).split())
-        return {
-            "id": str(row["id"]) if has_ids else f"{lang}:{index}",
-            "module": str(row["module"]) if has_modules else "",
-            "text": text,
-        }
+    def to_records(rows, indices):
+        """A document's paragraphs, when the document (its id) falls in ``split``: one record each; a document of
+        several paragraphs gives ids ``<id>#<n>``."""
+        out = {"id": [], "module": [], "text": []}
+        for k, index in enumerate(indices):
+            doc = str(rows["id"][k]) if has_ids else f"{lang}:{index}"
+            if split_of(doc) != split:
+                continue
+            paragraphs = paragraphs_of(rows[text_field][k], max_paragraph_chars)
+            for n, text in enumerate(paragraphs):
+                out["id"].append(doc if len(paragraphs) == 1 else f"{doc}#{n}")
+                out["module"].append(str(rows["module"][k]) if has_modules else "")
+                out["text"].append(text)
+        return out
 
-    records = raw.map(to_record, with_indices=True, remove_columns=raw.column_names)
-    return records.filter(lambda r: bool(r["text"]) and split_of(r["id"]) == split)
+    return raw.map(
+        to_records,
+        with_indices=True,
+        batched=True,
+        num_proc=_workers(len(raw)),
+        remove_columns=raw.column_names,
+        desc=f"paragraphs of {lang} ({split})",
+    )
 
 
-def load_split(lang: str, split: str, corpus_dir: str | Path | None = None, sources: Mapping[str, Any] | None = None):
+def _workers(rows: int) -> int | None:
+    """Processes for a batched map over ``rows`` rows: several only where the corpus is large."""
+    from mergedistill.data_store import default_workers
+
+    return default_workers() if rows >= 200_000 and default_workers() > 1 else None
+
+
+def load_split(
+    lang: str,
+    split: str,
+    corpus_dir: str | Path | None = None,
+    sources: Mapping[str, Any] | None = None,
+    max_paragraph_chars: int = 0,
+):
     """A ``datasets.Dataset`` with columns id, module, text for one language and split.
 
     ``sources`` maps a language to the user's own corpus (``{"path": glob, "text_field": ...}`` or
-    ``{"hub": name, "config": ..., "split": ..., "text_field": ...}``); other languages come from ``corpus_dir``.
+    ``{"hub": name, "config": ..., "split": ..., "text_field": ...}``, either with ``streaming: true`` and
+    ``max_documents: N``); other languages come from ``corpus_dir``. A user's documents are split into
+    paragraphs of at most ``max_paragraph_chars`` characters (``paragraphs_of``); the embedded corpus is stored
+    in paragraphs already.
     """
     _offline()
     _check_split(split)
     if sources and lang in sources:
-        dataset = _load_user(lang, split, sources[lang])
+        dataset = _load_user(lang, split, sources[lang], max_paragraph_chars)
     else:
         dataset = _load_embedded(lang, split, resolve_dir(corpus_dir))
     if len(dataset) == 0:
@@ -207,11 +331,22 @@ def content_fingerprint(corpus_cfg) -> str:
 
 def load_texts(lang: str, split: str, cfg=None, limit: int | None = None) -> list[str]:
     """Paragraph texts for a language, using an experiment's corpus section (``cfg.corpus``) when given."""
+    return list(load_text_dataset(lang, split, cfg, limit)["text"])
+
+
+def load_text_dataset(lang: str, split: str, cfg=None, limit: int | None = None):
+    """``load_texts``'s paragraphs as a memory-mapped ``datasets.Dataset`` with one column, ``text``."""
     corpus = getattr(cfg, "corpus", None)
-    dataset = load_split(lang, split, corpus.dir if corpus and corpus.dir else None, corpus.sources if corpus else None)
+    dataset = load_split(
+        lang,
+        split,
+        corpus.dir if corpus and corpus.dir else None,
+        corpus.sources if corpus else None,
+        getattr(corpus, "max_paragraph_chars", 0),
+    )
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    return list(dataset["text"])
+    return dataset.select_columns(["text"])
 
 
 def stats(corpus_dir: str | Path | None = None) -> dict:
@@ -246,3 +381,15 @@ def format_stats(corpus_stats: dict) -> str:
     return "\n".join(
         "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
     )
+
+
+def train_texts(cfg, lang, dataset: bool = False):
+    """A language's training paragraphs: a list, or (``dataset``) the memory-mapped ``datasets`` dataset."""
+    load = load_text_dataset if dataset else load_texts
+    return load(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
+
+
+def eval_texts(cfg, lang, limit=None, split="valid"):
+    """Held-out paragraphs: ``valid`` for what is chosen on them (teacher selection), ``test`` for the final
+    evaluation and the report, so reported scores are not measured on the text the teachers were selected on."""
+    return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)

@@ -76,7 +76,7 @@ class Stream:
             self.name,
             [s.tobytes().hex()[:64] + str(len(s)) for s in self.sequences[:50]],
             len(self.sequences),
-            int(sum(len(s) for s in self.sequences)),
+            int(getattr(self.sequences, "pieces", None) or sum(len(s) for s in self.sequences)),
             list(self.mixture),
             *unified,
         )
@@ -92,12 +92,17 @@ def make_stream(
     whole_word: bool = False,
     mixture: tuple[str, ...] = (),
     student_tokenizer=None,
+    data_dir=None,
+    workers: int = 0,
+    log=lambda message: None,
 ) -> Stream:
-    """Tokenize ``texts`` with ``teacher`` (a mergedistill Teacher) and pack them. ``mixture``: several teachers
-    that share ``teacher``'s tokenization serve the stream together (``select.strategy: weighted``).
-    ``student_tokenizer`` (the merged vocabulary's unified tokenizer) switches to unified mode."""
+    """Tokenize ``texts`` (a list of str, or a ``datasets`` dataset with a ``text`` column) with ``teacher`` (a
+    mergedistill Teacher) and pack them. ``mixture``: several teachers that share ``teacher``'s tokenization serve
+    the stream together (``select.strategy: weighted``). ``student_tokenizer`` (the merged vocabulary's unified
+    tokenizer) switches to unified mode. ``data_dir``: routed mode keeps the packed sequences there, in memory-mapped
+    Arrow files built once per fingerprint by ``workers`` processes (``mergedistill.data_store``); None: in memory."""
     tokenizer = teacher.tokenizer
-    if not texts:
+    if len(texts) == 0:
         raise UserError(
             f"no training text for language {lang!r} (teacher {teacher.name}); check corpus.languages and the corpus files"
         )
@@ -107,7 +112,24 @@ def make_stream(
     pool = np.setdiff1d(np.flatnonzero(id_map >= len(SPECIAL_IDS)), special)
     name = "+".join(mixture) if mixture else teacher.name
     aligned = student_pool = None
-    if student_tokenizer is not None:
+    chars = None
+    if data_dir is not None and student_tokenizer is None:
+        from mergedistill.data_store import stream_sequences
+
+        sequences, chars = stream_sequences(
+            data_dir,
+            texts,
+            tokenizer,
+            teacher.tokenizer_fingerprint(),
+            length,
+            teacher.vocab.roles["cls"],
+            teacher.vocab.roles["sep"],
+            workers,
+            f"{lang}@{name}",
+            log,
+        )
+    elif student_tokenizer is not None:
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts["text"])  # unified mode: in memory
         aligned = aligned_sequences(texts, student_tokenizer, tokenizer, max_length, length, teacher)
         sequences = [a.teacher_ids for a in aligned]
         student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
@@ -115,6 +137,7 @@ def make_stream(
             [t.startswith("▁") for t in student_tokenizer.convert_ids_to_tokens(list(range(len(student_tokenizer))))]
         )
     else:
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts["text"])
         ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
     word_start = None
@@ -135,7 +158,7 @@ def make_stream(
         aligned,
         student_pool,
         student_word_start if student_tokenizer is not None else None,
-        sum(len(t) for t in texts),
+        sum(len(t) for t in texts) if chars is None else chars,
     )
 
 

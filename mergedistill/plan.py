@@ -68,7 +68,7 @@ def example_ce(cfg, teachers, lang: str, names, texts, log=print) -> np.ndarray:
 
 def write_split(cfg, select_dir: Path, out: Path, log=print) -> dict:
     """The split stage: per language the strategy splits, the serving teacher's index per training paragraph."""
-    from mergedistill.stages import train_texts
+    from mergedistill.corpus import train_texts
     from mergedistill.teachers import load_teachers
 
     strategy, assignment = read_selection(cfg, select_dir)
@@ -114,11 +114,11 @@ def read_split(split_dir: Path, lang: str, names, paragraphs: int) -> np.ndarray
 
 def plan_streams(cfg, strategy: Strategy, assignment: Assignment, split_dir: Path | None) -> list[StreamSpec]:
     """Every language's streams, in language order, as the strategy decides from the stored split."""
-    from mergedistill.stages import train_texts
+    from mergedistill.corpus import train_texts
 
     specs = []
     for lang in sorted(assignment):
-        names, texts = assignment[lang], train_texts(cfg, lang)
+        names, texts = assignment[lang], train_texts(cfg, lang, dataset=True)  # memory-mapped Arrow
         choice = None
         if strategy.splits(names):
             if split_dir is None:
@@ -128,13 +128,17 @@ def plan_streams(cfg, strategy: Strategy, assignment: Assignment, split_dir: Pat
     return specs
 
 
-def make_plan(cfg, vocab_dir: Path, select_dir: Path, split_dir: Path | None = None, world: int | None = None):
+def make_plan(
+    cfg, vocab_dir: Path, select_dir: Path, split_dir: Path | None = None, world: int | None = None, log=print
+):
     """Streams and the deterministic batch plan shared by the cache, train and baseline stages; ``world``: the
-    number of ranks (each takes one micro-batch per step; default: the launcher's)."""
+    number of ranks (each takes one micro-batch per step; default: the launcher's). Routed streams keep their packed
+    sequences in memory-mapped Arrow files under ``data_dir(cfg)``, built once (``mergedistill.data_store``)."""
     from mergedistill.data import DataPlan, make_stream
-    from mergedistill.stages import unified_tokenizer
+    from mergedistill.data_store import data_dir
     from mergedistill.teachers import load_teachers
     from mergedistill.vocab import load_vocab
+    from mergedistill.vocab.store import unified_tokenizer
 
     strategy, assignment = read_selection(cfg, select_dir)
     merged = load_vocab(vocab_dir)
@@ -150,6 +154,9 @@ def make_plan(cfg, vocab_dir: Path, select_dir: Path, split_dir: Path | None = N
             cfg.data.whole_word,
             mixture=spec.mixture,
             student_tokenizer=unified,
+            data_dir=data_dir(cfg),
+            workers=cfg.workers,
+            log=log,
         )
         for spec in plan_streams(cfg, strategy, assignment, split_dir)
     ]

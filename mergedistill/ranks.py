@@ -107,6 +107,12 @@ class Ranks:
         self.settle(what, err)
         return result
 
+    def main_first(self, what: str, part: Callable[[], Any]) -> Any:
+        """``part()`` on rank 0, then (once it succeeded) on the other ranks: what rank 0 builds on disk
+        (the Arrow data of ``mergedistill.data_store``), the others open."""
+        first = self.together(what, part if self.main else lambda: None)
+        return first if self.main else part()
+
 
 SINGLE = Ranks()
 

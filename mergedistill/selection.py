@@ -159,6 +159,13 @@ class ScoreBased(Strategy):
         }
 
 
+def subset(texts, indices: np.ndarray):
+    """``texts`` at ``indices`` (in order): a list, or a ``datasets`` dataset's memory-mapped selection."""
+    if hasattr(texts, "select"):
+        return texts.select(indices)
+    return [texts[int(i)] for i in indices]
+
+
 def min_ce_choice(ce_per_char: np.ndarray) -> np.ndarray:
     """Per example (rows), the index of the teacher (columns) with the lowest CE; NaN (cannot read) never wins."""
     ce = np.where(np.isnan(ce_per_char), np.inf, ce_per_char)
@@ -209,8 +216,8 @@ class MinCE(ScoreBased):
         if choice is None or len(choice) != len(texts):
             raise ValueError(f"min-ce needs one teacher index per {lang} paragraph ({len(texts)})")
         choice = np.asarray(choice)
-        parts = {name: [texts[int(i)] for i in np.flatnonzero(choice == j)] for j, name in enumerate(names)}
-        return [StreamSpec(lang, name, part) for name, part in sorted(parts.items()) if part]
+        parts = {name: subset(texts, np.flatnonzero(choice == j)) for j, name in enumerate(names)}
+        return [StreamSpec(lang, name, part) for name, part in sorted(parts.items()) if len(part)]
 
 
 class Weighted(MinCE):

@@ -21,28 +21,15 @@ from typing import Sequence
 
 from mergedistill import io
 from mergedistill.config import to_yaml
-from mergedistill.errors import UserError
+from mergedistill.corpus import eval_texts, train_texts
 from mergedistill.io import read_json
 from mergedistill.pipeline import Stage, StageContext, run_stages
 from mergedistill.ranks import world_from_env
 from mergedistill.teachers import load_cards, load_teachers, teacher_inputs
+from mergedistill.vocab.store import unified_tokenizer
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def train_texts(cfg, lang):
-    from mergedistill.corpus import load_texts
-
-    return load_texts(lang, "train", cfg, limit=cfg.corpus.max_train_paragraphs)
-
-
-def eval_texts(cfg, lang, limit=None, split="valid"):
-    """Held-out paragraphs: ``valid`` for what is chosen on them (teacher selection), ``test`` for the final
-    evaluation and the report, so reported scores are not measured on the text the teachers were selected on."""
-    from mergedistill.corpus import load_texts
-
-    return load_texts(lang, split, cfg, limit=limit or cfg.corpus.max_eval_paragraphs)
-
-
 # ------------------------------------------------------------------------------------------------ stages
 def stage_teachers(ctx: StageContext):
     """Build demo teachers that have a recipe (skipped when current); record every teacher."""
@@ -164,17 +151,6 @@ def stage_split(ctx: StageContext):
     return write_split(ctx.cfg, ctx.inputs["select"], ctx.out, ctx.log)
 
 
-def unified_tokenizer(vocab_dir: Path):
-    """The merged vocabulary's unified student tokenizer (``data.tokenization: unified``)."""
-    from transformers import AutoTokenizer
-
-    if not (Path(vocab_dir) / "unified" / "tokenizer.json").is_file():
-        raise UserError(
-            f"{vocab_dir}/unified: no unified tokenizer; data.tokenization: unified needs vocab.unified_tokenizer: true"
-        )
-    return AutoTokenizer.from_pretrained(Path(vocab_dir) / "unified")
-
-
 def vocab_fingerprint(vocab_dir: Path) -> str:
     return io.read_manifest(vocab_dir)["fingerprint"]
 
@@ -187,7 +163,9 @@ def stage_cache(ctx: StageContext):
     from mergedistill.plan import make_plan
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"))
+    plan, teachers, merged = ctx.ranks.main_first(
+        "data", lambda: make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"), log=ctx.log)
+    )  # rank 0 builds the Arrow data, the others open it
     io.write_json_atomic(
         ctx.out / "plan.json",
         {
@@ -255,7 +233,9 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
     from mergedistill.train import train, unpartitioned_student
 
     cfg = ctx.cfg
-    plan, teachers, merged = make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"))
+    plan, teachers, merged = ctx.ranks.main_first(
+        "data", lambda: make_plan(cfg, ctx.inputs["vocab"], ctx.inputs["select"], ctx.inputs.get("split"), log=ctx.log)
+    )
     student = configured_student(cfg, merged, teachers)
     targets = _targets(cfg, ctx, plan, teachers, merged) if with_teachers else None
     internals = None

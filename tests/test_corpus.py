@@ -189,3 +189,62 @@ def test_stats_cli(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["lang", "train", "par", "valid"]
     assert any(line.startswith("ja ") for line in out.splitlines())
+
+
+def test_documents_split_into_capped_paragraphs():
+    text = "First  paragraph line.\nSecond line.\n\n\n  Third,\tafter a blank line.  \n"
+    assert corpus.paragraphs_of(text, 0) == ["First paragraph line.", "Second line.", "Third, after a blank line."]
+    long = " ".join(f"w{i:03d}" for i in range(100))  # 100 words of 4 characters: 499 characters
+    pieces = corpus.paragraphs_of(long, 50)
+    assert all(len(p) <= 50 for p in pieces) and " ".join(pieces) == long  # cut at spaces, nothing lost
+    assert len(pieces) == 10 and pieces[0] == " ".join(f"w{i:03d}" for i in range(10))
+    assert corpus.paragraphs_of("x" * 120, 50) == ["x" * 50, "x" * 50, "x" * 20]  # one word over the cap
+    assert corpus.paragraphs_of(long, 0) == [long] and corpus.paragraphs_of(" \n\n", 50) == []
+
+
+def test_user_documents_become_paragraphs_and_a_jsonl_source_can_stream(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")  # no Arrow rows from an earlier run
+    docs = tmp_path / "docs.jsonl"
+    articles = [f"Title {i}\n\nFirst paragraph of {i}.\nSecond paragraph of {i}, " + "long " * 30 for i in range(300)]
+    docs.write_text("\n".join(json.dumps({"id": f"art{i}", "text": a}) for i, a in enumerate(articles)) + "\n")
+    plain = corpus.load_split("eo", "train", sources={"eo": {"path": str(docs)}}, max_paragraph_chars=100)
+    train_docs = [i for i in range(300) if split_of(f"art{i}") == "train"]  # a document stays in one split
+    assert len(plain) == 4 * len(train_docs) and max(len(t) for t in plain["text"]) <= 100
+    assert plain[0]["id"] == f"art{train_docs[0]}#0" and plain[0]["text"] == f"Title {train_docs[0]}"
+    streamed = {"path": str(docs), "streaming": True}
+    same = corpus.load_split("eo", "train", sources={"eo": streamed}, max_paragraph_chars=100)
+    assert same["id"] == plain["id"] and same["text"] == plain["text"]
+    capped = corpus.load_split(
+        "eo", "train", sources={"eo": {**streamed, "max_documents": 50}}, max_paragraph_chars=100
+    )
+    assert capped["id"] == [i for i in plain["id"] if int(i.split("#")[0][3:]) < 50]
+    with pytest.raises(UserError, match="max_documents"):
+        corpus.load_split("eo", "train", sources={"eo": {**streamed, "max_documents": 0}})
+
+
+def test_a_hub_source_streams_its_first_documents_into_arrow(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    calls, read = [], []
+
+    def fake_load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split, kwargs))
+
+        def documents():  # a stream: only what is read is fetched
+            for i in range(10_000):
+                read.append(i)
+                yield {"id": f"a{i}", "content": f"Heading {i}\n\nBody of article {i}."}
+
+        return documents()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    source = {"hub": "someone/wiki", "config": "sw", "text_field": "content", "streaming": True, "max_documents": 200}
+    rows = corpus.load_split("sw", "train", sources={"sw": source})
+    assert calls == [("someone/wiki", "sw", "train", {"streaming": True})]
+    assert len(read) <= 201  # the stream is read up to the cap, not to its end
+    kept = [i for i in range(200) if split_of(f"a{i}") == "train"]
+    assert rows["id"] == [f"a{i}#{n}" for i in kept for n in (0, 1)]
+    assert rows["text"][:2] == [f"Heading {kept[0]}", f"Body of article {kept[0]}."]

@@ -32,7 +32,7 @@ def read_json(path):
 def held_out_texts(cfg, teacher, unified, lang):
     """The first paragraphs of ``lang``'s evaluation split that fit the sequence length whole in both
     tokenizations (the eval path cuts longer ones into packed pieces a plain tokenizer call would not reproduce)."""
-    from mergedistill.stages import eval_texts
+    from mergedistill.corpus import eval_texts
 
     fitting = []
     for text in eval_texts(cfg, lang, 40, split="test"):
@@ -105,9 +105,9 @@ def run_export_in_fresh_python(export: Path, tokenization: str, items: list[dict
 def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_runs, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    from mergedistill.stages import unified_tokenizer
     from mergedistill.teachers import load_teachers
     from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab
+    from mergedistill.vocab.store import unified_tokenizer
 
     run = tiny_runs.get(arch, tokenization)
     cfg, out = run.cfg(), run.out
@@ -155,7 +155,7 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
 def test_routed_folder_is_the_vocabularys_routing(arch, tokenization, tiny_runs):
     """routed/: one route per language to the teacher it was evaluated through, that teacher's tokenizer (same
     ids as the teacher's own on held-out text of the languages it serves) and its id map (the vocabulary's)."""
-    from mergedistill.stages import eval_texts
+    from mergedistill.corpus import eval_texts
     from mergedistill.teachers import load_teachers
     from mergedistill.vocab import load_vocab
 

@@ -78,11 +78,27 @@ def run_two_ranks(world: Path, launcher: str, output: str, *extra: str) -> Path:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert_ranks_share_the_arrow_data(result.stderr, world, output)
     # each rank built its own chunk (lines may interleave with rank 0's progress bar)
     if "cache.mode=online" not in extra:
         assert re.search(r"(?<!\[rank 1\] )\[cache\] built 1 chunk\(s\): 0\n", result.stderr), result.stderr[-3000:]
         assert re.search(r"\[rank 1\] \[cache\] built 1 chunk\(s\): 1\n", result.stderr), result.stderr[-3000:]
     return world / output
+
+
+def assert_ranks_share_the_arrow_data(stderr: str, world: Path, output: str) -> None:
+    """Rank 0 built each stream's Arrow file once, in the cache stage; rank 1 built none and opened the same files
+    (in the cache stage, after rank 0, and in the train stage), and so did rank 0 in the train stage."""
+    data_files = sorted(str(p.relative_to(world)) for p in (world / output / "data").glob("*/sequences.arrow"))
+
+    def paths(rank: int, verb: str) -> list[str]:
+        prefix = r"\[rank 1\] " if rank else r"(?<!\[rank 1\] )"  # rank 0's lines have no prefix
+        return sorted(re.findall(prefix + r"\[data\] \S+: " + verb + r" (\S+)", stderr))
+
+    assert data_files and paths(0, "built") == data_files, stderr[-3000:]
+    assert paths(1, "built") == []
+    assert paths(1, "opened") == sorted(data_files * 2)  # in the cache and the train stage
+    assert paths(0, "opened") == data_files  # in the train stage
 
 
 def assert_complete_and_current(world: Path, out: Path, overrides: list[str], ranks: int) -> None:
@@ -99,7 +115,7 @@ def assert_complete_and_current(world: Path, out: Path, overrides: list[str], ra
         for stage in pipeline_stages(cfg):
             fingerprints[stage.name] = stage_fingerprint(stage, cfg, fingerprints, corpus, ranks)
             assert (read_manifest(out / stage.name) or {}).get("fingerprint") == fingerprints[stage.name], stage.name
-    assert sorted(p.name for p in out.iterdir()) == sorted(STAGES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(STAGES + ("data",))
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".work", ".old"))]
     assert not leftovers, leftovers
 
@@ -135,6 +151,9 @@ def test_torchrun_two_ranks_offline_cache_equal_one_process(world):
         assert (two / "cache" / "topk" / name).read_bytes() == (one / "cache" / "topk" / name).read_bytes(), name
     assert read_manifest(two / "cache")["cache_fingerprint"] == read_manifest(one / "cache")["cache_fingerprint"]
     assert_same_student(two, one)
+    data = sorted(p.relative_to(two) for p in (two / "data").rglob("*") if p.is_file())
+    assert data == sorted(p.relative_to(one) for p in (one / "data").rglob("*") if p.is_file())
+    assert all((two / p).read_bytes() == (one / p).read_bytes() for p in data)
 
 
 @pytest.mark.slow

@@ -171,3 +171,42 @@ def test_the_number_of_ranks_is_part_of_a_sharded_stages_fingerprint_only():
         build, CFG, {"prep": "p"}, world=4
     )
     assert stage_fingerprint(prep, CFG, {}, world=2) == stage_fingerprint(prep, CFG, {}, world=1)
+
+
+def test_main_first_runs_rank_0_to_the_end_before_the_others_start_and_fails_them_with_it(tmp_path):
+    """What rank 0 builds on disk (the Arrow data) exists before another rank looks for it; its failure stops them."""
+    import time
+
+    def run(part_of, board) -> list:
+        results, errors = [None, None], [None, None]
+
+        def rank(r):
+            try:
+                results[r] = ThreadRanks(r, 2, board=board).main_first("data", lambda: part_of(r))
+            except BaseException as err:  # noqa: BLE001 (each thread's outcome is checked below)
+                errors[r] = err
+                board.leave()
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]  # rank 1 asks first
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return results, errors
+
+    def build_or_open(r):
+        if r == 0:
+            time.sleep(0.3)
+            io.write_text_atomic(tmp_path / "data.arrow", "rows")
+            return "built"
+        return "opened " + (tmp_path / "data.arrow").read_text()  # FileNotFoundError if rank 0 has not finished
+
+    assert run(build_or_open, Board(2)) == (["built", "opened rows"], [None, None])
+
+    def fail_on_0(r):
+        if r == 0:
+            raise UserError("corpus.sources.xx: bad")
+        return "ran"
+
+    results, errors = run(fail_on_0, Board(2))
+    assert results == [None, None] and [str(e) for e in errors] == ["corpus.sources.xx: bad"] * 2

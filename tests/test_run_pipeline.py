@@ -192,7 +192,7 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
         AutoTokenizer.from_pretrained(out / "export"),
         AutoModelForMaskedLM.from_pretrained(out / "export"),
     )
-    from mergedistill.stages import unified_tokenizer
+    from mergedistill.vocab.store import unified_tokenizer
 
     trained_on = unified_tokenizer(out / "vocab")
     texts = ["Click the button to save.", "Klicken Sie auf Speichern.", "ボタンをクリックして保存します。"]

@@ -66,3 +66,14 @@ def load_vocab(directory: str | Path) -> MergedVocab:
                 f"{directory}/id_maps/{name}.npy: ids beyond the vocabulary; the directory is corrupted, rebuild it"
             )
     return MergedVocab(pieces, id_maps, counts, metadata, scores, glued_maps)
+
+
+def unified_tokenizer(vocab_dir: Path):
+    """The merged vocabulary's unified student tokenizer (``data.tokenization: unified``)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(vocab_dir) / "unified" / "tokenizer.json").is_file():
+        raise UserError(
+            f"{vocab_dir}/unified: no unified tokenizer; data.tokenization: unified needs vocab.unified_tokenizer: true"
+        )
+    return AutoTokenizer.from_pretrained(Path(vocab_dir) / "unified")

@@ -47,6 +47,32 @@ def test_pretokenizer_splits_what_the_teachers_split():
     assert [s for s, _ in split("▁表示されます。")] == ["▁表示されます。"]  # Japanese (kana): left to the scores
 
 
+def test_kanji_words_with_japanese_forms_stay_whole():
+    """A kana-free whitespace word is Chinese (Han isolated, as WordPiece does) unless it holds a Han character
+    that only the Japanese text uses: 数値 (値, Japanese) stays one pre-token for the SentencePiece teacher's
+    ``▁数値``, 数值 (值, Chinese) is cut into ideographs."""
+    from mergedistill.tokenizer_train import train_tokenizer
+    from mergedistill.vocab.segment import choose_convention
+
+    ja = ["数値を入力します。", "統合開発環境で関数を表示します。", "値の範囲をここで指定します。"] * 3
+    zh = ["输入数值。", "在集成开发环境中显示函数。", "在这里指定数值范围。"] * 3
+    en = ["Enter a value (a number)."] * 3
+    teachers = {
+        "ja": train_tokenizer("unigram", ja, vocab_size=60),
+        "zh": train_tokenizer("wordpiece", zh + en, vocab_size=80),
+        "en": train_tokenizer("wordpiece", zh + en, vocab_size=80),
+    }
+    convention = choose_convention(teachers, {"ja": ja, "zh": zh, "en": en})
+    assert (convention.han, convention.punct) == ("kana-free", "kana-free")
+    assert {"値", "統", "発", "関"} <= set(convention.japanese_han) and not {"数", "开", "值"} & set(
+        convention.japanese_han
+    )  # 数 is in both, 开/值 only in Chinese
+    split = unified_pretokenizer(convention).pre_tokenize_str
+    assert [s for s, _ in split("▁数値▁統合開発環境")] == ["▁数値", "▁統合開発環境"]
+    assert [s for s, _ in split("▁数值▁(数)")] == ["▁数", "值", "▁(", "数", ")"]
+    assert [s for s, _ in split("▁値以上)")] == ["▁値以上)"]  # punctuation stays too, as in the Japanese teacher
+
+
 def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
     from mergedistill.vocab.report import agreement_rows
 

@@ -73,6 +73,25 @@ def test_kanji_words_with_japanese_forms_stay_whole():
     assert [s for s, _ in split("▁値以上)")] == ["▁値以上)"]  # punctuation stays too, as in the Japanese teacher
 
 
+def test_every_character_a_teacher_spells_alone_has_a_piece(teachers, corpus_texts):
+    """A character the teacher has as a piece of its own but the vocabulary text lacks (a kanji of the held-out
+    text only) is a student piece too, not three byte-fallback pieces the teacher never produces."""
+    from mergedistill.vocab.build import build_vocab
+    from mergedistill.vocab.tokenize import build_unified_tokenizer
+
+    few = {lang: corpus_texts[lang]["train"][:30] for lang in ASSIGNMENT}
+    unified = build_unified_tokenizer(build_vocab(teachers, ASSIGNMENT, few))
+    seen = set("".join(few["ja"]))
+    unseen = sorted(
+        {k.removeprefix("▁") for k in teachers["xlm-roberta"].vocab.keys if k and len(k.removeprefix("▁")) == 1} - seen
+    )
+    unseen = [c for c in unseen if not c.isspace()]
+    assert len(unseen) > 20
+    for char in unseen:
+        pieces = unified.tokenize("表" + char)
+        assert not any(p.startswith("<0x") for p in pieces), (char, pieces)
+
+
 def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
     from mergedistill.vocab.report import agreement_rows
 

@@ -112,6 +112,12 @@ def unified_pieces_and_targets(
         ):
             counts.update(p[2] for p in pieces if p[2] is not None)
             pairs += pretoken_targets(text, pretokenizer.pre_tokenize_str(normalizer.normalize_str(text)), pieces)
+    # every character a teacher spells on its own (its alphabet), seen in training text or not, else a rare one
+    # falls back to bytes later; bare (no ▁: a new word-start piece would change how common words segment)
+    for teacher in routed.values():
+        for key in teacher.vocab.keys:
+            if key is not None and len(key.removeprefix("▁")) == 1:
+                counts.setdefault(key.removeprefix("▁"), 0)
     return {"counts": counts, "targets": majority_targets(pairs), "convention": convention, "priors": priors}
 
 

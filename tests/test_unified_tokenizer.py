@@ -246,3 +246,40 @@ def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
     )
     assert "load_routed_tokenizer('PATH')" in routed and "pipeline('fill-mask'" not in routed
     assert "pipeline('fill-mask'" in unified and "load_routed_tokenizer" not in unified
+
+
+def test_the_vocab_report_says_why_a_language_misses_the_goal():
+    from types import SimpleNamespace
+
+    from mergedistill.vocab.report import agreement_table
+    from mergedistill.vocab.segment import convention_keys, disagreement_cause
+
+    wordpiece = SimpleNamespace(family="wordpiece", keys=["▁Click", "▁.", "ick", None])
+    assert convention_keys(wordpiece) == {"▁Click", "▁.", "ick", "Click", "."}  # "save." gives a bare "."
+    student = {"▁", "Sub", "▁Sub", "▁Text", ":", "▁Text:", "▁Dialog", "▁Dialoge", "r", "er", "<0xE6>"}
+    teacher = {"▁", "Sub", "▁Text:", "▁Dialog", "▁Dialoge", "r", "er", "▁Januar"}
+    # "Sub" in a Japanese paragraph: the SentencePiece teacher's ▁ + Sub, the unified ▁Sub of the English teacher
+    assert disagreement_cause([(0, 3, "▁Sub")], [(0, 0, "▁"), (0, 3, "Sub")], teacher, student, {3}) == "foreign"
+    assert disagreement_cause([(0, 1, "<0xE6>")], [(0, 1, "権")], teacher, student, {1}) == "bytes"
+    assert disagreement_cause([(0, 2, "▁J")], [(0, 6, "▁Januar")], teacher, student, {6}) == "missing"
+    assert disagreement_cause([(0, 4, "▁Text"), (4, 5, ":")], [(0, 5, "▁Text:")], teacher, student, {4, 5}) == "cut"
+    ours, theirs = [(0, 7, "▁Dialoge"), (7, 8, "r")], [(0, 6, "▁Dialog"), (6, 8, "er")]
+    assert disagreement_cause(ours, theirs, teacher, student, {8}) == "scores"
+
+    row = {
+        "teacher": "demo-ja",
+        "paragraphs": 10,
+        "paragraph_agreement": 0.5,
+        "byte_fallback": 0.0,
+        "kd_paired": 0.9,
+        "kd_coverage": 0.9,
+        "words": 250,
+        "example": ["Sub", ["▁Sub"], ["▁", "Sub"]],
+    }
+    ja = {**row, "lang": "ja", "word_agreement": 0.672, "causes": {"foreign": 55, "cut": 27}, "latin_words": [62, 109]}
+    en = {**row, "lang": "en", "word_agreement": 0.97, "causes": {"foreign": 7}, "latin_words": [7, 250]}
+    table = agreement_table([en, ja])
+    assert "**ja** misses 95% word agreement (0.6720): 82 of 250 words differ from demo-ja: 55 a piece the" in table
+    assert "62 of them hold Latin letters or digits (109 words do; the words without any agree on 0.858)" in table
+    assert "`Sub`: unified `▁Sub`, teacher `▁ Sub`" in table and "**en**" not in table
+    assert "below the goal" not in agreement_table([en])

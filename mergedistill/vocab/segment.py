@@ -208,24 +208,60 @@ def teacher_faithful(tokenizer, vocab, texts: Sequence[str], normalize=None) -> 
     ]
 
 
+def word_pieces(text: str, pieces: list[Piece]) -> list[tuple[str, list[Piece]]]:
+    """(whitespace word, the pieces inside it) for every word of ``text``; a piece that starts before a word
+    but reaches into it counts for the word too."""
+    starts = [p[0] for p in pieces]
+    out = []
+    for match in re.finditer(r"\S+", text):
+        lo = bisect.bisect_left(starts, match.start())
+        hi = bisect.bisect_left(starts, match.end())
+        inside = pieces[lo:hi]
+        if lo > 0 and pieces[lo - 1][1] > match.start():
+            inside = [pieces[lo - 1]] + inside
+        out.append((match.group(), inside))
+    return out
+
+
 def word_agreement(text: str, ours: list[Piece], theirs: list[Piece]) -> tuple[int, int]:
     """(whitespace words whose pieces are the same on both sides, words)."""
+    a, b = word_pieces(text, ours), word_pieces(text, theirs)
+    return sum(x == y for (_, x), (_, y) in zip(a, b)), len(a)
 
-    def by_word(pieces):
-        starts = [p[0] for p in pieces]
-        out = []
-        for match in re.finditer(r"\S+", text):
-            lo = bisect.bisect_left(starts, match.start())
-            hi = bisect.bisect_left(starts, match.end())
-            inside = pieces[lo:hi]
-            # a piece that starts before the word but reaches into it counts for the word too
-            if lo > 0 and pieces[lo - 1][1] > match.start():
-                inside = [pieces[lo - 1]] + inside
-            out.append(inside)
-        return out
 
-    a, b = by_word(ours), by_word(theirs)
-    return sum(x == y for x, y in zip(a, b)), len(a)
+# why a word's unified pieces differ from its teacher's, checked in this order (the vocab report counts them)
+CAUSES = {
+    "bytes": "byte-fallback pieces",
+    "missing": "a teacher piece the student vocabulary lacks (too rare in the training text)",
+    "cut": "the pre-tokenizer cuts a teacher piece (a split that another teacher needs)",
+    "foreign": "a piece the teacher lacks, brought by another teacher (one model cannot follow both)",
+    "scores": "the same pieces, combined otherwise (the fitted scores; a BPE teacher's merge order is no unigram model)",
+}
+
+
+def disagreement_cause(
+    ours: list[Piece], theirs: list[Piece], teacher_keys: set, student_keys: set, cuts: set[int]
+) -> str:
+    """The ``CAUSES`` key for one word whose pieces differ. ``teacher_keys``: the pieces the teacher can
+    produce in the student convention; ``cuts``: the unified pre-tokenizer's pre-token boundaries (offsets)."""
+    if any(_BYTE.fullmatch(p[2] or "") for p in ours):
+        return "bytes"
+    if any(p[2] is not None and p[2] not in student_keys for p in theirs):
+        return "missing"
+    if any(p[0] < cut < p[1] for p in theirs for cut in cuts):
+        return "cut"
+    if any(p[2] not in teacher_keys for p in ours):
+        return "foreign"
+    return "scores"
+
+
+def convention_keys(vocab) -> set:
+    """Every piece a teacher can produce in the student convention: a WordPiece word-initial ``▁x`` also
+    appears bare (after punctuation or a CJK character it split off)."""
+    keys = {k for k in vocab.keys if k is not None}
+    if vocab.family == "wordpiece":
+        keys |= {k[1:] for k in keys if k.startswith(WORD_START) and len(k) > 1}
+    return keys
 
 
 def pretoken_targets(text: str, pretokens, pieces: list[Piece]) -> list[tuple[str, tuple[str, ...]]]:

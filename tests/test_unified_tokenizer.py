@@ -85,8 +85,8 @@ def test_every_character_a_teacher_spells_alone_has_a_piece(teachers, corpus_tex
     unseen = sorted(
         {k.removeprefix("▁") for k in teachers["xlm-roberta"].vocab.keys if k and len(k.removeprefix("▁")) == 1} - seen
     )
-    unseen = [c for c in unseen if not c.isspace()]
-    assert len(unseen) > 20
+    unseen = [c for c in unseen if "\u3040" <= c <= "\u9fff"]  # kana and kanji: not in German text, whose
+    assert len(unseen) > 20  # byte-level teacher spells in bytes what it lacks (the student follows it there)
     for char in unseen:
         pieces = unified.tokenize("表" + char)
         assert not any(p.startswith("<0x") for p in pieces), (char, pieces)

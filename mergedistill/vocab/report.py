@@ -125,7 +125,7 @@ def agreement_rows(
                 latin[0] += has_latin
                 causes[disagreement_cause(a, b, teacher_keys, student_keys, cuts)] += 1
                 if example is None and len(word) <= 40:
-                    example = [word, [p[2] for p in a], [p[2] for p in b]]
+                    example = [word, [p[2] or "[UNK]" for p in a], [p[2] or "[UNK]" for p in b]]
             paragraphs += ours == teacher_pieces
             pieces += len(ours)
             byte_pieces += sum(t.startswith("<0x") and len(t) == 6 for t in encoding.tokens)

@@ -21,15 +21,18 @@ MARKERS = ("▁", "Ġ", "##")
 
 
 def piece_ends(offsets, pieces) -> np.ndarray:
-    """End offset of each piece; a piece that is only a word marker (``▁``, ``Ġ``) ends where it starts:
-    tokenizers give such a piece the span of the next character, which it does not cover."""
-    ends = np.array([end for _, end in offsets], dtype=np.int64)
+    """Where each piece ends, in half characters (``2 * end``): the two sides' ends are compared, so the unit
+    does not matter. A piece that is only a word marker (``▁``, ``Ġ``) covers no letter (tokenizers give it the
+    span of the space or of the next character) and ends half a character after its start: it is a group of its
+    own where both sides have it (``")" "▁"`` on both sides are two one-piece groups, not one two-piece group),
+    and it joins the neighbouring group where the other side has ``"▁word"``."""
+    ends = np.array([2 * end for _, end in offsets], dtype=np.int64)
     for index, piece in enumerate(pieces):
         stripped = piece
         for marker in MARKERS:
             stripped = stripped.replace(marker, "")
         if not stripped:
-            ends[index] = offsets[index][0]
+            ends[index] = 2 * offsets[index][0] + 1
     return np.maximum.accumulate(ends) if len(ends) else ends
 
 

@@ -34,11 +34,25 @@ def test_groups_cut_where_both_segmentations_end():
     s_groups, t_groups = span_groups(np.array([6, 11, 16]), np.array([7, 11, 16]))
     assert s_groups.tolist() == [0, 0, 1] and t_groups.tolist() == [0, 0, 1]
     assert one_to_one(s_groups, t_groups).tolist() == [1]
-    # a bare word marker gets the next character's span from tokenizers: it covers nothing
-    assert piece_ends([(0, 1), (0, 4)], ["▁", "Form"]).tolist() == [0, 4]
+    # a bare word marker gets the next character's span from tokenizers: it covers nothing (ends in half characters)
+    assert piece_ends([(0, 1), (0, 4)], ["▁", "Form"]).tolist() == [1, 8]
     # byte pieces of one character share its span: they stay in one group
     s_groups, t_groups = span_groups(np.array([1, 2]), np.array([1, 1, 2]))
     assert s_groups.tolist() == [0, 1] and t_groups.tolist() == [0, 0, 1]
+
+
+def test_a_bare_word_marker_on_both_sides_is_a_group_of_its_own():
+    # "ボタン) 統合": both sides [▁ボタン][)][▁][統合]; a bare ▁ used to end where it starts, joining ")" into
+    # a two-piece group with no distillation target for either piece
+    offsets, pieces = [(0, 3), (3, 4), (4, 5), (5, 7)], ["▁ボタン", ")", "▁", "統合"]
+    s_groups, t_groups = span_groups(piece_ends(offsets, pieces), piece_ends(offsets, pieces))
+    assert one_to_one(s_groups, t_groups).tolist() == [0, 1, 2, 3]
+    # student [▁Sub] against a SentencePiece teacher's [▁][Sub]: one group, no one-piece pair, so no target
+    s_groups, t_groups = span_groups(piece_ends([(2, 6)], ["▁Sub"]), piece_ends([(2, 3), (3, 6)], ["▁", "Sub"]))
+    assert s_groups.tolist() == [0] and t_groups.tolist() == [0, 0] and one_to_one(s_groups, t_groups).size == 0
+    # a byte-level BPE teacher's bare Ġ before a space: its own group, the word before keeps its pair
+    s_groups, t_groups = span_groups(piece_ends([(0, 3)], ["▁auf"]), piece_ends([(0, 3), (3, 4)], ["Ġauf", "Ġ"]))
+    assert one_to_one(s_groups, t_groups).tolist() == [0]
 
 
 def test_one_piece_groups_cover_the_same_characters(teachers, texts, unified):

@@ -47,6 +47,51 @@ def test_pretokenizer_splits_what_the_teachers_split():
     assert [s for s, _ in split("▁表示されます。")] == ["▁表示されます。"]  # Japanese (kana): left to the scores
 
 
+def test_kanji_words_with_japanese_forms_stay_whole():
+    """A kana-free whitespace word is Chinese (Han isolated, as WordPiece does) unless it holds a Han character
+    that only the Japanese text uses: 数値 (値, Japanese) stays one pre-token for the SentencePiece teacher's
+    ``▁数値``, 数值 (值, Chinese) is cut into ideographs."""
+    from mergedistill.tokenizer_train import train_tokenizer
+    from mergedistill.vocab.segment import choose_convention
+
+    ja = ["数値を入力します。", "統合開発環境で関数を表示します。", "値の範囲をここで指定します。"] * 3
+    zh = ["输入数值。", "在集成开发环境中显示函数。", "在这里指定数值范围。"] * 3
+    en = ["Enter a value (a number)."] * 3
+    teachers = {
+        "ja": train_tokenizer("unigram", ja, vocab_size=60),
+        "zh": train_tokenizer("wordpiece", zh + en, vocab_size=80),
+        "en": train_tokenizer("wordpiece", zh + en, vocab_size=80),
+    }
+    convention = choose_convention(teachers, {"ja": ja, "zh": zh, "en": en})
+    assert (convention.han, convention.punct) == ("kana-free", "kana-free")
+    assert {"値", "統", "発", "関"} <= set(convention.japanese_han) and not {"数", "开", "值"} & set(
+        convention.japanese_han
+    )  # 数 is in both, 开/值 only in Chinese
+    split = unified_pretokenizer(convention).pre_tokenize_str
+    assert [s for s, _ in split("▁数値▁統合開発環境")] == ["▁数値", "▁統合開発環境"]
+    assert [s for s, _ in split("▁数值▁(数)")] == ["▁数", "值", "▁(", "数", ")"]
+    assert [s for s, _ in split("▁値以上)")] == ["▁値以上)"]  # punctuation stays too, as in the Japanese teacher
+
+
+def test_every_character_a_teacher_spells_alone_has_a_piece(teachers, corpus_texts):
+    """A character the teacher has as a piece of its own but the vocabulary text lacks (a kanji of the held-out
+    text only) is a student piece too, not three byte-fallback pieces the teacher never produces."""
+    from mergedistill.vocab.build import build_vocab
+    from mergedistill.vocab.tokenize import build_unified_tokenizer
+
+    few = {lang: corpus_texts[lang]["train"][:30] for lang in ASSIGNMENT}
+    unified = build_unified_tokenizer(build_vocab(teachers, ASSIGNMENT, few))
+    seen = set("".join(few["ja"]))
+    unseen = sorted(
+        {k.removeprefix("▁") for k in teachers["xlm-roberta"].vocab.keys if k and len(k.removeprefix("▁")) == 1} - seen
+    )
+    unseen = [c for c in unseen if "\u3040" <= c <= "\u9fff"]  # kana and kanji: not in German text, whose
+    assert len(unseen) > 20  # byte-level teacher spells in bytes what it lacks (the student follows it there)
+    for char in unseen:
+        pieces = unified.tokenize("表" + char)
+        assert not any(p.startswith("<0x") for p in pieces), (char, pieces)
+
+
 def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
     from mergedistill.vocab.report import agreement_rows
 
@@ -201,3 +246,40 @@ def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
     )
     assert "load_routed_tokenizer('PATH')" in routed and "pipeline('fill-mask'" not in routed
     assert "pipeline('fill-mask'" in unified and "load_routed_tokenizer" not in unified
+
+
+def test_the_vocab_report_says_why_a_language_misses_the_goal():
+    from types import SimpleNamespace
+
+    from mergedistill.vocab.report import agreement_table
+    from mergedistill.vocab.segment import convention_keys, disagreement_cause
+
+    wordpiece = SimpleNamespace(family="wordpiece", keys=["▁Click", "▁.", "ick", None])
+    assert convention_keys(wordpiece) == {"▁Click", "▁.", "ick", "Click", "."}  # "save." gives a bare "."
+    student = {"▁", "Sub", "▁Sub", "▁Text", ":", "▁Text:", "▁Dialog", "▁Dialoge", "r", "er", "<0xE6>"}
+    teacher = {"▁", "Sub", "▁Text:", "▁Dialog", "▁Dialoge", "r", "er", "▁Januar"}
+    # "Sub" in a Japanese paragraph: the SentencePiece teacher's ▁ + Sub, the unified ▁Sub of the English teacher
+    assert disagreement_cause([(0, 3, "▁Sub")], [(0, 0, "▁"), (0, 3, "Sub")], teacher, student, {3}) == "foreign"
+    assert disagreement_cause([(0, 1, "<0xE6>")], [(0, 1, "権")], teacher, student, {1}) == "bytes"
+    assert disagreement_cause([(0, 2, "▁J")], [(0, 6, "▁Januar")], teacher, student, {6}) == "missing"
+    assert disagreement_cause([(0, 4, "▁Text"), (4, 5, ":")], [(0, 5, "▁Text:")], teacher, student, {4, 5}) == "cut"
+    ours, theirs = [(0, 7, "▁Dialoge"), (7, 8, "r")], [(0, 6, "▁Dialog"), (6, 8, "er")]
+    assert disagreement_cause(ours, theirs, teacher, student, {8}) == "scores"
+
+    row = {
+        "teacher": "demo-ja",
+        "paragraphs": 10,
+        "paragraph_agreement": 0.5,
+        "byte_fallback": 0.0,
+        "kd_paired": 0.9,
+        "kd_coverage": 0.9,
+        "words": 250,
+        "example": ["Sub", ["▁Sub"], ["▁", "Sub"]],
+    }
+    ja = {**row, "lang": "ja", "word_agreement": 0.672, "causes": {"foreign": 55, "cut": 27}, "latin_words": [62, 109]}
+    en = {**row, "lang": "en", "word_agreement": 0.97, "causes": {"foreign": 7}, "latin_words": [7, 250]}
+    table = agreement_table([en, ja])
+    assert "**ja** misses 95% word agreement (0.6720): 82 of 250 words differ from demo-ja: 55 a piece the" in table
+    assert "62 of them hold Latin letters or digits (109 words do; the words without any agree on 0.858)" in table
+    assert "`Sub`: unified `▁Sub`, teacher `▁ Sub`" in table and "**en**" not in table
+    assert "below the goal" not in agreement_table([en])

@@ -112,7 +112,29 @@ def unified_pieces_and_targets(
         ):
             counts.update(p[2] for p in pieces if p[2] is not None)
             pairs += pretoken_targets(text, pretokenizer.pre_tokenize_str(normalizer.normalize_str(text)), pieces)
+    # every character a teacher spells on its own (its alphabet), seen in training text or not, else a rare one
+    # falls back to bytes later; bare (no ▁: a new word-start piece would change how common words segment).
+    # Not a character that a byte-fallback teacher spells in bytes in its language's text: the student follows it.
+    alphabets = {lang: teacher_alphabet(teacher) for lang, teacher in routed.items()}
+    in_bytes = set()
+    for lang, teacher in routed.items():
+        if spells_bytes(teacher):
+            in_bytes |= set("".join(texts[lang])) - alphabets[lang]
+    for char in sorted(set().union(*alphabets.values()) - in_bytes):
+        counts.setdefault(char, 0)
     return {"counts": counts, "targets": majority_targets(pairs), "convention": convention, "priors": priors}
+
+
+def teacher_alphabet(teacher) -> set[str]:
+    """The characters a teacher has as a piece of their own (word-initial or not)."""
+    return {k.removeprefix("▁") for k in teacher.vocab.keys if k is not None and len(k.removeprefix("▁")) == 1}
+
+
+def spells_bytes(teacher) -> bool:
+    """A teacher with ``<0xHH>`` pieces (byte fallback, byte-level BPE) for characters outside its alphabet."""
+    from mergedistill.vocab.fit import is_byte_piece
+
+    return any(k is not None and is_byte_piece(k) for k in teacher.vocab.keys)
 
 
 def unigram_log_probs(teacher) -> dict[str, float]:

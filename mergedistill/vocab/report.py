@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -86,23 +87,45 @@ def agreement_rows(
     paragraph, its byte-fallback rate, and the KD target coverage: the share of student pieces whose character
     span is one teacher piece (they get a target), and of those where that piece maps (``glued_maps`` where no
     space precedes) to the student's piece, i.e. where the teacher's gold is the student's gold."""
+    from collections import Counter
+
     from mergedistill.align import one_to_one
     from mergedistill.data import aligned_paragraphs
-    from mergedistill.vocab.segment import teacher_faithful, unified_pieces, word_agreement
+    from mergedistill.vocab.segment import (
+        convention_keys,
+        disagreement_cause,
+        teacher_faithful,
+        unified_pieces,
+        word_pieces,
+    )
 
-    normalize = unified_tokenizer.backend_tokenizer.normalizer.normalize_str
+    backend = unified_tokenizer.backend_tokenizer
+    normalize = backend.normalizer.normalize_str
     starts_word = np.array([p.startswith("▁") for p in vocab.pieces])
+    student_keys = set(vocab.pieces)
     rows = []
     for lang, lang_texts in sorted(texts.items()):
         name, teacher = routed[lang]
         lang_texts = list(lang_texts)
         theirs = teacher_faithful(teacher.tokenizer, teacher.vocab, lang_texts, normalize)
+        teacher_keys = convention_keys(teacher.vocab)
         encodings = unified_tokenizer(lang_texts, add_special_tokens=False, return_offsets_mapping=True).encodings
         words = agreed = paragraphs = pieces = byte_pieces = 0
+        causes, latin, example = Counter(), [0, 0], None  # latin: [differing, all] words with Latin letters/digits
         for text, encoding, teacher_pieces in zip(lang_texts, encodings, theirs):
             ours = unified_pieces(text, encoding)
-            a, n = word_agreement(text, ours, teacher_pieces)
-            agreed, words = agreed + a, words + n
+            cuts = {b for _, (_, b) in backend.pre_tokenizer.pre_tokenize_str(normalize(text))}
+            for (word, a), (_, b) in zip(word_pieces(text, ours), word_pieces(text, teacher_pieces)):
+                words += 1
+                has_latin = bool(re.search(r"[A-Za-z0-9]", word))
+                latin[1] += has_latin
+                if a == b:
+                    agreed += 1
+                    continue
+                latin[0] += has_latin
+                causes[disagreement_cause(a, b, teacher_keys, student_keys, cuts)] += 1
+                if example is None and len(word) <= 40:
+                    example = [word, [p[2] or "[UNK]" for p in a], [p[2] or "[UNK]" for p in b]]
             paragraphs += ours == teacher_pieces
             pieces += len(ours)
             byte_pieces += sum(t.startswith("<0x") and len(t) == 6 for t in encoding.tokens)
@@ -124,6 +147,10 @@ def agreement_rows(
                 "byte_fallback": byte_pieces / max(pieces, 1),
                 "kd_paired": paired / max(total, 1),
                 "kd_coverage": covered / max(total, 1),
+                "words": words,
+                "causes": dict(causes.most_common()),
+                "latin_words": latin,
+                "example": example,
             }
         )
     return rows
@@ -140,4 +167,34 @@ def agreement_table(rows: Sequence[dict]) -> str:
             f"| {r['lang']} | {r['teacher']} | {r['word_agreement']:.4f} | {r['paragraph_agreement']:.3f} ({round(r['paragraph_agreement'] * r['paragraphs'])}/{r['paragraphs']}) "
             f"| {r['byte_fallback']:.4f} | {r['kd_paired']:.3f} | {r['kd_coverage']:.3f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + agreement_misses(rows))
+
+
+def agreement_misses(rows: Sequence[dict], goal: float = 0.95) -> list[str]:
+    """One line per language below ``goal`` word agreement: how many words differ, why (``segment.CAUSES``),
+    how many of them hold Latin letters or digits (code, English, numbers: where teachers of other languages
+    segment the same string otherwise), and one example."""
+    from mergedistill.vocab.segment import CAUSES
+
+    lines = []
+    for r in rows:
+        if r["word_agreement"] >= goal or "causes" not in r:
+            continue
+        differ = r["words"] - round(r["word_agreement"] * r["words"])
+        why = "; ".join(f"{n} {CAUSES[key]}" for key, n in r["causes"].items())
+        line = (
+            f"- **{r['lang']}** misses {goal:.0%} word agreement ({r['word_agreement']:.4f}): {differ} of {r['words']} "
+            f"words differ from {r['teacher']}: {why}."
+        )
+        latin_differ, latin_all = r["latin_words"]
+        if latin_all < r["words"] / 2:  # a language not written in Latin letters: are code and numbers the cost?
+            others = 1 - (differ - latin_differ) / max(r["words"] - latin_all, 1)
+            line += (
+                f" {latin_differ} of them hold Latin letters or digits ({latin_all} words do; the words without "
+                f"any agree on {others:.3f})."
+            )
+        if r["example"]:
+            word, ours, theirs = r["example"]
+            line += f" E.g. `{word}`: unified `{' '.join(ours)}`, teacher `{' '.join(theirs)}`."
+        lines.append(line)
+    return ["", "Languages below the goal, and why:", "", *lines] if lines else []

@@ -10,7 +10,9 @@ covers: in ``"save."`` WordPiece's ``▁.`` is the student's ``.``, in ``"中文
 CJK ideographs isolated where a served teacher isolates them (``han``: ``none``, ``all``, or ``kana-free``:
 only in whitespace words without kana, when WordPiece serves Chinese while a SentencePiece/BPE teacher
 keeps multi-character kanji pieces for Japanese), and runs of punctuation split from letters and digits
-(``punct``, same modes) unless a SentencePiece teacher serves a language without kana. Everything else
+(``punct``, same modes) unless a SentencePiece teacher serves a language without kana. A whitespace word
+without kana but with a Han character that only the kana languages' text uses (値, 発: Japanese forms) counts
+as Japanese too: ``数値`` stays whole for a SentencePiece teacher while Chinese ``数值`` is isolated. Everything else
 (``"...")`` as one piece or three, where a word splits) is the teachers' call, learnt by the unified
 tokenizer's scores (``vocab.fit``).
 """
@@ -28,16 +30,28 @@ KANA = r"\p{Hiragana}\p{Katakana}ー"
 # one Han character per match (with the ▁ before it): \G continues where the previous match ended, so in
 # kana-free mode matching only ever starts at a whitespace word that holds no kana at all
 _HAN_ALL = r"▁?\p{Han}"
-_HAN_KANA_FREE = r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[^\p{Han}▁]|▁(?!\p{Han}))*+\K▁?\p{Han}"
 HAN_MODES = ("none", "all", "kana-free")
 # runs of punctuation/symbols (with the ▁ before them) split from letters and digits, as WordPiece and
 # byte-level BPE do; kana-free: only in whitespace words without kana (a Japanese SentencePiece teacher
 # keeps pieces such as "る)。" in them)
 _PUNCT = r"[^\p{L}\p{N}\p{M}▁\s]"
 _PUNCT_ALL = r"▁?" + _PUNCT + "+"
-_PUNCT_KANA_FREE = (
-    r"(?:\A(?=[^" + KANA + r"]*\z)|(?!\A)\G)(?:[\p{L}\p{N}\p{M}]|▁(?!" + _PUNCT + r"))*+\K▁?" + _PUNCT + "+"
-)
+
+
+def _kana_free(japanese: str) -> str:
+    """The start of a kana-free pattern: at a whitespace word with no kana and none of ``japanese`` (Han
+    characters only the kana languages' text uses, such as 値 or 発), or where the previous match ended."""
+    return r"(?:\A(?=[^" + KANA + japanese + r"]*\z)|(?!\A)\G)"
+
+
+def _han_kana_free(japanese: str) -> str:
+    return _kana_free(japanese) + r"(?:[^\p{Han}▁]|▁(?!\p{Han}))*+\K▁?\p{Han}"
+
+
+def _punct_kana_free(japanese: str) -> str:
+    return _kana_free(japanese) + r"(?:[\p{L}\p{N}\p{M}]|▁(?!" + _PUNCT + r"))*+\K▁?" + _PUNCT + "+"
+
+
 _BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _HAN_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KANA_CHAR = re.compile(r"[\u3040-\u30ff]")
@@ -51,9 +65,18 @@ class Convention:
     punct: str = "none"  # the same modes for splitting punctuation from letters and digits
     lowercase: bool = False  # every served teacher lowercases (then the student is uncased too)
     strip_accents: bool = False
+    # kana-free modes: Han characters that only the kana languages' text uses (Japanese forms such as 値, 発,
+    # 関): a whitespace word holding one is Japanese even without kana (数値, 統合開発環境) and is left whole
+    japanese_han: str = ""
 
     def to_dict(self) -> dict:
-        return {"han": self.han, "punct": self.punct, "lowercase": self.lowercase, "strip_accents": self.strip_accents}
+        return {
+            "han": self.han,
+            "punct": self.punct,
+            "lowercase": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "japanese_han": self.japanese_han,
+        }
 
 
 def isolates_cjk(tokenizer) -> bool:
@@ -90,23 +113,25 @@ def choose_convention(teachers_by_lang: dict, texts: dict) -> Convention:
     """
     from mergedistill.pieces import detect_family, detect_lowercase
 
-    def han_share(lang) -> float:
+    def share(lang, chars) -> float:
         sample = "".join(texts[lang][:200])
-        return len(_HAN_CHAR.findall(sample)) / max(len(sample), 1)
+        return len(chars.findall(sample)) / max(len(sample), 1)
 
-    han_langs = [lang for lang in sorted(teachers_by_lang) if han_share(lang) > 0.05]
+    han_langs = [lang for lang in sorted(teachers_by_lang) if share(lang, _HAN_CHAR) > 0.05]
+    kana_written = {lang for lang in teachers_by_lang if share(lang, _KANA_CHAR) > 0.05}
     isolating = [lang for lang in han_langs if isolates_cjk(teachers_by_lang[lang])]
     han = "none" if not isolating else "all" if len(isolating) == len(han_langs) else "kana-free"
     # punctuation: split unless a SentencePiece teacher (no such split) serves a language written without kana
     keeps = [lang for lang in sorted(teachers_by_lang) if detect_family(teachers_by_lang[lang]) == "sentencepiece"]
-    kana_langs = {
-        lang
-        for lang in keeps
-        if len(_KANA_CHAR.findall("".join(texts[lang][:200]))) > 0.05 * len("".join(texts[lang][:200]))
-    }
-    punct = "all" if not keeps else "kana-free" if set(keeps) <= kana_langs else "none"
+    punct = "all" if not keeps else "kana-free" if set(keeps) <= kana_written else "none"
     lower = all(detect_lowercase(t) for t in teachers_by_lang.values()) if teachers_by_lang else False
-    return Convention(han, punct, lower, lower and all(strips_accents(t) for t in teachers_by_lang.values()))
+    japanese = ""
+    if "kana-free" in (han, punct):  # Han characters of the kana languages' text that no other language uses
+        seen = {lang: set(_HAN_CHAR.findall("".join(texts[lang]))) for lang in teachers_by_lang}
+        others = set().union(*(seen[lang] for lang in teachers_by_lang if lang not in kana_written))
+        japanese = "".join(sorted(set().union(*(seen[lang] for lang in kana_written)) - others))
+    strip = lower and all(strips_accents(t) for t in teachers_by_lang.values())
+    return Convention(han, punct, lower, strip, japanese)
 
 
 def unified_normalizer(convention: Convention):
@@ -125,10 +150,10 @@ def unified_pretokenizer(convention: Convention):
 
     parts = [pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="first", split=True)]
     if convention.punct != "none":
-        pattern = _PUNCT_ALL if convention.punct == "all" else _PUNCT_KANA_FREE
+        pattern = _PUNCT_ALL if convention.punct == "all" else _punct_kana_free(convention.japanese_han)
         parts.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
     if convention.han != "none":
-        pattern = _HAN_ALL if convention.han == "all" else _HAN_KANA_FREE
+        pattern = _HAN_ALL if convention.han == "all" else _han_kana_free(convention.japanese_han)
         parts.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
     return pre_tokenizers.Sequence(parts)
 
@@ -183,24 +208,60 @@ def teacher_faithful(tokenizer, vocab, texts: Sequence[str], normalize=None) -> 
     ]
 
 
+def word_pieces(text: str, pieces: list[Piece]) -> list[tuple[str, list[Piece]]]:
+    """(whitespace word, the pieces inside it) for every word of ``text``; a piece that starts before a word
+    but reaches into it counts for the word too."""
+    starts = [p[0] for p in pieces]
+    out = []
+    for match in re.finditer(r"\S+", text):
+        lo = bisect.bisect_left(starts, match.start())
+        hi = bisect.bisect_left(starts, match.end())
+        inside = pieces[lo:hi]
+        if lo > 0 and pieces[lo - 1][1] > match.start():
+            inside = [pieces[lo - 1]] + inside
+        out.append((match.group(), inside))
+    return out
+
+
 def word_agreement(text: str, ours: list[Piece], theirs: list[Piece]) -> tuple[int, int]:
     """(whitespace words whose pieces are the same on both sides, words)."""
+    a, b = word_pieces(text, ours), word_pieces(text, theirs)
+    return sum(x == y for (_, x), (_, y) in zip(a, b)), len(a)
 
-    def by_word(pieces):
-        starts = [p[0] for p in pieces]
-        out = []
-        for match in re.finditer(r"\S+", text):
-            lo = bisect.bisect_left(starts, match.start())
-            hi = bisect.bisect_left(starts, match.end())
-            inside = pieces[lo:hi]
-            # a piece that starts before the word but reaches into it counts for the word too
-            if lo > 0 and pieces[lo - 1][1] > match.start():
-                inside = [pieces[lo - 1]] + inside
-            out.append(inside)
-        return out
 
-    a, b = by_word(ours), by_word(theirs)
-    return sum(x == y for x, y in zip(a, b)), len(a)
+# why a word's unified pieces differ from its teacher's, checked in this order (the vocab report counts them)
+CAUSES = {
+    "bytes": "byte-fallback pieces",
+    "missing": "a teacher piece the student vocabulary lacks (too rare in the training text)",
+    "cut": "the pre-tokenizer cuts a teacher piece (a split that another teacher needs)",
+    "foreign": "a piece the teacher lacks, brought by another teacher (one model cannot follow both)",
+    "scores": "the same pieces, combined otherwise (the fitted scores; a BPE teacher's merge order is no unigram model)",
+}
+
+
+def disagreement_cause(
+    ours: list[Piece], theirs: list[Piece], teacher_keys: set, student_keys: set, cuts: set[int]
+) -> str:
+    """The ``CAUSES`` key for one word whose pieces differ. ``teacher_keys``: the pieces the teacher can
+    produce in the student convention; ``cuts``: the unified pre-tokenizer's pre-token boundaries (offsets)."""
+    if any(_BYTE.fullmatch(p[2] or "") for p in ours):
+        return "bytes"
+    if any(p[2] is not None and p[2] not in student_keys for p in theirs):
+        return "missing"
+    if any(p[0] < cut < p[1] for p in theirs for cut in cuts):
+        return "cut"
+    if any(p[2] not in teacher_keys for p in ours):
+        return "foreign"
+    return "scores"
+
+
+def convention_keys(vocab) -> set:
+    """Every piece a teacher can produce in the student convention: a WordPiece word-initial ``▁x`` also
+    appears bare (after punctuation or a CJK character it split off)."""
+    keys = {k for k in vocab.keys if k is not None}
+    if vocab.family == "wordpiece":
+        keys |= {k[1:] for k in keys if k.startswith(WORD_START) and len(k) > 1}
+    return keys
 
 
 def pretoken_targets(text: str, pretokens, pieces: list[Piece]) -> list[tuple[str, tuple[str, ...]]]:

@@ -123,6 +123,7 @@ def build_unified_tokenizer(vocab: MergedVocab, model_max_length: int = 512):
         unified.get("punct", "none"),
         unified.get("lowercase", False),
         unified.get("strip_accents", False),
+        unified.get("japanese_han", ""),
     )
     has_bytes = "<0x00>" in vocab.pieces
     model = models.Unigram(

@@ -6,7 +6,7 @@ reference student of issue 5 (6 layers, 384 hidden, 12 heads, vocabulary 32,000)
 ``--teacher DIR`` / ``--student DIR`` measure saved checkpoints instead (any ``AutoModelForMaskedLM``
 directory, e.g. ``runs/zoo/demo-multi`` and ``runs/demo/export`` after ``make demo``).
 
-Each number is ``mergedistill.evaluation.latency_ms`` (the one the eval stage reports): the full masked-LM
+Each number is ``mergedistill.heldout_eval.latency_ms`` (the one the eval stage reports): the full masked-LM
 forward (``--encoder-only``: the encoder without the vocabulary head) on random ids of the same shape for
 both models, under ``torch.inference_mode``, one warm-up, the median of ``--repeats`` timed calls.
 Throughput is sequences/s at the large batch. A real mBERT teacher (119,547-piece head) is slower than the
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from common import add_device_args, resolve  # noqa: E402
 from common import describe as describe_device
 
-from mergedistill.evaluation import latency_ms  # noqa: E402
+from mergedistill.heldout_eval import latency_ms  # noqa: E402
 
 # (layers, hidden, heads, intermediate, vocab)
 SIZES = {

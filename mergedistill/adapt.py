@@ -181,8 +181,8 @@ def prepare_initial(base_dir: Path, texts: dict[str, list[str]], recipe: dict, s
 
 
 def masked_accuracy(model, tokenizer, texts: dict[str, list[str]], max_length: int, seed: int) -> dict[str, dict]:
-    """Held-out masked-token accuracy and cross-entropy per language (mlm_eval's deterministic 15 % positions)."""
-    from mergedistill.mlm_eval import make_eval_set, masked_token_accuracy
+    """Held-out masked-token accuracy and cross-entropy per language (mlm_metrics' deterministic 15 % positions)."""
+    from mergedistill.mlm_metrics import make_eval_set, masked_token_accuracy
 
     model.eval()
     special = set(tokenizer.all_special_ids)

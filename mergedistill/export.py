@@ -14,7 +14,7 @@ from mergedistill.io import read_json
 
 
 def model_card(cfg, eval_data, assignment) -> str:
-    from mergedistill.report import eval_table
+    from mergedistill.run_report import eval_table
 
     langs = sorted(assignment)
     return "\n".join(
@@ -103,7 +103,7 @@ ROUTED_TOKENIZER_CONFIG = {
 def routed_fill_mask_examples(model, export_dir: Path, vocab_dir: Path, texts: dict, per_language: int) -> dict:
     """Language -> up to ``per_language`` fill-mask examples of a routed student (on its device), through the
     routed tokenizers it was trained on, language by language."""
-    from mergedistill.evaluation import routed_fill_mask
+    from mergedistill.heldout_eval import routed_fill_mask
     from mergedistill.vocab import load_routed_tokenizer, load_vocab
 
     routed, pieces = load_routed_tokenizer(export_dir), load_vocab(vocab_dir).pieces

@@ -43,8 +43,8 @@ def example_ce(cfg, teachers, lang: str, names, texts, log=print) -> np.ndarray:
     """[paragraph, teacher] masked cross-entropy per character of the text (NaN: nothing masked)."""
     import torch
 
-    from mergedistill.evaluation import teacher_eval_set
-    from mergedistill.mlm_eval import eval_positions, masked_logits
+    from mergedistill.heldout_eval import teacher_eval_set
+    from mergedistill.mlm_metrics import eval_positions, masked_logits
 
     ce = np.zeros((len(texts), len(names)))
     for j, name in enumerate(names):

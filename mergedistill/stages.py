@@ -54,7 +54,7 @@ def stage_teachers(ctx: StageContext):
 
 def stage_select(ctx: StageContext):
     """Score every (language, candidate teacher) on held-out text, then apply the selection strategy."""
-    from mergedistill.evaluation import teacher_metrics
+    from mergedistill.heldout_eval import teacher_metrics
     from mergedistill.selection import Candidates, format_table, make_strategy, plot_heatmap
 
     cfg = ctx.cfg
@@ -91,7 +91,7 @@ def read_scores(select_dir: Path) -> dict:
 def stage_vocab(ctx: StageContext):
     from mergedistill.vocab import build_unified_tokenizer
     from mergedistill.vocab.build import build_vocab, write_vocab_dir
-    from mergedistill.vocab.report import (
+    from mergedistill.vocab.diagnostics import (
         agreement_rows,
         agreement_table,
         fertility_rows,
@@ -291,7 +291,7 @@ def stage_eval(ctx: StageContext):
     from transformers import AutoModelForMaskedLM
 
     from mergedistill.device import resolve_device
-    from mergedistill.evaluation import compare_student, latency_ms
+    from mergedistill.heldout_eval import compare_student, latency_ms
     from mergedistill.selection import primary_teacher
 
     cfg = ctx.cfg
@@ -415,7 +415,7 @@ def stage_export(ctx: StageContext):
 def stage_report(ctx: StageContext, commands: Sequence[str] = ()):
     """``commands``: the command lines that reproduce the run, listed at the end of the report."""
     from mergedistill.device import resolve_device
-    from mergedistill.report import ReportFacts, dropped_note, write_report
+    from mergedistill.run_report import ReportFacts, dropped_note, write_report
 
     cfg = ctx.cfg
     eval_data = read_json(ctx.inputs["eval"] / "eval.json")

@@ -25,7 +25,7 @@ def student_config(
     from transformers import BertConfig, DebertaV2Config
 
     if getattr(student_cfg, "arch", "bert") == "deberta-v2":
-        from mergedistill.tokenizer_train import DEBERTA_RELATIVE
+        from mergedistill.tiny_models import DEBERTA_RELATIVE
 
         return DebertaV2Config(
             vocab_size=vocab_size,

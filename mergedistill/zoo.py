@@ -272,7 +272,8 @@ def build_teacher(
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, tokenizer_from_file, train_tokenizer
+    from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+    from mergedistill.tokenizer_train import tokenizer_from_file, train_tokenizer
 
     spec = recipe(card)
     out_dir = Path(card.source)

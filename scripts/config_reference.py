@@ -3,7 +3,7 @@
     python scripts/config_reference.py            # rewrite docs/configuration.md
     python scripts/config_reference.py --check    # exit 1 if the committed file is stale (tests/test_docs.py)
 
-The schema (``mergedistill/config.py``, ``mergedistill/bistil/config.py``) is the single source: each key's type
+The schema (``mergedistill/config.py``, ``mergedistill/bistil/schema.py``) is the single source: each key's type
 and default come from its dataclass field, its description from the comment on the field's line (or the
 comment lines right above it), each section's from its class docstring.
 """
@@ -124,7 +124,7 @@ def render_schema(title: str, command: str, root: type) -> list[str]:
 
 def render() -> str:
     sys.path.insert(0, str(ROOT))
-    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.schema import BistilConfig
     from mergedistill.config import ExperimentConfig
 
     lines = [

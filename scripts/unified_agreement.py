@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from mergedistill.teachers import Teacher, load_card
     from mergedistill.tokenizer_train import tokenizer_from_file, train_tokenizer
     from mergedistill.vocab.build import build_vocab
-    from mergedistill.vocab.report import agreement_rows, agreement_table
+    from mergedistill.vocab.diagnostics import agreement_rows, agreement_table
     from mergedistill.vocab.tokenize import build_unified_tokenizer
     from mergedistill.zoo import _paragraphs, recipe
 

@@ -39,7 +39,8 @@ def corpus_texts():
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory, corpus_texts):
     """Saved tiny random teachers of each family with real tokenizers trained on corpus text: arch -> dir."""
-    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+    from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+    from mergedistill.tokenizer_train import train_tokenizer
 
     root = tmp_path_factory.mktemp("teachers")
     texts = [t for lang in TEST_LANGUAGES for t in corpus_texts[lang]["train"]]

@@ -5,10 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mergedistill.bistil.layers import attention_pairs, hidden_pairs, kept_layers, make_student
+from mergedistill.bistil.layer_reduction import make_student
 from mergedistill.bistil.phase1 import balanced_schedule, pack_language, phase1_loss, train_phase1
 from mergedistill.errors import UserError
-from mergedistill.tokenizer_train import tiny_mlm, train_tokenizer
+from mergedistill.layers import attention_pairs, hidden_pairs, kept_layers
+from mergedistill.tiny_models import tiny_mlm
+from mergedistill.tokenizer_train import train_tokenizer
 
 
 def test_layer_formulas():

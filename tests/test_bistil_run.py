@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.bistil.evaluate import (
+from mergedistill.bistil.task_metrics import (
     example_scores,
     f1_scores,
     flops_per_sequence,
@@ -16,7 +16,8 @@ from mergedistill.bistil.evaluate import (
 )
 from mergedistill.bistil.tasks import KEYTERM_LABELS, MODULES, build_task, drop_copies, encode, keyterm_tags, words_of
 from mergedistill.cli import main as cli_main
-from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+from mergedistill.tokenizer_train import train_tokenizer
 
 
 def test_keyterm_tags_localized_keys():
@@ -99,7 +100,7 @@ def test_example_scores_sum_to_the_task_score_and_the_paired_bootstrap_brackets_
 
 
 def test_verdict_calls_far_above_scratch_only_with_the_margin_and_a_positive_interval():
-    from mergedistill.bistil.report import verdict
+    from mergedistill.bistil.zero_shot_report import verdict
 
     def rows(diff, low):
         return [
@@ -194,7 +195,7 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
     from safetensors.torch import save_file
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from mergedistill.bistil.layers import make_student
+    from mergedistill.bistil.layer_reduction import make_student
     from mergedistill.bistil.phase2 import load_student, task_model, train_student
     from mergedistill.bistil.tasks import collate
 
@@ -239,8 +240,8 @@ def test_saved_diff_and_head_rebuild_the_trained_student(tiny_teacher, tmp_path)
 def test_a_teacher_card_with_a_recipe_is_built_by_bistil_itself(tmp_path):
     """`bistil trim` on a card whose teacher does not exist yet builds it first (no separate `teachers build`),
     and trimming + phase 1 work on a DeBERTa-v2 teacher (the demo's architecture) with layer stride 3."""
-    from mergedistill.bistil.config import BistilConfig
     from mergedistill.bistil.recipe import bistil_stages
+    from mergedistill.bistil.schema import BistilConfig
     from mergedistill.config import from_dict
     from mergedistill.io import read_manifest
     from mergedistill.pipeline import run_stages
@@ -432,8 +433,8 @@ def test_bistil_only_and_force_select_stages_as_run_does(small_run, tmp_path, ca
 
 def test_bistil_fingerprints_chain_through_the_stages_each_declares_it_reads(tiny_teacher, tmp_path):
     """A changed input re-runs the stages that read it, directly or through others, and no more."""
-    from mergedistill.bistil.config import BistilConfig
     from mergedistill.bistil.recipe import bistil_stages
+    from mergedistill.bistil.schema import BistilConfig
     from mergedistill.config import from_dict
     from mergedistill.pipeline import stage_fingerprint
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mergedistill.bistil.trim import piece_counts, select_kept, trim_teacher
-from mergedistill.tokenizer_train import tiny_mlm, train_tokenizer
+from mergedistill.tiny_models import tiny_mlm
+from mergedistill.tokenizer_train import train_tokenizer
+from mergedistill.vocab.trim import piece_counts, select_kept, trim_teacher
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def test_config_round_trips_through_yaml(tmp_path):
     ],
 )
 def test_an_old_bistil_loss_weight_is_one_line_naming_the_file_key_and_new_name(tmp_path, section, old, new):
-    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.schema import BistilConfig
 
     path = tmp_path / "bistil.yaml"
     path.write_text(f"# mergedistill bistil run {path}\n{section}:\n  {old}: 0.5\n")

@@ -249,7 +249,7 @@ def test_dropped_topk_mass_is_measured_per_language_and_teacher(tmp_path, stream
             expected += (torch.softmax(logits, -1) * torch.from_numpy(lookup < 0)).sum(-1).tolist()
     assert shares["en@bert"] == pytest.approx(np.mean(expected), rel=1e-4)
     from mergedistill.cache import sample_dropped
-    from mergedistill.report import dropped_note
+    from mergedistill.run_report import dropped_note
 
     assert sample_dropped(plan, teachers, maps, 4, plan.n_batches) == pytest.approx(
         shares

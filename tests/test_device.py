@@ -166,7 +166,7 @@ def test_cache_build_and_training_on_offline_targets_move_everything_to_the_mode
 
 
 def test_teacher_scoring_and_student_eval_move_everything_to_the_models(texts, merged, teachers, watch):
-    from mergedistill.evaluation import compare_student, latency_ms, teacher_metrics
+    from mergedistill.heldout_eval import compare_student, latency_ms, teacher_metrics
 
     teacher = teachers["bert"]
     student = build_student(STUDENT, len(merged), seed=0).eval()
@@ -181,11 +181,11 @@ def test_teacher_scoring_and_student_eval_move_everything_to_the_models(texts, m
 def test_bistil_phase1_and_phase2_move_everything_to_the_models(tiny_teachers, corpus_texts, watch, monkeypatch):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from mergedistill.bistil.config import Phase1Config
-    from mergedistill.bistil.evaluate import predict
-    from mergedistill.bistil.layers import make_student
+    from mergedistill.bistil.layer_reduction import make_student
     from mergedistill.bistil.phase1 import pack_language, train_phase1
     from mergedistill.bistil.phase2 import distill_loss_fn
+    from mergedistill.bistil.schema import Phase1Config
+    from mergedistill.bistil.task_metrics import predict
     from mergedistill.bistil.tasks import collate
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_teachers["bert"])
@@ -265,7 +265,7 @@ def test_device_rule_and_its_config_keys(monkeypatch):
     for key, value in (("device", "gpu"), ("teachers.device", "cuda:x")):
         with pytest.raises(UserError, match=f"config key '{key}' must be auto, cpu, cuda or cuda:N"):
             from_dict(ExperimentConfig, base, overrides=[f"{key}={value}"])
-    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.schema import BistilConfig
 
     with pytest.raises(UserError, match="config key 'device' must be auto"):
         from_dict(BistilConfig, {"device": "tpu"})

@@ -47,10 +47,10 @@ def held_out_texts(cfg, teacher, unified, lang):
 def eval_path(student, teacher, id_map, texts, cfg, unified):
     """Run ``compare_student`` as the eval stage does and capture, per text, the student's input ids, its
     masked positions and its logits there (spied inside ``paired_scores``)."""
-    from mergedistill import evaluation, heads
+    from mergedistill import heads, heldout_eval
 
     captured = {"logits": []}
-    real_scores, real_logits = evaluation.paired_scores, heads.masked_lm_logits
+    real_scores, real_logits = heldout_eval.paired_scores, heads.masked_lm_logits
 
     def spy_scores(student_, teacher_, id_map_, s_set, t_set, s_masked, t_masked, k):
         captured["ids"], captured["masked"] = s_set.sequences, s_masked
@@ -63,9 +63,9 @@ def eval_path(student, teacher, id_map, texts, cfg, unified):
         return logits, outputs
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(evaluation, "paired_scores", spy_scores)
+        patch.setattr(heldout_eval, "paired_scores", spy_scores)
         patch.setattr(heads, "masked_lm_logits", spy_logits)
-        evaluation.compare_student(
+        heldout_eval.compare_student(
             student, teacher, id_map, texts, cfg.cache.top_k, pll_paragraphs=0, student_tokenizer=unified
         )
     counts = [int(m.sum()) for m in captured["masked"]]

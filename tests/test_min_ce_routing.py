@@ -49,7 +49,8 @@ def paragraphs() -> list[str]:
 
 def script_teachers(root, texts):
     """Save the "latin" and "cyrillic" teachers; returns the ids of each script's pieces."""
-    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+    from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+    from mergedistill.tokenizer_train import train_tokenizer
 
     tokenizer = train_tokenizer("wordpiece", texts, vocab_size=400)
     special = set(tokenizer.all_special_ids)

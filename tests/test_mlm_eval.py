@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mergedistill.heads import masked_lm_logits
-from mergedistill.mlm_eval import EvalSet, fertility, masked_token_accuracy, pseudo_log_likelihood
+from mergedistill.mlm_metrics import EvalSet, fertility, masked_token_accuracy, pseudo_log_likelihood
 from tests.conftest import FAMILIES
 
 
@@ -70,7 +70,7 @@ def test_masked_only_head_equals_the_full_head(arch, tiny_teachers):
 def test_speed_measurement_never_builds_full_vocabulary_logits(arch, tiny_teachers):
     from transformers import AutoModelForMaskedLM
 
-    from mergedistill.evaluation import latency_ms
+    from mergedistill.heldout_eval import latency_ms
 
     model = AutoModelForMaskedLM.from_pretrained(tiny_teachers[arch]).eval()
     projected = []  # rows that reach the vocabulary projection, per call
@@ -82,7 +82,7 @@ def test_speed_measurement_never_builds_full_vocabulary_logits(arch, tiny_teache
 
 
 def test_per_character_scores_divide_by_the_text_actually_scored(teachers, corpus_texts):
-    from mergedistill.evaluation import teacher_eval_set, teacher_metrics
+    from mergedistill.heldout_eval import teacher_eval_set, teacher_metrics
 
     teacher = teachers["bert"]  # card max_length 64: a long text is cut
     long_text = " ".join(corpus_texts["en"]["train"][:30])

@@ -18,7 +18,8 @@ def tiny_encoders(tmp_path_factory, corpus_texts):
     """arch -> directory of a tiny random bare encoder (``AutoModel``, no head) with a corpus-trained tokenizer."""
     from transformers import AutoModel
 
-    from mergedistill.tokenizer_train import tiny_mlm, train_tokenizer
+    from mergedistill.tiny_models import tiny_mlm
+    from mergedistill.tokenizer_train import train_tokenizer
 
     root = tmp_path_factory.mktemp("encoders")
     texts = [t for lang in LANGS for t in corpus_texts[lang]["train"]]

@@ -1,6 +1,6 @@
 import json
 
-from mergedistill.report import ReportFacts, baseline_table, eval_table, write_report
+from mergedistill.run_report import ReportFacts, baseline_table, eval_table, write_report
 
 ROWS = [
     {

@@ -93,7 +93,7 @@ def test_shipped_experiment_configs_validate_and_name_their_command(path, monkey
     first = open(path, encoding="utf-8").readline()
     assert first.startswith("# ") and "mergedistill" in first  # the config opens with the command that runs it
     if "/bistil/" in path:  # BiStil experiments have their own schema
-        from mergedistill.bistil.config import BistilConfig
+        from mergedistill.bistil.schema import BistilConfig
 
         load_config(path, schema=BistilConfig)
         return

@@ -14,13 +14,8 @@ import pytest
 
 from mergedistill.pieces import keys_to_text
 from mergedistill.teachers import Teacher, TeacherCard
-from mergedistill.tokenizer_train import (
-    FAMILY_SPECIALS,
-    ROBERTA_SPECIALS,
-    save_pretrained_teacher,
-    tiny_mlm,
-    train_tokenizer,
-)
+from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+from mergedistill.tokenizer_train import FAMILY_SPECIALS, ROBERTA_SPECIALS, train_tokenizer
 from mergedistill.vocab import SPECIAL_IDS, build_unified_tokenizer, load_routed_tokenizer, load_vocab
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
 from tests.test_pieces import wordpiece_words

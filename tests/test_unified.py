@@ -159,7 +159,7 @@ def test_unified_config_checks():
 
 def test_unified_eval_compares_the_same_spans(teachers, merged, unified, corpus_texts):
     from mergedistill.config import StudentConfig
-    from mergedistill.evaluation import compare_student
+    from mergedistill.heldout_eval import compare_student
     from mergedistill.student import build_student
 
     student = build_student(
@@ -182,11 +182,11 @@ def test_unified_eval_compares_the_same_spans(teachers, merged, unified, corpus_
         student, teachers["xlm-roberta"], merged.id_maps["xlm-roberta"], texts, k=4, pll_paragraphs=4
     )
     assert row["masked"] > 5 and 0 <= row["student_acc"] <= 1 and np.isfinite(row["student_pll_per_char"])
-    from mergedistill import mlm_eval
-    from mergedistill.evaluation import teacher_eval_set
+    from mergedistill import mlm_metrics
+    from mergedistill.heldout_eval import teacher_eval_set
 
     # the teacher reads its own pieces: its PLL is its usual one
-    own = mlm_eval.pseudo_log_likelihood(
+    own = mlm_metrics.pseudo_log_likelihood(
         teachers["xlm-roberta"].model,
         teacher_eval_set(teachers["xlm-roberta"], texts[:4]),
         tok.mask_token_id,

@@ -93,7 +93,7 @@ def test_every_character_a_teacher_spells_alone_has_a_piece(teachers, corpus_tex
 
 
 def test_unified_segments_held_out_words_as_the_teachers(teachers, merged, unified, held_out):
-    from mergedistill.vocab.report import agreement_rows
+    from mergedistill.vocab.diagnostics import agreement_rows
 
     rows = agreement_rows(
         held_out, {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}, unified, merged
@@ -111,7 +111,7 @@ def test_fitted_scores_beat_plain_counts(teachers, merged, held_out):
     """The fit is what makes Viterbi follow the teachers: the same pieces scored by corpus counts alone agree less."""
     from dataclasses import replace
 
-    from mergedistill.vocab.report import agreement_rows
+    from mergedistill.vocab.diagnostics import agreement_rows
     from mergedistill.vocab.tokenize import build_unified_tokenizer
 
     routed = {lang: (names[0], teachers[names[0]]) for lang, names in ASSIGNMENT.items()}
@@ -251,7 +251,7 @@ def test_model_card_shows_how_to_load_what_the_student_was_trained_on():
 def test_the_vocab_report_says_why_a_language_misses_the_goal():
     from types import SimpleNamespace
 
-    from mergedistill.vocab.report import agreement_table
+    from mergedistill.vocab.diagnostics import agreement_table
     from mergedistill.vocab.segment import convention_keys, disagreement_cause
 
     wordpiece = SimpleNamespace(family="wordpiece", keys=["▁Click", "▁.", "ick", None])

@@ -11,7 +11,7 @@ from mergedistill.io import atomic_dir
 from mergedistill.pieces import NormalizedVocab
 from mergedistill.vocab import SPECIAL_IDS, load_routed_tokenizer, load_vocab, map_topk, merge_vocabs
 from mergedistill.vocab.build import build_vocab, write_vocab_dir
-from mergedistill.vocab.report import fertility_rows, merged_examples, overlap_table
+from mergedistill.vocab.diagnostics import fertility_rows, merged_examples, overlap_table
 from tests.conftest import ASSIGNMENT
 
 

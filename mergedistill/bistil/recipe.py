@@ -17,7 +17,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from mergedistill.bistil.config import Phase2Config
+from mergedistill.bistil.schema import Phase2Config
 from mergedistill.errors import UserError
 from mergedistill.io import file_fingerprint, read_manifest, write_json_atomic
 from mergedistill.pipeline import Stage, StageContext
@@ -115,7 +115,7 @@ def _device(cfg):
 
 
 def stage_trim(ctx: StageContext) -> dict:
-    from mergedistill.bistil.trim import save_trimmed, trim_teacher
+    from mergedistill.vocab.trim import save_trimmed, trim_teacher
 
     c = ctx.cfg
     model, tokenizer = _load_mlm(teacher_dir(c))
@@ -134,7 +134,7 @@ def stage_trim(ctx: StageContext) -> dict:
 
 
 def stage_phase1(kind: str, ctx: StageContext) -> dict:
-    from mergedistill.bistil.layers import make_student
+    from mergedistill.bistil.layer_reduction import make_student
     from mergedistill.bistil.phase1 import pack_language, train_phase1
 
     c, p, device, name = ctx.cfg, ctx.cfg.phase1, _device(ctx.cfg), phase1_name(kind)
@@ -246,8 +246,8 @@ def stage_variant(task: str, variant: str, ctx: StageContext) -> dict:
 
 
 def stage_report(ctx: StageContext) -> dict:
-    from mergedistill.bistil.evaluate import evaluate_all
-    from mergedistill.bistil.report import render
+    from mergedistill.bistil.task_metrics import evaluate_all
+    from mergedistill.bistil.zero_shot_report import render
 
     results = evaluate_all(ctx.cfg, ctx.inputs, _device(ctx.cfg))
     # the time each stage took when it ran (its manifest's), in pipeline order

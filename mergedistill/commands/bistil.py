@@ -41,7 +41,7 @@ def action_stages(action: str, names: list[str]) -> list[str]:
 
 
 def main(args):
-    from mergedistill.bistil.config import BistilConfig
+    from mergedistill.bistil.schema import BistilConfig
     from mergedistill.config import load_config
 
     cfg = load_config(args.config, args.overrides, schema=BistilConfig)

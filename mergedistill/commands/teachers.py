@@ -57,7 +57,7 @@ def main(args):
         for card in [load_card(path) for path in args.cards]:
             build_teacher(card, seed=args.seed)
         return 0
-    from mergedistill.evaluation import evaluate_teachers, format_teacher_table
+    from mergedistill.heldout_eval import evaluate_teachers, format_teacher_table
 
     rows = evaluate_teachers(
         args.cards, languages=args.languages, all_languages=args.all_languages, paragraphs=args.paragraphs

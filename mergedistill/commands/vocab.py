@@ -25,7 +25,7 @@ def main(args):
     from pathlib import Path
 
     from mergedistill.vocab import load_vocab
-    from mergedistill.vocab.report import overlap_table, summary
+    from mergedistill.vocab.diagnostics import overlap_table, summary
 
     vocab = load_vocab(args.dir)
     print(summary(vocab))

@@ -1,5 +1,5 @@
-"""Vocabulary trimming (BiStil §3.1): keep only the teacher pieces the two languages use. Core code: BiStil
-(``bistil.trim`` re-exports it) and ``mergedistill.adapt`` use it.
+"""Vocabulary trimming (BiStil §3.1): keep only the teacher pieces the two languages use. Core code
+(BiStil's trim stage and ``mergedistill.adapt`` use it).
 
 A piece is kept iff its unigram probability (count / all pieces) is >= theta in the source OR the target
 corpus; special tokens are always kept. Kept pieces keep their relative order and get contiguous new ids;

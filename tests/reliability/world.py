@@ -83,7 +83,8 @@ def cwd(path: Path):
 def build_world(root: Path, stages_until: str | None = None) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mergedistill.tokenizer_train import save_pretrained_teacher, tiny_mlm, train_tokenizer
+    from mergedistill.tiny_models import save_pretrained_teacher, tiny_mlm
+    from mergedistill.tokenizer_train import train_tokenizer
 
     root = Path(root)
     texts = {lang: embedded_paragraphs(lang, n) for lang, n in (("en", 240), ("de", 240), ("fr", 80))}

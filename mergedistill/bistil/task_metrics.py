@@ -253,7 +253,7 @@ def evaluate_all(cfg, stage_dirs: dict, device) -> dict:
                 row["bistil_minus"] = paired_bootstrap(
                     target_examples["bistil"], target_examples[row["model"]], seed=cfg.seed
                 )
-        from mergedistill.bistil.report import verdict
+        from mergedistill.bistil.zero_shot_report import verdict
 
         results["mean_length"] = mean_length
         train = task_data(cfg, task)

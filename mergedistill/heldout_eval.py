@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from mergedistill import mlm_eval
+from mergedistill import mlm_metrics
 from mergedistill.teachers import Teacher, TeacherCard, load_card
 
 EVAL_SEED = 1234
@@ -18,21 +18,23 @@ def load_teacher(spec: str | Path | TeacherCard, **kwargs) -> Teacher:
     return Teacher.load(load_card(path) if path.suffix in (".yaml", ".yml") else path, **kwargs)
 
 
-def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_eval.EvalSet:
+def teacher_eval_set(teacher: Teacher, texts: Sequence[str]) -> mlm_metrics.EvalSet:
     """Held-out sequences; special tokens AND unknown pieces are never scored (predicting <unk> for text
     the tokenizer cannot represent would look like skill)."""
     ids, covered = teacher.encode_covered(list(texts))
-    return mlm_eval.make_eval_set(texts, ids, set(teacher.tokenizer.all_special_ids), covered)
+    return mlm_metrics.make_eval_set(texts, ids, set(teacher.tokenizer.all_special_ids), covered)
 
 
 def teacher_metrics(teacher: Teacher, texts: Sequence[str], pll_paragraphs: int | None = None) -> dict:
     """acc, ce, pll_per_char, pll_per_word, fertility, unk_rate of ``teacher`` on ``texts``."""
     eval_set = teacher_eval_set(teacher, texts)
     tok = teacher.tokenizer
-    out = mlm_eval.masked_token_accuracy(teacher.model, eval_set, tok.mask_token_id, tok.pad_token_id, seed=EVAL_SEED)
+    out = mlm_metrics.masked_token_accuracy(
+        teacher.model, eval_set, tok.mask_token_id, tok.pad_token_id, seed=EVAL_SEED
+    )
     pll_set = eval_set if pll_paragraphs is None else teacher_eval_set(teacher, texts[:pll_paragraphs])
-    out.update(mlm_eval.pseudo_log_likelihood(teacher.model, pll_set, tok.mask_token_id, tok.pad_token_id))
-    out.update(mlm_eval.fertility(eval_set, tok.unk_token_id))
+    out.update(mlm_metrics.pseudo_log_likelihood(teacher.model, pll_set, tok.mask_token_id, tok.pad_token_id))
+    out.update(mlm_metrics.fertility(eval_set, tok.unk_token_id))
     return out
 
 
@@ -97,30 +99,32 @@ def compare_student(
     id_map = np.array(id_map, dtype=np.int64)  # a writable copy of the (memory-mapped) id map
     t_set = teacher_eval_set(teacher, texts)
     if student_tokenizer is None:
-        t_set = mlm_eval.EvalSet(
+        t_set = mlm_metrics.EvalSet(
             t_set.sequences,
             [sp | (id_map[s] < 0) for s, sp in zip(t_set.sequences, t_set.special)],
             t_set.chars,
             t_set.words,
         )
-        s_set = mlm_eval.EvalSet(
+        s_set = mlm_metrics.EvalSet(
             [np.where(id_map[s] < 0, SPECIAL_IDS["unk"], id_map[s]) for s in t_set.sequences],
             t_set.special,
             t_set.chars,
             t_set.words,
         )
-        t_masked = s_masked = mlm_eval.eval_positions(t_set, seed, 0.15)
+        t_masked = s_masked = mlm_metrics.eval_positions(t_set, seed, 0.15)
     else:
         s_set, t_set, s_masked, t_masked = unified_eval_sets(student_tokenizer, teacher, texts, seed)
     out = paired_scores(student, teacher, id_map, s_set, t_set, s_masked, t_masked, k)
     first = slice(0, pll_paragraphs)
-    pll_set = mlm_eval.EvalSet(s_set.sequences[first], s_set.special[first], s_set.chars[first], s_set.words[first])
-    t_pll_set = mlm_eval.EvalSet(t_set.sequences[first], t_set.special[first], t_set.chars[first], t_set.words[first])
+    pll_set = mlm_metrics.EvalSet(s_set.sequences[first], s_set.special[first], s_set.chars[first], s_set.words[first])
+    t_pll_set = mlm_metrics.EvalSet(
+        t_set.sequences[first], t_set.special[first], t_set.chars[first], t_set.words[first]
+    )
     tok = teacher.tokenizer
-    out["student_pll_per_char"] = mlm_eval.pseudo_log_likelihood(
+    out["student_pll_per_char"] = mlm_metrics.pseudo_log_likelihood(
         student, pll_set, SPECIAL_IDS["mask"], SPECIAL_IDS["pad"]
     )["pll_per_char"]
-    out["teacher_pll_per_char"] = mlm_eval.pseudo_log_likelihood(
+    out["teacher_pll_per_char"] = mlm_metrics.pseudo_log_likelihood(
         teacher.model, t_pll_set, tok.mask_token_id, tok.pad_token_id
     )["pll_per_char"]
     return out
@@ -164,13 +168,13 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         s_masked.append(np.isin(seq.student_groups, chosen))
         t_masked.append(np.isin(seq.teacher_groups, chosen))
     t_special = list(set(tok.all_special_ids))  # unknown pieces are never scored (see teacher_eval_set)
-    s_set = mlm_eval.EvalSet(
+    s_set = mlm_metrics.EvalSet(
         [q.student_ids for q in sequences],
         [(q.student_groups < 0) | (q.student_ids == SPECIAL_IDS["unk"]) for q in sequences],
         chars,
         words,
     )
-    t_set = mlm_eval.EvalSet(
+    t_set = mlm_metrics.EvalSet(
         [q.teacher_ids for q in sequences],
         [(q.teacher_groups < 0) | np.isin(q.teacher_ids, t_special) for q in sequences],
         chars,

@@ -1,11 +1,11 @@
 """BiStil's layer reduction (§3.2): the student model cut from the teacher. Which teacher layer each student
-layer stands for, and the loss pairs, are the core rule in ``mergedistill.layers`` (re-exported here).
+layer stands for, and the loss pairs, are the core rule in ``mergedistill.layers``.
 """
 
 from __future__ import annotations
 
 from mergedistill.errors import UserError
-from mergedistill.layers import attention_pairs, hidden_pairs, kept_layers, student_layers  # noqa: F401  (re-exported)
+from mergedistill.layers import kept_layers
 
 
 def layer_key_map(keys, kept: list[int]) -> dict[str, str]:

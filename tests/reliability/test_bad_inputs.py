@@ -38,7 +38,7 @@ from tests.reliability.world import CONFIG, build_world, clean_env, write_config
 
 MARKER = "earlier-output.txt"  # written into out/ before every case: an earlier output that must survive
 # the pipeline's stage log lines and tqdm progress bars: the only stderr lines allowed besides the error
-PROGRESS = re.compile(r"^\[(teachers|select|vocab|cache|train|baseline|eval|export|report)\] |\d+%\|")
+PROGRESS = re.compile(r"^\[(teachers|select|vocab|cache|train|baseline|eval|export|report|split|data)\] |\d+%\|")
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,14 @@ def stage_cache(ctx: StageContext):
     if cfg.cache.mode == "online":  # the dropped top-k mass, measured on the plan's first batches
         n = min(plan.n_batches, DROPPED_SAMPLE_BATCHES)
         dropped = sample_dropped(
-            plan, teachers, merged.id_maps, cfg.cache.top_k, n, cfg.cache.batch_size, merged.glued_maps
+            plan,
+            teachers,
+            merged.id_maps,
+            cfg.cache.top_k,
+            n,
+            cfg.cache.batch_size,
+            merged.glued_maps,
+            merged.spaced_maps,
         )
         return {"mode": "online", "dropped_topk_mass": dropped, "dropped_topk_mass_batches": n}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
@@ -199,6 +206,7 @@ def stage_cache(ctx: StageContext):
             progress=ranks.main,
             batch_size=cfg.cache.batch_size,
             glued_maps=merged.glued_maps,
+            spaced_maps=merged.spaced_maps,
         ),
     )  # resumable
     ctx.log(f"[cache] built {len(built)} chunk(s): {', '.join(map(str, built[:8]))}{' ...' if len(built) > 8 else ''}")
@@ -219,7 +227,9 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps)
+        return OnlineTargets(
+            teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps, merged.spaced_maps
+        )
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)

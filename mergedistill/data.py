@@ -18,9 +18,11 @@ Packing (not bucketing) is what avoids padding: packed sequences are nearly all 
 Unified mode (``data.tokenization: unified``): the student reads the same text through the merged
 tokenizer instead. Each sequence is then held in both tokenizations, aligned by character groups
 (``mergedistill.align``); masking is per group on both sides; the gold labels are the student's own pieces
-at every masked position, and teacher targets exist only at masked groups of one piece per side. The
-batch then also carries ``teacher_attention_mask``, ``teacher_positions`` (where the teacher is queried)
-and ``kd_positions`` (the student positions those targets belong to, in the same row-major order);
+at every masked position, and teacher targets exist only at masked groups of one piece per side and at
+spaced groups (the student's ``▁X``, the teacher's ``▁`` ``X``: queried at ``X``). The batch then also carries
+``teacher_attention_mask``, ``teacher_positions`` (where the teacher is queried), ``kd_positions`` (the
+student positions those targets belong to, in the same row-major order), ``teacher_glued`` and
+``teacher_spaced`` (rows mapped through the vocabulary's glued or spaced maps, ``cache.to_student``);
 ``teacher_view`` and ``kd_rows`` read a batch of either mode.
 """
 

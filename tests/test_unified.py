@@ -1,5 +1,6 @@
 """Unified tokenization: the student reads the merged tokenizer's pieces, aligned with each teacher's
-pieces by character groups; teacher targets only where one piece on each side spans the same text."""
+pieces by character groups; teacher targets only where one piece on each side spans the same text, or a
+teacher's bare word marker and one piece span the student's one piece (tests/test_unified_spaced.py)."""
 
 import numpy as np
 import pytest
@@ -47,7 +48,8 @@ def test_a_bare_word_marker_on_both_sides_is_a_group_of_its_own():
     offsets, pieces = [(0, 3), (3, 4), (4, 5), (5, 7)], ["▁ボタン", ")", "▁", "統合"]
     s_groups, t_groups = span_groups(piece_ends(offsets, pieces), piece_ends(offsets, pieces))
     assert one_to_one(s_groups, t_groups).tolist() == [0, 1, 2, 3]
-    # student [▁Sub] against a SentencePiece teacher's [▁][Sub]: one group, no one-piece pair, so no target
+    # student [▁Sub] against a SentencePiece teacher's [▁][Sub]: one group, no one-piece pair (a spaced group:
+    # its target is the teacher's prediction at Sub, tests/test_unified_spaced.py)
     s_groups, t_groups = span_groups(piece_ends([(2, 6)], ["▁Sub"]), piece_ends([(2, 3), (3, 6)], ["▁", "Sub"]))
     assert s_groups.tolist() == [0] and t_groups.tolist() == [0, 0] and one_to_one(s_groups, t_groups).size == 0
     # a byte-level BPE teacher's bare Ġ before a space: its own group, the word before keeps its pair

@@ -13,6 +13,7 @@ from mergedistill.cache import OfflineTargets, OnlineTargets, build_cache, cache
 from mergedistill.data import DataPlan, Stream, teacher_bare
 from mergedistill.vocab.build import spaced_map
 from mergedistill.vocab.merge import SPECIAL_IDS, SPECIAL_TOKENS, MergedVocab
+from mergedistill.vocab.store import load_vocab, save_vocab
 
 # teacher ids 0-4 specials; 5 ▁, 6 Sub, 7 ▁Sub, 8 form (SentencePiece keys: no marker = inside a word)
 TEACHER_KEYS = [None] * 5 + ["▁", "Sub", "▁Sub", "form"]
@@ -38,12 +39,15 @@ def test_a_bare_marker_and_a_piece_against_one_word_start_piece_is_spaced():
     assert spaced(np.array([0]), np.array([0, 0, 0]), np.array([True]), np.array([True, False, False])).size == 0
 
 
-def test_the_spaced_map_gives_the_word_start_piece():
+def test_the_spaced_map_gives_the_word_start_piece(tmp_path):
     vocab = SimpleNamespace(keys=TEACHER_KEYS, family="sentencepiece")
     merged = MergedVocab(STUDENT, {"t": ID_MAP})
     # Sub -> ▁Sub, form -> ▁form; word-initial keys (▁, ▁Sub) keep the plain map
     assert spaced_map("t", vocab, merged).tolist() == [-1] * 5 + [5, 6, 6, 8]
     assert teacher_bare(vocab).tolist() == [False] * 5 + [True, False, False, False]
+    merged.spaced_maps = {"t": spaced_map("t", vocab, merged)}  # stored with the vocabulary
+    save_vocab(merged, tmp_path)
+    assert load_vocab(tmp_path).spaced_maps["t"].tolist() == merged.spaced_maps["t"].tolist()
 
 
 class FixedTeacher:

@@ -5,10 +5,11 @@ teacher keeps its own, so positions no longer match 1:1. Both segmentations are 
 shortest character spans whose ends are piece ends on both sides (a piece belongs to the group of the
 first common end at or after its own end). A group with exactly one piece on each side covers the same
 characters in both tokenizations: there a teacher's prediction for its piece stands for the student's
-piece. One more kind of group gets a KD target, a *spaced* group: the student's ``▁X`` against a teacher's bare
-word marker ``▁`` and ``X`` (SentencePiece teachers cut a word start so when they lack ``▁X``); the teacher's
-prediction at ``X`` stands for ``▁X`` (mapped through the vocabulary's ``spaced_maps``). Masking is by group (every piece of a chosen group
-is masked on both sides, like whole-word masking), so neither model sees what the other must predict.
+piece. One more kind of group gets a KD target, a *spaced* group: the student's ``▁X`` against a teacher's
+bare word marker ``▁`` and ``X`` (SentencePiece teachers cut a word start so when they lack ``▁X``); the
+teacher's prediction at ``X`` stands for ``▁X`` (mapped through the vocabulary's ``spaced_maps``). Masking
+is by group (every piece of a chosen group is masked on both sides, like whole-word masking), so neither
+model sees what the other must predict.
 
 All functions are pure numpy over offsets and id arrays.
 """

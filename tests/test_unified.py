@@ -126,10 +126,12 @@ def test_unified_batches_pair_student_and_teacher_positions(streams, unified):
 def test_unified_online_equals_offline(tmp_path, streams, teachers, merged):
     plan = DataPlan(streams, batch_size=4, n_batches=30, seed=0)
     fp = cache_fingerprint(plan, teachers, "vocab-fp", k=5)
-    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 5, fp, progress=False)
+    maps = {"glued_maps": merged.glued_maps, "spaced_maps": merged.spaced_maps}
+    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 5, fp, progress=False, **maps)
     finalize_cache(tmp_path / "c", fp, plan)
-    offline, online = OfflineTargets(tmp_path / "c", fp), OnlineTargets(teachers, merged.id_maps, 5)
+    offline, online = OfflineTargets(tmp_path / "c", fp), OnlineTargets(teachers, merged.id_maps, 5, None, **maps)
     torch.manual_seed(0)
+    spaced_rows = 0
     for i in (0, 7, 29):
         batch = plan.batch(i)
         rows = kd_rows(batch)
@@ -137,6 +139,8 @@ def test_unified_online_equals_offline(tmp_path, streams, teachers, merged):
         a, b = offline(i, batch), online(i, batch)
         assert len(a[0]) == int(rows.sum()) and torch.equal(a[0], b[0])
         assert torch.equal(kd_soft_ce(logits, *a), kd_soft_ce(logits, *b))
+        spaced_rows += int(batch["teacher_spaced"].sum())
+    assert spaced_rows > 0  # rows mapped through the spaced map are among those compared
     routed = DataPlan(
         [make_stream(s.lang, teachers[s.teacher], ["x"], merged.id_maps[s.teacher], 64) for s in streams[:1]], 4, 1
     )

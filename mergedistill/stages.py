@@ -307,6 +307,7 @@ def stage_eval(ctx: StageContext):
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     from mergedistill.vocab import load_vocab
+    from mergedistill.vocab.build import spaced_map
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
@@ -316,6 +317,8 @@ def stage_eval(ctx: StageContext):
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
         baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
+    for name in teachers if unified is not None else ():  # a vocabulary built before it stored spaced_maps
+        merged.spaced_maps.setdefault(name, spaced_map(name, teachers[name].vocab, merged))
     rows = []
     served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
     scores = read_scores(ctx.inputs["select"])
@@ -341,6 +344,8 @@ def stage_eval(ctx: StageContext):
                 cfg.cache.top_k,
                 pll_paragraphs=cfg.eval.pll_paragraphs,
                 student_tokenizer=unified,
+                glued_map=merged.glued_maps.get(name),
+                spaced_map=merged.spaced_maps.get(name),
             ),
         }
         if baseline is not None:  # the same positions and paragraphs
@@ -352,6 +357,8 @@ def stage_eval(ctx: StageContext):
                 cfg.cache.top_k,
                 pll_paragraphs=cfg.eval.pll_paragraphs,
                 student_tokenizer=unified,
+                glued_map=merged.glued_maps.get(name),
+                spaced_map=merged.spaced_maps.get(name),
             )
             row.update({f"baseline_{key}": scores[f"student_{key}"] for key in ("acc", "mlm_ce", "pll_per_char")})
         rows.append(row)

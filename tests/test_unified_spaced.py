@@ -117,3 +117,40 @@ def test_spaced_targets_map_into_word_start_pieces_offline_and_online(tmp_path, 
     # without a spaced map the spaced position gets no target rather than the wrong (glued) pieces
     bare_ids, bare_logits = OnlineTargets(teachers, id_maps, 2)(0, plan.batch(0))
     assert bare_ids.tolist() == [[-1, -1], [7, 9]] and torch.isinf(bare_logits[0]).all()
+
+
+def test_eval_masks_and_maps_a_spaced_group_as_training_does(monkeypatch):
+    from mergedistill import heads, mlm_eval
+    from mergedistill.evaluation import UnifiedTargets, paired_scores
+
+    seen = {}
+
+    class Teacher:  # right at both positions: Sub (at the spaced group's X), form
+        tokenizer = SimpleNamespace(mask_token_id=T_MASK, pad_token_id=0)
+
+        def logits_at(self, ids, attention, where, batch_size=None):
+            seen["teacher_input"] = ids[0].tolist()
+            return torch.nn.functional.one_hot(torch.tensor([6, 8]), len(TEACHER_KEYS)).float()
+
+    def student_logits(model, ids, attention, where):  # right too: ▁Sub, form
+        return torch.nn.functional.one_hot(torch.tensor([6, 9]), len(STUDENT)).float() * 5, None
+
+    monkeypatch.setattr(heads, "masked_lm_logits", student_logits)
+    s_set = mlm_eval.EvalSet([np.array([SPECIAL_IDS["cls"], 6, 9, SPECIAL_IDS["sep"]])], [np.zeros(4, bool)], [8], [1])
+    t_set = mlm_eval.EvalSet([np.array([T_CLS, 5, 6, 8, T_SEP])], [np.zeros(5, bool)], [8], [1])
+    s_masked, t_queried = [np.array([0, 1, 1, 0], bool)], [np.array([0, 0, 1, 1, 0], bool)]
+    spaced_ids = spaced_map("t", SimpleNamespace(keys=TEACHER_KEYS), MergedVocab(STUDENT, {"t": ID_MAP}))
+    targets = UnifiedTargets(
+        [np.array([0, 1, 1, 1, 0], bool)],  # the bare ▁ is hidden from the teacher too
+        [np.array([0, 0, 0, 1, 0], bool)],
+        [np.array([0, 0, 1, 0, 0], bool)],
+        ID_MAP,
+        spaced_ids,
+    )
+    student = SimpleNamespace(eval=lambda: None)
+    scores = paired_scores(student, Teacher(), ID_MAP, s_set, t_set, s_masked, t_queried, 2, targets)
+    assert seen["teacher_input"] == [T_CLS, T_MASK, T_MASK, T_MASK, T_SEP]
+    assert scores["masked"] == 2 and scores["teacher_acc"] == scores["student_acc"] == 1.0
+    assert scores["agreement"] == 1.0  # the teacher's Sub is the student's ▁Sub
+    # the plain id map (as before the spaced map) read Sub as the student's Sub: a disagreement
+    assert paired_scores(student, Teacher(), ID_MAP, s_set, t_set, s_masked, t_queried, 2)["agreement"] == 0.5

@@ -4,9 +4,12 @@ In unified mode (``data.tokenization: unified``) the student reads text through 
 teacher keeps its own, so positions no longer match 1:1. Both segmentations are cut into *groups*: the
 shortest character spans whose ends are piece ends on both sides (a piece belongs to the group of the
 first common end at or after its own end). A group with exactly one piece on each side covers the same
-characters in both tokenizations: only there can a teacher's prediction for its piece stand for the
-student's piece, so only those groups get KD targets. Masking is by group (every piece of a chosen group
-is masked on both sides, like whole-word masking), so neither model sees what the other must predict.
+characters in both tokenizations: there a teacher's prediction for its piece stands for the student's
+piece. One more kind of group gets a KD target, a *spaced* group: the student's ``▁X`` against a teacher's
+bare word marker ``▁`` and ``X`` (SentencePiece teachers cut a word start so when they lack ``▁X``); the
+teacher's prediction at ``X`` stands for ``▁X`` (mapped through the vocabulary's ``spaced_maps``). Masking
+is by group (every piece of a chosen group is masked on both sides, like whole-word masking), so neither
+model sees what the other must predict.
 
 All functions are pure numpy over offsets and id arrays.
 """
@@ -100,6 +103,31 @@ def one_to_one(student_groups: np.ndarray, teacher_groups: np.ndarray) -> np.nda
     s_ids, s_counts = np.unique(student_groups[student_groups >= 0], return_counts=True)
     t_ids, t_counts = np.unique(teacher_groups[teacher_groups >= 0], return_counts=True)
     return np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 1])
+
+
+def spaced(
+    student_groups: np.ndarray, teacher_groups: np.ndarray, student_word_start: np.ndarray, teacher_bare: np.ndarray
+) -> np.ndarray:
+    """Sorted ids of the spaced groups (module docstring): one student piece, a word start (``student_word_start``
+    per student piece), against two teacher pieces, the first a bare word marker (``teacher_bare`` per teacher
+    piece) and the second not."""
+    s_ids, s_counts = np.unique(student_groups[student_groups >= 0], return_counts=True)
+    t_ids, t_counts = np.unique(teacher_groups[teacher_groups >= 0], return_counts=True)
+    candidates = np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 2])
+    s_start = np.isin(student_groups, candidates) & student_word_start
+    first = np.isin(teacher_groups, candidates) & np.r_[True, teacher_groups[1:] != teacher_groups[:-1]]
+    second = np.isin(teacher_groups, candidates) & ~first
+    good = np.intersect1d(
+        np.intersect1d(student_groups[s_start], teacher_groups[first & teacher_bare]),
+        teacher_groups[second & ~teacher_bare],
+    )
+    return good
+
+
+def served(teacher_groups: np.ndarray, pairs: np.ndarray, spaced_groups: np.ndarray, teacher_bare: np.ndarray):
+    """Bool per teacher piece: its prediction is a target (one per group, in group order): the piece of a
+    one-piece group in ``pairs``, the ``X`` of a spaced group in ``spaced_groups``."""
+    return np.isin(teacher_groups, pairs) | (np.isin(teacher_groups, spaced_groups) & ~teacher_bare)
 
 
 def mask_aligned(

@@ -32,21 +32,35 @@ CHUNK = 50
 CHUNK_NAME = "chunk-{:05d}.arrow"
 
 
-def to_student(ids, values, id_map: np.ndarray, batch: dict, glued_map: np.ndarray | None = None):
+def to_student(
+    ids,
+    values,
+    id_map: np.ndarray,
+    batch: dict,
+    glued_map: np.ndarray | None = None,
+    spaced_map: np.ndarray | None = None,
+):
     """Teacher top-k ids -> student ids. Unified mode: where no space precedes the student's piece
-    (``teacher_glued``), through ``glued_map``: a WordPiece ``▁.`` there is the student's ``.``."""
+    (``teacher_glued``), through ``glued_map``: a WordPiece ``▁.`` there is the student's ``.``; at the ``X`` of a
+    teacher's ``▁`` ``X`` that spans the student's ``▁X`` (``teacher_spaced``), through ``spaced_map``: ``X`` there
+    is the student's ``▁X`` (no ``spaced_map``: no target there rather than a wrong one)."""
     import torch
 
     student_ids, student_values = map_topk(ids, values, id_map)
-    glued = batch.get("teacher_glued")
-    if glued is not None and glued_map is not None:
+    for flag, other_map in (("teacher_glued", glued_map), ("teacher_spaced", spaced_map)):
+        at = batch.get(flag)
+        if at is None or (other_map is None and flag == "teacher_glued"):
+            continue
         from mergedistill.data import teacher_view
 
-        rows = glued[teacher_view(batch)[2]][:, None]
-        glued_ids, glued_values = map_topk(ids, values, glued_map)
+        rows = at[teacher_view(batch)[2]][:, None]
+        if other_map is None:
+            other_ids, other_values = torch.full_like(student_ids, -1), torch.full_like(student_values, float("-inf"))
+        else:
+            other_ids, other_values = map_topk(ids, values, other_map)
         student_ids, student_values = (
-            torch.where(rows, glued_ids, student_ids),
-            torch.where(rows, glued_values, student_values),
+            torch.where(rows, other_ids, student_ids),
+            torch.where(rows, other_values, student_values),
         )
     return student_ids, student_values
 
@@ -77,6 +91,7 @@ def teacher_targets(
     batch_size: int | None = None,
     glued_map: np.ndarray | None = None,
     dropped: dict | None = None,
+    spaced_map: np.ndarray | None = None,
 ):
     """Top-k of ``teacher`` at the batch's masked positions, mapped to student ids, rounded to float16;
     ``batch_size`` sequences per teacher forward (``cache.batch_size``; None = the whole batch); ``dropped``:
@@ -86,7 +101,7 @@ def teacher_targets(
     from mergedistill.data import teacher_view
 
     ids, logits = teacher.topk(*teacher_view(batch), k, batch_size=batch_size)
-    student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map)
+    student_ids, student_logits = to_student(ids, logits, id_map, batch, glued_map, spaced_map)
     record_dropped(dropped, f"{batch.get('lang')}@{teacher.name}", logits, student_ids)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
@@ -99,6 +114,7 @@ def mixed_targets(
     batch_size: int | None = None,
     glued_map: np.ndarray | None = None,
     dropped: dict | None = None,
+    spaced_map: np.ndarray | None = None,
 ):
     """``select.strategy: weighted`` (AvgCE-style): teachers sharing one tokenization are mixed position by
     position, each sequence with weights softmax(-CE) of the teachers' cross-entropy on its gold masked
@@ -121,7 +137,7 @@ def mixed_targets(
     weights = torch.from_numpy(mixture_weights(torch.stack(ce, 1).numpy())).float()  # [B, teachers]
     mixed = mix_log_probs(log_probs, weights[row_of])
     values, ids = torch.topk(mixed, k=min(k, mixed.shape[-1]), dim=-1)
-    student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map)
+    student_ids, student_logits = to_student(ids, values, id_map, batch, glued_map, spaced_map)
     record_dropped(dropped, f"{batch.get('lang')}@{'+'.join(t.name for t in teachers)}", values, student_ids)
     return student_ids.long(), student_logits.to(torch.float16).float()
 
@@ -136,9 +152,11 @@ class OnlineTargets:
         k: int,
         batch_size: int | None = None,
         glued_maps: Mapping[str, np.ndarray] | None = None,
+        spaced_maps: Mapping[str, np.ndarray] | None = None,
     ):
         self.teachers, self.id_maps, self.k, self.batch_size = dict(teachers), dict(id_maps), k, batch_size
         self.glued_maps = dict(glued_maps or {})  # unified mode: see ``to_student``
+        self.spaced_maps = dict(spaced_maps or {})
         self.dropped: dict[str, list] = {}  # record_dropped totals of every call
 
     def __call__(self, index: int, batch: dict):
@@ -152,6 +170,7 @@ class OnlineTargets:
                 self.batch_size,
                 self.glued_maps.get(mixture[0]),
                 self.dropped,
+                self.spaced_maps.get(mixture[0]),
             )
         name = mixture[0] if mixture else batch["teacher"]
         return teacher_targets(
@@ -162,6 +181,7 @@ class OnlineTargets:
             self.batch_size,
             self.glued_maps.get(name),
             self.dropped,
+            self.spaced_maps.get(name),
         )
 
 
@@ -173,11 +193,12 @@ def sample_dropped(
     n_batches: int,
     batch_size: int | None = None,
     glued_maps: Mapping[str, np.ndarray] | None = None,
+    spaced_maps: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """``dropped_shares`` over the plan's first ``n_batches`` batches (online mode has no cache to record it in)."""
     import torch
 
-    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps)
+    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps, spaced_maps)
     with torch.inference_mode():
         for index in range(min(n_batches, plan.n_batches)):
             online(index, plan.batch(index))
@@ -249,9 +270,11 @@ def build_cache(
     stop_after_chunks: int | None = None,
     batch_size: int | None = None,
     glued_maps: Mapping[str, np.ndarray] | None = None,
+    spaced_maps: Mapping[str, np.ndarray] | None = None,
 ) -> list[int]:
     """Write this rank's missing chunks of the plan's targets into ``directory`` (resumable); returns them.
-    ``batch_size``: sequences per teacher forward (``cache.batch_size``); ``glued_maps``: unified mode (``to_student``)."""
+    ``batch_size``: sequences per teacher forward (``cache.batch_size``); ``glued_maps``, ``spaced_maps``: unified
+    mode (``to_student``)."""
     import torch
     from tqdm import tqdm
 
@@ -259,7 +282,7 @@ def build_cache(
     if world == 1:
         prepare_cache(directory, plan, k, fp)
     directory.mkdir(parents=True, exist_ok=True)
-    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps)
+    online = OnlineTargets(teachers, id_maps, k, batch_size, glued_maps, spaced_maps)
     n_chunks = (plan.n_batches + CHUNK - 1) // CHUNK
     mine = [c for c in range(n_chunks) if c % world == rank and not (directory / CHUNK_NAME.format(c)).exists()]
     written = 0

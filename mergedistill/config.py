@@ -111,7 +111,8 @@ class DataConfig:
     """Tokenization, masking and language sampling for distillation."""
 
     # routed: each language by its teacher's tokenizer (MergeDistill); unified: the student reads the merged tokenizer's
-    # pieces, teacher targets only where a piece spans the same characters as one teacher piece (mergedistill/align.py)
+    # pieces, teacher targets only where a piece spans the same characters as one teacher piece, or as a teacher's bare
+    # word marker and one piece (mergedistill/align.py)
     tokenization: str = "routed"
     max_length: int = 128
     mlm_probability: float = 0.15

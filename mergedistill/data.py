@@ -18,9 +18,11 @@ Packing (not bucketing) is what avoids padding: packed sequences are nearly all 
 Unified mode (``data.tokenization: unified``): the student reads the same text through the merged
 tokenizer instead. Each sequence is then held in both tokenizations, aligned by character groups
 (``mergedistill.align``); masking is per group on both sides; the gold labels are the student's own pieces
-at every masked position, and teacher targets exist only at masked groups of one piece per side. The
-batch then also carries ``teacher_attention_mask``, ``teacher_positions`` (where the teacher is queried)
-and ``kd_positions`` (the student positions those targets belong to, in the same row-major order);
+at every masked position, and teacher targets exist only at masked groups of one piece per side and at
+spaced groups (the student's ``▁X``, the teacher's ``▁`` ``X``: queried at ``X``). The batch then also carries
+``teacher_attention_mask``, ``teacher_positions`` (where the teacher is queried), ``kd_positions`` (the
+student positions those targets belong to, in the same row-major order), ``teacher_glued`` and
+``teacher_spaced`` (rows mapped through the vocabulary's glued or spaced maps, ``cache.to_student``);
 ``teacher_view`` and ``kd_rows`` read a batch of either mode.
 """
 
@@ -61,6 +63,7 @@ class Stream:
     chars: int = (
         0  # characters of the stream's texts: the language's size for sampling (0 = unknown: sequences are used)
     )
+    teacher_bare: np.ndarray | None = None  # unified mode: per teacher id, a bare word marker (▁): align.spaced
 
     def fingerprint(self) -> str:
         unified = (
@@ -68,6 +71,7 @@ class Stream:
             if self.aligned is None
             else [
                 "unified",
+                "spaced",  # batches pair the spaced groups too (align.spaced)
                 [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
                 int(sum(len(a.student_ids) for a in self.aligned)),
             ]
@@ -159,7 +163,13 @@ def make_stream(
         student_pool,
         student_word_start if student_tokenizer is not None else None,
         sum(len(t) for t in texts) if chars is None else chars,
+        teacher_bare(teacher.vocab) if student_tokenizer is not None else None,
     )
+
+
+def teacher_bare(vocab) -> np.ndarray:
+    """Per teacher id: the piece is a bare word marker (key ``▁``; a SentencePiece ``▁``, a byte-level ``Ġ``)."""
+    return np.array([key == "▁" for key in vocab.keys], dtype=bool)
 
 
 def aligned_paragraphs(texts: list[str], student_tokenizer, teacher_tokenizer) -> list[tuple]:
@@ -343,9 +353,9 @@ class DataPlan:
     def _unified_batch(self, stream: Stream, examples, epoch: int) -> dict:
         import torch
 
-        from mergedistill.align import mask_aligned, one_to_one
+        from mergedistill.align import mask_aligned, one_to_one, served, spaced
 
-        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd, t_glued = [], [], [], [], [], [], []
+        s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd, t_glued, t_spaced = [], [], [], [], [], [], [], []
         for example in examples:
             seq = stream.aligned[int(example)]
             rng = example_rng(self.mask_seed, stream.name, int(example), epoch)
@@ -359,16 +369,20 @@ class DataPlan:
                 stream.random_pool,
             )
             paired = np.intersect1d(chosen, one_to_one(seq.student_groups, seq.teacher_groups))
+            bare = (
+                stream.teacher_bare[seq.teacher_ids] if stream.teacher_bare is not None else np.zeros(len(t_in), bool)
+            )
+            word_start = stream.student_word_start[seq.student_ids]
+            spaced_groups = np.intersect1d(chosen, spaced(seq.student_groups, seq.teacher_groups, word_start, bare))
             s_inputs.append(s_in)
             t_inputs.append(t_in)
             s_labels.append(np.where(s_masked, seq.student_ids, -100))
-            s_kd.append(np.isin(seq.student_groups, paired))
-            t_kd.append(np.isin(seq.teacher_groups, paired))
+            s_kd.append(np.isin(seq.student_groups, np.union1d(paired, spaced_groups)))
+            t_kd.append(served(seq.teacher_groups, paired, spaced_groups, bare))
             t_labels.append(np.where(t_kd[-1], seq.teacher_ids, -100))
-            t_glued.append(np.zeros(len(t_in), bool))  # paired one to one, in group order on both sides:
-            t_glued[-1][t_kd[-1]] = ~stream.student_word_start[
-                seq.student_ids[s_kd[-1]]
-            ]  # no space before the student piece
+            t_glued.append(np.zeros(len(t_in), bool))  # one piece per group, in group order on both sides:
+            t_glued[-1][t_kd[-1]] = ~word_start[s_kd[-1]]  # no space before the student piece
+            t_spaced.append(t_kd[-1] & np.isin(seq.teacher_groups, spaced_groups))
         student_ids, attention = pad_batch(s_inputs, SPECIAL_IDS["pad"])
         teacher_ids, teacher_attention = pad_batch(t_inputs, stream.pad_id)
         labels, _ = pad_batch(s_labels, -100)
@@ -376,6 +390,7 @@ class DataPlan:
         kd, _ = pad_batch([k.astype(np.int64) for k in s_kd], 0)
         tq, _ = pad_batch([k.astype(np.int64) for k in t_kd], 0)
         glued, _ = pad_batch([g.astype(np.int64) for g in t_glued], 0)
+        spaced_at, _ = pad_batch([g.astype(np.int64) for g in t_spaced], 0)
         return {
             "input_ids": torch.from_numpy(student_ids.astype(np.int64)),
             "attention_mask": torch.from_numpy(attention),
@@ -388,6 +403,7 @@ class DataPlan:
             "teacher_glued": torch.from_numpy(
                 glued.astype(bool)
             ),  # targets there map through the vocabulary's glued_maps
+            "teacher_spaced": torch.from_numpy(spaced_at.astype(bool)),  # through the vocabulary's spaced_maps
             "lang": stream.lang,
             "teacher": stream.teacher,
             "mixture": stream.mixture,

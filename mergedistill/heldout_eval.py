@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -84,14 +85,18 @@ def compare_student(
     pll_paragraphs: int = 30,
     seed: int = EVAL_SEED,
     student_tokenizer=None,
+    glued_map=None,
+    spaced_map=None,
 ) -> dict:
     """Student vs its teacher on held-out ``texts``: masked-token accuracy of both at the same positions, the
-    student's PLL/char, top-1 agreement and KL(teacher‖student) over the teacher's top-k mapped to student ids.
+    student's PLL/char, top-1 agreement and KL(teacher‖student) over the teacher's top-k mapped to student ids
+    (unified mode: as training maps targets, through ``glued_map`` and ``spaced_map`` where they apply).
 
     Routed mode (``student_tokenizer`` None): on the teacher's tokenization mapped to student ids; positions
     whose piece the student lacks are skipped. Unified mode (the student's own ``student_tokenizer``): each
-    side reads its own pieces and only character groups of one piece per side are masked and compared
-    (``mergedistill.align``), so both predict the same span; the student's PLL is on its own pieces."""
+    side reads its own pieces and only the character groups that training distills are masked and compared: one
+    piece per side, or the student's ``▁X`` against the teacher's ``▁`` ``X`` (``mergedistill.align``), so both
+    predict the same span; the student's PLL is on its own pieces."""
     import numpy as np
 
     from mergedistill.vocab.merge import SPECIAL_IDS
@@ -112,9 +117,11 @@ def compare_student(
             t_set.words,
         )
         t_masked = s_masked = mlm_metrics.eval_positions(t_set, seed, 0.15)
+        targets = None
     else:
-        s_set, t_set, s_masked, t_masked = unified_eval_sets(student_tokenizer, teacher, texts, seed)
-    out = paired_scores(student, teacher, id_map, s_set, t_set, s_masked, t_masked, k)
+        s_set, t_set, s_masked, t_masked, targets = unified_eval_sets(student_tokenizer, teacher, texts, seed)
+        targets.glued_map, targets.spaced_map = glued_map, spaced_map
+    out = paired_scores(student, teacher, id_map, s_set, t_set, s_masked, t_masked, k, targets)
     first = slice(0, pll_paragraphs)
     pll_set = mlm_metrics.EvalSet(s_set.sequences[first], s_set.special[first], s_set.chars[first], s_set.words[first])
     t_pll_set = mlm_metrics.EvalSet(
@@ -130,13 +137,26 @@ def compare_student(
     return out
 
 
+@dataclass
+class UnifiedTargets:
+    """Unified mode, per text: the teacher positions fed as [MASK] (whole chosen groups: a spaced group's bare
+    ``▁`` too) and, at the queried ones, which map targets through the glued or spaced map (``cache.to_student``)."""
+
+    hidden: list
+    glued: list
+    spaced: list
+    glued_map: object = None
+    spaced_map: object = None
+
+
 def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str], seed: int, prob: float = 0.15):
-    """One aligned sequence per text (student and teacher pieces) and the masked positions on both sides:
-    ``prob`` of each text's one-piece-per-side groups, chosen deterministically."""
+    """One aligned sequence per text (student and teacher pieces), the masked positions on both sides (teacher:
+    where it is queried) and their ``UnifiedTargets``: ``prob`` of each text's groups that training distills
+    (one piece per side, spaced), chosen deterministically."""
     import numpy as np
 
-    from mergedistill.align import one_to_one, pack_aligned
-    from mergedistill.data import aligned_paragraphs
+    from mergedistill.align import one_to_one, pack_aligned, served, spaced
+    from mergedistill.data import aligned_paragraphs, teacher_bare
     from mergedistill.masking import example_rng
     from mergedistill.vocab.merge import SPECIAL_IDS
 
@@ -160,13 +180,22 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         for i, n, spans in zip(kept, pieces, offsets)
     ]
     words = [len(texts[i][:c].split()) for i, c in zip(kept, chars)]
-    s_masked, t_masked = [], []
+    word_start = np.array(
+        [p.startswith("▁") for p in student_tokenizer.convert_ids_to_tokens(range(len(student_tokenizer)))]
+    )
+    bare_of = teacher_bare(teacher.vocab)
+    s_masked, t_masked, targets = [], [], UnifiedTargets([], [], [])
     for index, seq in enumerate(sequences):
-        pairs = one_to_one(seq.student_groups, seq.teacher_groups)
-        count = min(len(pairs), max(1, int(round(len(pairs) * prob)))) if len(pairs) else 0
-        chosen = example_rng(seed, "eval-unified", index).choice(pairs, size=count, replace=False) if count else pairs
+        pairs, bare = one_to_one(seq.student_groups, seq.teacher_groups), bare_of[seq.teacher_ids]
+        both = np.union1d(pairs, spaced(seq.student_groups, seq.teacher_groups, word_start[seq.student_ids], bare))
+        count = min(len(both), max(1, int(round(len(both) * prob)))) if len(both) else 0
+        chosen = example_rng(seed, "eval-unified", index).choice(both, size=count, replace=False) if count else both
         s_masked.append(np.isin(seq.student_groups, chosen))
-        t_masked.append(np.isin(seq.teacher_groups, chosen))
+        t_masked.append(served(seq.teacher_groups, np.intersect1d(chosen, pairs), np.setdiff1d(chosen, pairs), bare))
+        targets.hidden.append(np.isin(seq.teacher_groups, chosen))
+        targets.glued.append(np.zeros(len(seq.teacher_ids), bool))  # one queried piece per group, in order
+        targets.glued[-1][t_masked[-1]] = ~word_start[seq.student_ids[s_masked[-1]]]
+        targets.spaced.append(t_masked[-1] & np.isin(seq.teacher_groups, np.setdiff1d(chosen, pairs)))
     t_special = list(set(tok.all_special_ids))  # unknown pieces are never scored (see teacher_eval_set)
     s_set = mlm_metrics.EvalSet(
         [q.student_ids for q in sequences],
@@ -180,19 +209,23 @@ def unified_eval_sets(student_tokenizer, teacher: Teacher, texts: Sequence[str],
         chars,
         words,
     )
-    return s_set, t_set, s_masked, t_masked
+    return s_set, t_set, s_masked, t_masked, targets
 
 
-def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_masked, k: int) -> dict:
+def paired_scores(
+    student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_masked, k: int, targets: UnifiedTargets | None = None
+) -> dict:
     """Accuracies, top-1 agreement, KL and the student's gold cross-entropy (nats per masked piece) at masked
     positions paired in row-major order (the i-th masked student position of a text with its i-th masked
-    teacher position)."""
+    teacher position). ``targets`` (unified mode): the teacher's input is masked at ``targets.hidden`` and its
+    predictions map to student ids as training's targets do (``cache.to_student``)."""
     import numpy as np
     import torch
 
+    from mergedistill.cache import to_student
     from mergedistill.heads import masked_lm_logits
     from mergedistill.masking import pad_batch
-    from mergedistill.vocab.merge import SPECIAL_IDS, map_topk
+    from mergedistill.vocab.merge import SPECIAL_IDS
 
     tok = teacher.tokenizer
     agree = total = 0
@@ -200,8 +233,9 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
     student.eval()
     for start in range(0, len(t_set.sequences), 32):
         rows = range(start, min(start + 32, len(t_set.sequences)))
+        hidden = t_masked if targets is None else targets.hidden
         t_ids, t_attention = pad_batch(
-            [np.where(t_masked[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id
+            [np.where(hidden[i], tok.mask_token_id, t_set.sequences[i]) for i in rows], tok.pad_token_id
         )
         s_ids, s_attention = pad_batch(
             [np.where(s_masked[i], SPECIAL_IDS["mask"], s_set.sequences[i]) for i in rows], SPECIAL_IDS["pad"]
@@ -224,9 +258,19 @@ def paired_scores(student, teacher: Teacher, id_map, s_set, t_set, s_masked, t_m
         t_correct += float((t_top == gold_t).sum())
         s_correct += float((s_logp.argmax(-1) == gold_s).sum())
         s_nll -= float(s_logp.gather(1, gold_s.long().unsqueeze(1)).sum())
-        agree += int((map_topk(t_top[:, None], t_top[:, None].float(), id_map)[0][:, 0] == s_logp.argmax(-1)).sum())
+        flags = {"teacher_input_ids": torch.from_numpy(t_ids), "teacher_positions": torch.from_numpy(t_where)}
+        if targets is not None:  # glued and spaced rows, as in a training batch
+            for key, per_text in (("teacher_glued", targets.glued), ("teacher_spaced", targets.spaced)):
+                padded, _ = pad_batch([per_text[i].astype(np.int64) for i in rows], 0)
+                flags[key] = torch.from_numpy(padded.astype(bool))
+        maps = (targets.glued_map, targets.spaced_map) if targets is not None else ()
+
+        def to_s(ids, vals):
+            return to_student(ids, vals, id_map, {**flags, "attention_mask": None}, *maps)
+
+        agree += int((to_s(t_top[:, None], t_top[:, None].float())[0][:, 0] == s_logp.argmax(-1)).sum())
         vals, ids = torch.topk(t_logits, k, -1)
-        s_ids_k, t_vals_k = map_topk(ids, vals, id_map)
+        s_ids_k, t_vals_k = to_s(ids, vals)
         p = torch.nan_to_num(torch.softmax(t_vals_k, -1))
         q = s_logp.gather(1, s_ids_k.clamp(min=0))
         kl_sum += float((p * (torch.log(p.clamp_min(1e-30)) - q)).sum())

@@ -179,7 +179,14 @@ def stage_cache(ctx: StageContext):
     if cfg.cache.mode == "online":  # the dropped top-k mass, measured on the plan's first batches
         n = min(plan.n_batches, DROPPED_SAMPLE_BATCHES)
         dropped = sample_dropped(
-            plan, teachers, merged.id_maps, cfg.cache.top_k, n, cfg.cache.batch_size, merged.glued_maps
+            plan,
+            teachers,
+            merged.id_maps,
+            cfg.cache.top_k,
+            n,
+            cfg.cache.batch_size,
+            merged.glued_maps,
+            merged.spaced_maps,
         )
         return {"mode": "online", "dropped_topk_mass": dropped, "dropped_topk_mass_batches": n}
     fp = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
@@ -199,6 +206,7 @@ def stage_cache(ctx: StageContext):
             progress=ranks.main,
             batch_size=cfg.cache.batch_size,
             glued_maps=merged.glued_maps,
+            spaced_maps=merged.spaced_maps,
         ),
     )  # resumable
     ctx.log(f"[cache] built {len(built)} chunk(s): {', '.join(map(str, built[:8]))}{' ...' if len(built) > 8 else ''}")
@@ -219,7 +227,9 @@ def _targets(cfg, ctx, plan, teachers, merged):
     from mergedistill.cache import OfflineTargets, OnlineTargets, cache_fingerprint
 
     if cfg.cache.mode == "online":
-        return OnlineTargets(teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps)
+        return OnlineTargets(
+            teachers, merged.id_maps, cfg.cache.top_k, cfg.cache.batch_size, merged.glued_maps, merged.spaced_maps
+        )
     # the fingerprint of what THIS plan needs, not the one the cache recorded for itself
     expected = cache_fingerprint(plan, teachers, vocab_fingerprint(ctx.inputs["vocab"]), cfg.cache.top_k)
     return OfflineTargets(ctx.inputs["cache"] / "topk", expected)
@@ -297,6 +307,7 @@ def stage_eval(ctx: StageContext):
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     from mergedistill.vocab import load_vocab
+    from mergedistill.vocab.build import spaced_map
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
@@ -306,6 +317,8 @@ def stage_eval(ctx: StageContext):
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
         baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
+    for name in teachers if unified is not None else ():  # a vocabulary built before it stored spaced_maps
+        merged.spaced_maps.setdefault(name, spaced_map(name, teachers[name].vocab, merged))
     rows = []
     served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
     scores = read_scores(ctx.inputs["select"])
@@ -331,6 +344,8 @@ def stage_eval(ctx: StageContext):
                 cfg.cache.top_k,
                 pll_paragraphs=cfg.eval.pll_paragraphs,
                 student_tokenizer=unified,
+                glued_map=merged.glued_maps.get(name),
+                spaced_map=merged.spaced_maps.get(name),
             ),
         }
         if baseline is not None:  # the same positions and paragraphs
@@ -342,6 +357,8 @@ def stage_eval(ctx: StageContext):
                 cfg.cache.top_k,
                 pll_paragraphs=cfg.eval.pll_paragraphs,
                 student_tokenizer=unified,
+                glued_map=merged.glued_maps.get(name),
+                spaced_map=merged.spaced_maps.get(name),
             )
             row.update({f"baseline_{key}": scores[f"student_{key}"] for key in ("acc", "mlm_ce", "pll_per_char")})
         rows.append(row)

@@ -311,7 +311,7 @@ def train(
                     )
                 if targets_fn is not None:
                     topk_ids, topk_logits = to_device(targets_fn(index, host_batch), on)
-                    rows = kd_rows(batch)  # unified mode: only masked groups of one piece per side have targets
+                    rows = kd_rows(batch)  # unified mode: only the masked groups align.py pairs have targets
                     terms["kd"] = kd_soft_ce(
                         logits if rows is None else logits[rows],
                         topk_ids,

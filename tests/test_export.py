@@ -52,9 +52,9 @@ def eval_path(student, teacher, id_map, texts, cfg, unified):
     captured = {"logits": []}
     real_scores, real_logits = heldout_eval.paired_scores, heads.masked_lm_logits
 
-    def spy_scores(student_, teacher_, id_map_, s_set, t_set, s_masked, t_masked, k):
+    def spy_scores(student_, teacher_, id_map_, s_set, t_set, s_masked, t_masked, *rest):
         captured["ids"], captured["masked"] = s_set.sequences, s_masked
-        return real_scores(student_, teacher_, id_map_, s_set, t_set, s_masked, t_masked, k)
+        return real_scores(student_, teacher_, id_map_, s_set, t_set, s_masked, t_masked, *rest)
 
     def spy_logits(model, *args, **kwargs):
         logits, outputs = real_logits(model, *args, **kwargs)

@@ -1,5 +1,6 @@
 """Unified tokenization: the student reads the merged tokenizer's pieces, aligned with each teacher's
-pieces by character groups; teacher targets only where one piece on each side spans the same text."""
+pieces by character groups; teacher targets only where one piece on each side spans the same text, or a
+teacher's bare word marker and one piece span the student's one piece (tests/test_unified_spaced.py)."""
 
 import numpy as np
 import pytest
@@ -47,7 +48,8 @@ def test_a_bare_word_marker_on_both_sides_is_a_group_of_its_own():
     offsets, pieces = [(0, 3), (3, 4), (4, 5), (5, 7)], ["▁ボタン", ")", "▁", "統合"]
     s_groups, t_groups = span_groups(piece_ends(offsets, pieces), piece_ends(offsets, pieces))
     assert one_to_one(s_groups, t_groups).tolist() == [0, 1, 2, 3]
-    # student [▁Sub] against a SentencePiece teacher's [▁][Sub]: one group, no one-piece pair, so no target
+    # student [▁Sub] against a SentencePiece teacher's [▁][Sub]: one group, no one-piece pair (a spaced group:
+    # its target is the teacher's prediction at Sub, tests/test_unified_spaced.py)
     s_groups, t_groups = span_groups(piece_ends([(2, 6)], ["▁Sub"]), piece_ends([(2, 3), (3, 6)], ["▁", "Sub"]))
     assert s_groups.tolist() == [0] and t_groups.tolist() == [0, 0] and one_to_one(s_groups, t_groups).size == 0
     # a byte-level BPE teacher's bare Ġ before a space: its own group, the word before keeps its pair
@@ -124,10 +126,12 @@ def test_unified_batches_pair_student_and_teacher_positions(streams, unified):
 def test_unified_online_equals_offline(tmp_path, streams, teachers, merged):
     plan = DataPlan(streams, batch_size=4, n_batches=30, seed=0)
     fp = cache_fingerprint(plan, teachers, "vocab-fp", k=5)
-    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 5, fp, progress=False)
+    maps = {"glued_maps": merged.glued_maps, "spaced_maps": merged.spaced_maps}
+    build_cache(tmp_path / "c", plan, teachers, merged.id_maps, 5, fp, progress=False, **maps)
     finalize_cache(tmp_path / "c", fp, plan)
-    offline, online = OfflineTargets(tmp_path / "c", fp), OnlineTargets(teachers, merged.id_maps, 5)
+    offline, online = OfflineTargets(tmp_path / "c", fp), OnlineTargets(teachers, merged.id_maps, 5, None, **maps)
     torch.manual_seed(0)
+    spaced_rows = 0
     for i in (0, 7, 29):
         batch = plan.batch(i)
         rows = kd_rows(batch)
@@ -135,6 +139,8 @@ def test_unified_online_equals_offline(tmp_path, streams, teachers, merged):
         a, b = offline(i, batch), online(i, batch)
         assert len(a[0]) == int(rows.sum()) and torch.equal(a[0], b[0])
         assert torch.equal(kd_soft_ce(logits, *a), kd_soft_ce(logits, *b))
+        spaced_rows += int(batch["teacher_spaced"].sum())
+    assert spaced_rows > 0  # rows mapped through the spaced map are among those compared
     routed = DataPlan(
         [make_stream(s.lang, teachers[s.teacher], ["x"], merged.id_maps[s.teacher], 64) for s in streams[:1]], 4, 1
     )

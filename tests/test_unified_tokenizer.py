@@ -141,7 +141,8 @@ def test_round_trip_in_every_corpus_language(unified):
 
 def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
     """At every distillation position the teacher's own piece, mapped as the targets are, is the student's gold
-    piece for nearly all of them: WordPiece ``▁.`` / ``▁中`` serve the student's ``.`` / ``中``."""
+    piece for nearly all of them: WordPiece ``▁.`` / ``▁中`` serve the student's ``.`` / ``中``, a SentencePiece
+    ``X`` after a bare ``▁`` the student's ``▁X``."""
     from mergedistill.cache import to_student
     from mergedistill.data import DataPlan, make_stream, teacher_view
 
@@ -150,21 +151,29 @@ def test_kd_targets_in_the_student_convention(teachers, texts, merged, unified):
             lang, teachers[name], texts[lang][:120], merged.id_maps[name], max_length=64, student_tokenizer=unified
         )
         plan = DataPlan([stream], batch_size=8, n_batches=8, seed=0)
-        right = glued_right = total = 0
+        right = glued_right = spaced_right = total = 0
         for i in range(8):
             batch = plan.batch(i)
             queried = teacher_view(batch)[2]
             gold_teacher = batch["teacher_labels"][queried][:, None]
             gold_student = batch["labels"][batch["kd_positions"]]
             mapped, _ = to_student(
-                gold_teacher, torch.zeros(gold_teacher.shape), merged.id_maps[name], batch, merged.glued_maps[name]
+                gold_teacher,
+                torch.zeros(gold_teacher.shape),
+                merged.id_maps[name],
+                batch,
+                merged.glued_maps[name],
+                merged.spaced_maps[name],
             )
             right += int((mapped[:, 0] == gold_student).sum())
             glued_right += int((mapped[:, 0] == gold_student)[batch["teacher_glued"][queried]].sum())
+            spaced_right += int((mapped[:, 0] == gold_student)[batch["teacher_spaced"][queried]].sum())
             total += len(gold_student)
         assert total > 50 and right / total >= 0.95, (lang, right, total)
         if teachers[name].vocab.family == "wordpiece":
             assert glued_right > 0.05 * total, lang  # punctuation after a word: only the glued map serves it
+        if teachers[name].vocab.family == "sentencepiece":
+            assert spaced_right > 0, lang  # a word the teacher cuts as ▁ + X: only the spaced map serves it
 
 
 def test_autotokenizer_and_fill_mask_equal_training_without_mergedistill(unified, merged, tmp_path, held_out):

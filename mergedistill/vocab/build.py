@@ -61,6 +61,7 @@ def build_vocab(
             log=log,
         )
         merged.glued_maps = {name: glued_map(name, teachers[name].vocab, merged) for name in teachers}
+        merged.spaced_maps = {name: spaced_map(name, teachers[name].vocab, merged) for name in teachers}
         unified_meta = {"unified": {**fitted["convention"].to_dict(), "fit": stats}}
     merged.metadata = {
         "size": len(merged),
@@ -160,6 +161,18 @@ def glued_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
         if key is not None and key.startswith("▁") and len(key) > 1:
             glued[teacher_id] = student_id.get(key[1:], -1)
     return glued
+
+
+def spaced_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
+    """Teacher id -> student id at the ``X`` of a teacher's ``▁`` ``X`` that spans the student's ``▁X``
+    (``align.spaced``): a piece with no word marker (key ``X``) there is the student's ``▁X``, or -1 when the
+    student has none; a word-initial key keeps the plain id map."""
+    spaced = np.array(merged.id_maps[name], dtype=np.int32)
+    student_id = {piece: i for i, piece in enumerate(merged.pieces)}
+    for teacher_id, key in enumerate(vocab.keys):
+        if key is not None and not key.startswith("▁"):
+            spaced[teacher_id] = student_id.get("▁" + key, -1)
+    return spaced
 
 
 def write_vocab_dir(

@@ -85,12 +85,13 @@ def agreement_rows(
     """Per language (``routed``: language -> (teacher name, Teacher)), on ``texts``: how often the unified
     tokenizer gives the teacher's pieces (student convention, ``vocab.segment``) per whitespace word and per
     paragraph, its byte-fallback rate, and the KD target coverage: the share of student pieces whose character
-    span is one teacher piece (they get a target), and of those where that piece maps (``glued_maps`` where no
-    space precedes) to the student's piece, i.e. where the teacher's gold is the student's gold."""
+    span is one teacher piece or a teacher's ``▁`` ``X`` (they get a target: ``align.spaced``), and of those where
+    the teacher's piece (``X`` there) maps (``glued_maps`` where no space precedes, ``spaced_maps`` at ``X``) to the
+    student's piece, i.e. where the teacher's gold is the student's gold."""
     from collections import Counter
 
-    from mergedistill.align import one_to_one
-    from mergedistill.data import aligned_paragraphs
+    from mergedistill.align import one_to_one, served, spaced
+    from mergedistill.data import aligned_paragraphs, teacher_bare
     from mergedistill.vocab.segment import (
         convention_keys,
         disagreement_cause,
@@ -130,12 +131,19 @@ def agreement_rows(
             pieces += len(ours)
             byte_pieces += sum(t.startswith("<0x") and len(t) == 6 for t in encoding.tokens)
         id_map, glued = np.asarray(vocab.id_maps[name]), np.asarray(vocab.glued_maps.get(name, vocab.id_maps[name]))
+        spaced_ids, bare_ids = (
+            np.asarray(vocab.spaced_maps.get(name, np.full(len(id_map), -1))),
+            teacher_bare(teacher.vocab),
+        )
         covered = paired = total = 0
         for s_ids, t_ids, s_groups, t_groups in aligned_paragraphs(lang_texts, unified_tokenizer, teacher.tokenizer):
             s_ids, t_ids = np.asarray(s_ids), np.asarray(t_ids)
-            pairs = one_to_one(s_groups, t_groups)
-            s_at, t_at = s_ids[np.isin(s_groups, pairs)], t_ids[np.isin(t_groups, pairs)]
-            mapped = np.where(starts_word[s_at], id_map[t_at], glued[t_at])
+            pairs, bare = one_to_one(s_groups, t_groups), bare_ids[t_ids]
+            spaced_groups = spaced(s_groups, t_groups, starts_word[s_ids], bare)
+            s_at = s_ids[np.isin(s_groups, np.union1d(pairs, spaced_groups))]
+            t_served = served(t_groups, pairs, spaced_groups, bare)
+            t_at, t_spaced = t_ids[t_served], np.isin(t_groups, spaced_groups)[t_served]
+            mapped = np.where(t_spaced, spaced_ids[t_at], np.where(starts_word[s_at], id_map[t_at], glued[t_at]))
             covered, paired, total = covered + int((mapped == s_at).sum()), paired + len(s_at), total + len(s_ids)
         rows.append(
             {

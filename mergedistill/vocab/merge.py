@@ -40,6 +40,9 @@ class MergedVocab:
     glued_maps: dict[str, np.ndarray] = field(
         default_factory=dict
     )  # teacher -> student id where no space precedes (vocab.build)
+    spaced_maps: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # teacher -> student id at the X of a teacher's ▁ X (vocab.build)
 
     def __len__(self) -> int:
         return len(self.pieces)

@@ -5,6 +5,7 @@ Layout of a vocabulary directory (byte-identical for the same inputs):
     counts.npy             student id -> corpus count (int64)
     id_maps/<teacher>.npy  teacher id -> student id, int32, -1 = dropped (loaded as memory maps)
     glued_maps/<teacher>.npy  the same where no space precedes the piece (a WordPiece ``▁.`` -> ``.``; unified)
+    spaced_maps/<teacher>.npy the same at the ``X`` of a teacher's ``▁`` ``X`` (``X`` -> ``▁X``; unified)
     scores.npy             student id -> unified Unigram score (unified tokenizer only)
     metadata.json          teachers (fingerprints, families, sizes, kept counts), build options
 """
@@ -42,6 +43,10 @@ def save_vocab(vocab: MergedVocab, directory: str | Path) -> None:
         (directory / "glued_maps").mkdir(exist_ok=True)
     for name, glued in sorted(vocab.glued_maps.items()):
         _save_npy(directory / "glued_maps" / f"{name}.npy", glued.astype(np.int32))
+    if vocab.spaced_maps:
+        (directory / "spaced_maps").mkdir(exist_ok=True)
+    for name, spaced in sorted(vocab.spaced_maps.items()):
+        _save_npy(directory / "spaced_maps" / f"{name}.npy", spaced.astype(np.int32))
     if len(vocab.scores):
         _save_npy(directory / "scores.npy", np.asarray(vocab.scores, dtype=np.float64))
     write_json_atomic(directory / "metadata.json", vocab.metadata)
@@ -59,13 +64,14 @@ def load_vocab(directory: str | Path) -> MergedVocab:
     counts = np.load(directory / "counts.npy")
     metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
     glued_maps = {p.stem: np.load(p, mmap_mode="r") for p in sorted((directory / "glued_maps").glob("*.npy"))}
+    spaced_maps = {p.stem: np.load(p, mmap_mode="r") for p in sorted((directory / "spaced_maps").glob("*.npy"))}
     scores = np.load(directory / "scores.npy") if (directory / "scores.npy").is_file() else np.zeros(0)
     for name, id_map in id_maps.items():
         if id_map.size and int(id_map.max()) >= len(pieces):
             raise UserError(
                 f"{directory}/id_maps/{name}.npy: ids beyond the vocabulary; the directory is corrupted, rebuild it"
             )
-    return MergedVocab(pieces, id_maps, counts, metadata, scores, glued_maps)
+    return MergedVocab(pieces, id_maps, counts, metadata, scores, glued_maps, spaced_maps)
 
 
 def unified_tokenizer(vocab_dir: Path):

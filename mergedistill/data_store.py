@@ -5,7 +5,9 @@ packed (``masking.pack``). Here they are written to ``<data dir>/<fingerprint>/s
 ``list<int32>`` column) and read back through a memory map, so no stage holds the corpus in Python: the
 tokenization is a batched ``datasets`` map over ``workers`` processes (with a progress bar), the packing
 a single pass over its output in Arrow batches (packing is sequential: each paragraph goes after the one
-before it), and the file is written batch by batch. The fingerprint covers the text (its content, not
+before it), and the file is written batch by batch. The one-pass reads (hashing the text, tokenizing it,
+packing) keep the files they read out of the process's resident memory (``mapped_pages``, ``file_batches``):
+peak RSS does not grow with the corpus. The fingerprint covers the text (its content, not
 its file names), the tokenizer and the packing, so the cache, train and baseline stages, and every rank
 of a multi-process run, open the same file; the first to need it (rank 0) builds it. The sequences are
 the ones the in-memory ``masking.pack`` makes, in the same order (tests/test_data_store.py).
@@ -22,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mergedistill import io
+from mergedistill import io, mapped_pages
 
 FORMAT = "packed-sequences-v1"
-READ_BATCH = 10_000  # paragraphs per Arrow batch read while packing (and texts per hash update)
+READ_BATCH = 10_000  # texts per read (and hash update) while hashing the text
 WRITE_BATCH = 8_192  # packed sequences per Arrow record batch written
 
 
@@ -86,12 +88,27 @@ def texts_summary(texts) -> tuple[str, int, int]:
 
 
 def text_batches(texts):
+    """The texts in lists of ``READ_BATCH``; a dataset's mapped pages are released after each (``mapped_pages``)."""
     if isinstance(texts, (list, tuple)):
         for start in range(0, len(texts), READ_BATCH):
             yield list(texts[start : start + READ_BATCH])
     else:
+        files = mapped_pages.files_of(texts)
         for start in range(0, len(texts), READ_BATCH):
-            yield texts[start : start + READ_BATCH]["text"]
+            batch = texts[start : start + READ_BATCH]["text"]
+            mapped_pages.release(files)
+            yield batch
+
+
+def file_batches(files, column: str):
+    """``column`` of the Arrow stream files ``files`` (a ``datasets`` map's output), batch by batch, in order: read
+    into memory a batch at a time, not memory-mapped, so a pass over them holds one batch, not the files."""
+    import pyarrow as pa
+
+    for file in files:
+        with pa.OSFile(str(file)) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield batch.column(column)
 
 
 def as_dataset(texts):
@@ -146,7 +163,7 @@ def build_sequences(
             batched=True,
             batch_size=1000,
             num_proc=workers if workers > 1 else None,
-            fn_kwargs=_tokenize_kwargs(tokenizer),
+            fn_kwargs={**_tokenize_kwargs(tokenizer), "release_files": mapped_pages.files_of(texts)},
             remove_columns=["text"] + [c for c in as_dataset(texts).column_names if c != "text"],
             cache_file_name=str(work / "tokens.arrow"),
             new_fingerprint=hashlib.sha256(str(path).encode()).hexdigest()[:16],
@@ -158,9 +175,7 @@ def build_sequences(
             datasets.disable_progress_bars()
     schema = pa.schema([pa.field("ids", pa.list_(pa.int32()))])
     count, pending = 0, []
-    table_batches = (
-        batch.column(0) for batch in tokens.with_format("arrow").data.table.to_batches(max_chunksize=READ_BATCH)
-    )
+    table_batches = file_batches([f["filename"] for f in tokens.cache_files], "ids")
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for sequence in pack_batches(table_batches, max_length, cls_id, sep_id):
             pending.append(sequence)
@@ -175,11 +190,12 @@ def build_sequences(
     return count
 
 
-def _tokenize(batch, tokenizer, backend=None):
+def _tokenize(batch, tokenizer, backend=None, release_files=()):
     """``tokenizer(texts, add_special_tokens=False)["input_ids"]`` as an Arrow table. ``backend``: a fast tokenizer's
     ``tokenizers`` backend without truncation or padding (``plain_backend``), called directly: what
     ``tokenizer(...)`` calls once it has turned those off, without the per-text Python lists of masks and type ids
-    a ``BatchEncoding`` builds."""
+    a ``BatchEncoding`` builds. ``release_files``: the text's Arrow files, whose pages this batch mapped
+    (``mapped_pages``)."""
     import itertools
 
     import pyarrow as pa
@@ -189,6 +205,7 @@ def _tokenize(batch, tokenizer, backend=None):
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     else:
         ids = [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    mapped_pages.release(release_files)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))

@@ -28,13 +28,14 @@ def files_of(dataset) -> list[str]:
 def mappings(files) -> list[tuple[int, int]]:
     """(start, end) of this process's read-only mappings of ``files`` (real paths), from ``/proc/self/maps``."""
     wanted = set(files)
-    out = []
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            parts = line.rstrip("\n").split(maxsplit=5)
-            if len(parts) == 6 and parts[5] in wanted and "w" not in parts[1]:
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                out.append((start, end))
+        maps = handle.read()
+    out = []
+    for line in maps.splitlines() if any(f in maps for f in wanted) else ():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in wanted and "w" not in parts[1]:
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            out.append((start, end))
     return out
 
 

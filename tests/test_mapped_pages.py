@@ -22,19 +22,23 @@ def rss_file_mb() -> float:
     raise AssertionError("no RssFile in /proc/self/status")
 
 
-@pytest.fixture
-def mapped_texts(tmp_path):
-    """A ``datasets`` dataset of ~24 MB of text in one Arrow file, memory-mapped (as ``corpus.load_text_dataset``)."""
+def write_texts(path: Path, megabytes: int):
+    """A ``datasets`` dataset of ~``megabytes`` MB of text in one Arrow file, memory-mapped (as
+    ``corpus.load_text_dataset``)."""
     import pyarrow as pa
     from datasets import Dataset
 
-    path = tmp_path / "texts.arrow"
     schema = pa.schema([pa.field("text", pa.string())])
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for block in range(TEXT_MB):
+        for block in range(megabytes):
             texts = [f"{block}:{i} " + "lorem ipsum dolor sit amet " * 36 for i in range(1000)]  # ~1 MB
             writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
     return Dataset.from_file(str(path))
+
+
+@pytest.fixture
+def mapped_texts(tmp_path):
+    return write_texts(tmp_path / "texts.arrow", TEXT_MB)
 
 
 def test_hashing_a_mapped_dataset_does_not_keep_its_pages(mapped_texts, monkeypatch):
@@ -60,3 +64,28 @@ def test_release_touches_only_the_named_files_read_only_mappings(mapped_texts, t
     n = len(mapped_texts)
     assert mapped_pages.release(files) >= 0.9 * TEXT_MB * 1e6
     assert mapped_texts[n - 1]["text"].startswith(f"{TEXT_MB - 1}:999 ")  # read back after the release
+
+
+def test_building_sequences_from_a_mapped_dataset_does_not_keep_its_pages(tmp_path, monkeypatch):
+    """The data path's tokenizing pass (here in this process: ``workers=1``) releases the text's pages too."""
+    from mergedistill.data_store import stream_sequences
+    from tests.test_data_store import word_level_teacher
+
+    megabytes = 8
+    texts = write_texts(tmp_path / "texts.arrow", megabytes)
+    teacher = word_level_teacher(texts[:1000]["text"])
+
+    drop = mapped_pages.release  # the real one: the control below turns the data path's off
+
+    def build(dataset, data_dir) -> float:
+        drop(mapped_pages.files_of(texts))
+        before = rss_file_mb()
+        sequences, _ = stream_sequences(data_dir, dataset, teacher.tokenizer, "words", 128, 2, 3, workers=1)
+        assert len(sequences) > 0
+        return rss_file_mb() - before
+
+    build(texts.select(range(500)), tmp_path / "warm-up")  # imports and maps what any build needs
+    released_growth = build(texts, tmp_path / "released")
+    monkeypatch.setattr(mapped_pages, "release", lambda files: 0)
+    kept_growth = build(texts, tmp_path / "kept")
+    assert kept_growth > 0.8 * megabytes and released_growth < 2, (kept_growth, released_growth)

@@ -21,7 +21,8 @@ Goals (issue 23), checked in the final JSON line (``goals``, ``meets_*``): peak 
 its workers') grows at most 20 % from the smallest to the largest corpus; the data path's tokenization reaches
 at least 0.7 of raw ``tokenizers`` throughput; the cache stage's peak RSS is bounded the same way (+20 % at most).
 
-    python benchmarks/data_scale.py                          # 25, 100, 400 MB (~40 min on 2 cores)
+    python benchmarks/data_scale.py                          # 25, 100, 400 MB (~15-20 min on 2 idle cores)
+    python benchmarks/data_scale.py --sizes-mb 50 200 800    # the issue's sizes (~35 min)
     python benchmarks/data_scale.py --sizes-mb 0.5 1 2       # a smoke run
 """
 

@@ -33,7 +33,7 @@ DESCRIPTIONS = {
     "peer_distill": "same distillation run: mergedistill's loss path vs a peer (textbrewer if importable, else an HF DistilBERT-style loop)",
     "train_throughput": "student training-step throughput, MFU-style ratio, masked-only head, offline vs online targets",
     "vocab_merge": "merging 250k + 120k + 50k teacher vocabularies: time and peak memory",
-    "data_scale": "the Arrow data path at 50/200/800 MB of text, 250k XLM-R unigram: peak RSS, paragraphs/s, vs raw tokenizers",
+    "data_scale": "the Arrow data path at 25/100/400 MB of text, 250k XLM-R unigram: peak RSS, paragraphs/s, vs raw tokenizers",
 }
 
 

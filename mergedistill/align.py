@@ -62,6 +62,13 @@ def pack_aligned(
     ``[CLS] p1 [SEP] p2 [SEP] ...`` on both sides, cutting only between groups, so that each side fits its
     maximum length. A group longer than a whole sequence is dropped (it cannot be cut without breaking
     the alignment). Group ids are renumbered per sequence."""
+    return list(iter_pack_aligned(paragraphs, student_max, teacher_max, student_specials, teacher_specials))
+
+
+def iter_pack_aligned(
+    paragraphs, student_max: int, teacher_max: int, student_specials: tuple[int, int], teacher_specials: tuple[int, int]
+):
+    """``pack_aligned`` as a generator: yields each sequence once it is closed (holds only the one being filled)."""
     (s_cls, s_sep), (t_cls, t_sep) = student_specials, teacher_specials
     out: list[AlignedSequence] = []
     s, t, gs, gt = [s_cls], [t_cls], [-1], [-1]
@@ -94,8 +101,10 @@ def pack_aligned(
             gs += [gid] * len(s_part)
             gt += [gid] * len(t_part)
         end_paragraph()
+        yield from out
+        out.clear()
     close()
-    return out
+    yield from out
 
 
 def one_to_one(student_groups: np.ndarray, teacher_groups: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from mergedistill import mapped_pages
 from mergedistill.corpus_build import SPLITS, split_of
 from mergedistill.errors import UserError
 
@@ -255,6 +256,7 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_c
         )
     has_ids = "id" in raw.column_names
     has_modules = "module" in raw.column_names
+    mapped = mapped_pages.files_of(raw)  # a one-pass read: its pages are released after each batch
 
     def to_records(rows, indices):
         """A document's paragraphs, when the document (its id) falls in ``split``: one record each; a document of
@@ -269,6 +271,7 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_c
                 out["id"].append(doc if len(paragraphs) == 1 else f"{doc}#{n}")
                 out["module"].append(str(rows["module"][k]) if has_modules else "")
                 out["text"].append(text)
+        mapped_pages.release(mapped)
         return out
 
     return raw.map(

@@ -73,7 +73,7 @@ class Stream:
                 "unified",
                 "spaced",  # batches pair the spaced groups too (align.spaced)
                 [a.student_ids.tobytes().hex()[:64] for a in self.aligned[:50]],
-                int(sum(len(a.student_ids) for a in self.aligned)),
+                int(getattr(self.aligned, "student_pieces", None) or sum(len(a.student_ids) for a in self.aligned)),
             ]
         )
         digest = fingerprint(
@@ -103,8 +103,9 @@ def make_stream(
     """Tokenize ``texts`` (a list of str, or a ``datasets`` dataset with a ``text`` column) with ``teacher`` (a
     mergedistill Teacher) and pack them. ``mixture``: several teachers that share ``teacher``'s tokenization serve
     the stream together (``select.strategy: weighted``). ``student_tokenizer`` (the merged vocabulary's unified
-    tokenizer) switches to unified mode. ``data_dir``: routed mode keeps the packed sequences there, in memory-mapped
-    Arrow files built once per fingerprint by ``workers`` processes (``mergedistill.data_store``); None: in memory."""
+    tokenizer) switches to unified mode. ``data_dir``: the packed sequences (unified mode: the aligned ones) live there, in
+    memory-mapped Arrow files built once per fingerprint by ``workers`` processes (``mergedistill.data_store``);
+    None: in memory."""
     tokenizer = teacher.tokenizer
     if len(texts) == 0:
         raise UserError(
@@ -132,18 +133,36 @@ def make_stream(
             f"{lang}@{name}",
             log,
         )
+    elif student_tokenizer is not None and data_dir is not None:  # unified mode, stored like routed mode's
+        from mergedistill.data_store import stream_aligned
+
+        specials = ((SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]), (teacher.vocab.roles["cls"], teacher.vocab.roles["sep"]))
+        aligned, chars = stream_aligned(
+            data_dir,
+            texts,
+            student_tokenizer,
+            tokenizer,
+            teacher.tokenizer_fingerprint(),
+            (max_length, length),
+            specials,
+            workers,
+            f"{lang}@{name} (unified)",
+            log,
+        )
+        sequences = aligned.teacher_sequences
     elif student_tokenizer is not None:
         texts = texts if isinstance(texts, (list, tuple)) else list(texts["text"])  # unified mode: in memory
         aligned = aligned_sequences(texts, student_tokenizer, tokenizer, max_length, length, teacher)
         sequences = [a.teacher_ids for a in aligned]
-        student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
-        student_word_start = np.array(
-            [t.startswith("▁") for t in student_tokenizer.convert_ids_to_tokens(list(range(len(student_tokenizer))))]
-        )
     else:
         texts = texts if isinstance(texts, (list, tuple)) else list(texts["text"])
         ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         sequences = pack(ids, length, teacher.vocab.roles["cls"], teacher.vocab.roles["sep"])
+    if student_tokenizer is not None:
+        student_pool = np.arange(len(SPECIAL_IDS), len(student_tokenizer), dtype=np.int64)
+        student_word_start = np.array(
+            [t.startswith("▁") for t in student_tokenizer.convert_ids_to_tokens(list(range(len(student_tokenizer))))]
+        )
     word_start = None
     if whole_word:
         word_start = np.array([bool(k) and k.startswith("▁") for k in teacher.vocab.keys], dtype=bool)

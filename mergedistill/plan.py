@@ -132,8 +132,9 @@ def make_plan(
     cfg, vocab_dir: Path, select_dir: Path, split_dir: Path | None = None, world: int | None = None, log=print
 ):
     """Streams and the deterministic batch plan shared by the cache, train and baseline stages; ``world``: the
-    number of ranks (each takes one micro-batch per step; default: the launcher's). Routed streams keep their packed
-    sequences in memory-mapped Arrow files under ``data_dir(cfg)``, built once (``mergedistill.data_store``)."""
+    number of ranks (each takes one micro-batch per step; default: the launcher's). Streams keep their packed (unified
+    mode: aligned) sequences in memory-mapped Arrow files under ``data_dir(cfg)``, built once
+    (``mergedistill.data_store``)."""
     from mergedistill.data import DataPlan, make_stream
     from mergedistill.data_store import data_dir
     from mergedistill.teachers import load_teachers

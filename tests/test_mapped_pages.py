@@ -1,0 +1,91 @@
+"""One-pass reads of memory-mapped Arrow files leave the process's resident memory as it was (``mapped_pages``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergedistill import mapped_pages
+from mergedistill.data_store import texts_summary
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
+TEXT_MB = 24
+
+
+def rss_file_mb() -> float:
+    """This process's resident file-backed pages (``RssFile``), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def write_texts(path: Path, megabytes: int):
+    """A ``datasets`` dataset of ~``megabytes`` MB of text in one Arrow file, memory-mapped (as
+    ``corpus.load_text_dataset``)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    schema = pa.schema([pa.field("text", pa.string())])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for block in range(megabytes):
+            texts = [f"{block}:{i} " + "lorem ipsum dolor sit amet " * 36 for i in range(1000)]  # ~1 MB
+            writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+    return Dataset.from_file(str(path))
+
+
+@pytest.fixture
+def mapped_texts(tmp_path):
+    return write_texts(tmp_path / "texts.arrow", TEXT_MB)
+
+
+def test_hashing_a_mapped_dataset_does_not_keep_its_pages(mapped_texts, monkeypatch):
+    expected = texts_summary(list(mapped_texts["text"]))  # read once into a list: the reference (and warm cache)
+    mapped_pages.release(mapped_pages.files_of(mapped_texts))
+    before = rss_file_mb()
+    assert texts_summary(mapped_texts) == expected  # the data is untouched: same digest, characters, count
+    released_growth = rss_file_mb() - before
+    # the control: without the release the same pass keeps the whole file mapped
+    monkeypatch.setattr(mapped_pages, "release", lambda files: 0)
+    before = rss_file_mb()
+    assert texts_summary(mapped_texts) == expected
+    kept_growth = rss_file_mb() - before
+    assert kept_growth > 0.8 * TEXT_MB and released_growth < 4, (kept_growth, released_growth)
+
+
+def test_release_touches_only_the_named_files_read_only_mappings(mapped_texts, tmp_path):
+    files = mapped_pages.files_of(mapped_texts)
+    assert files == [str((tmp_path / "texts.arrow").resolve())]
+    assert sum(end - start for start, end in mapped_pages.mappings(files)) >= 0.9 * TEXT_MB * 1e6
+    assert mapped_pages.files_of(["a list", "of texts"]) == [] and mapped_pages.release([]) == 0
+    assert mapped_pages.release([str(tmp_path / "not-mapped.arrow")]) == 0
+    n = len(mapped_texts)
+    assert mapped_pages.release(files) >= 0.9 * TEXT_MB * 1e6
+    assert mapped_texts[n - 1]["text"].startswith(f"{TEXT_MB - 1}:999 ")  # read back after the release
+
+
+def test_building_sequences_from_a_mapped_dataset_does_not_keep_its_pages(tmp_path, monkeypatch):
+    """The data path's tokenizing pass (here in this process: ``workers=1``) releases the text's pages too."""
+    from mergedistill.data_store import stream_sequences
+    from tests.test_data_store import word_level_teacher
+
+    megabytes = 8
+    texts = write_texts(tmp_path / "texts.arrow", megabytes)
+    teacher = word_level_teacher(texts[:1000]["text"])
+
+    drop = mapped_pages.release  # the real one: the control below turns the data path's off
+
+    def build(dataset, data_dir) -> float:
+        drop(mapped_pages.files_of(texts))
+        before = rss_file_mb()
+        sequences, _ = stream_sequences(data_dir, dataset, teacher.tokenizer, "words", 128, 2, 3, workers=1)
+        assert len(sequences) > 0
+        return rss_file_mb() - before
+
+    build(texts.select(range(500)), tmp_path / "warm-up")  # imports and maps what any build needs
+    released_growth = build(texts, tmp_path / "released")
+    monkeypatch.setattr(mapped_pages, "release", lambda files: 0)
+    kept_growth = build(texts, tmp_path / "kept")
+    assert kept_growth > 0.8 * megabytes and released_growth < 2, (kept_growth, released_growth)

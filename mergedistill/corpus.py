@@ -274,7 +274,7 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_c
         mapped_pages.release(mapped)
         return out
 
-    return raw.map(
+    paragraphs = raw.map(
         to_records,
         with_indices=True,
         batched=True,
@@ -282,6 +282,8 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_c
         remove_columns=raw.column_names,
         desc=f"paragraphs of {lang} ({split})",
     )
+    mapped_pages.release(mapped + mapped_pages.files_of(paragraphs))  # what the map's bookkeeping read of them
+    return paragraphs
 
 
 def _workers(rows: int) -> int | None:

@@ -44,6 +44,12 @@ def auto_workers(paragraphs: int) -> int:
     return default_workers() if paragraphs >= PARALLEL_FROM else 1
 
 
+# random reads between two releases of the pages they mapped: each read maps at most the kernel's fault-around
+# window (64 KB) from the page cache, so a reader's resident file pages stay under ~RELEASE_EVERY x 64 KB
+# (64 MB), whatever the file's size; released pages fault back in from the page cache when read again
+RELEASE_EVERY = 1024
+
+
 class ArrowSequences(Sequence):
     """A read-only list of packed sequences (int32 arrays, views into a memory-mapped Arrow file); ``column``: one
     list column of a file of several (``ArrowAligned``), read as the numpy dtype it was stored from."""
@@ -52,8 +58,10 @@ class ArrowSequences(Sequence):
         from datasets import Dataset
 
         self.path = Path(path)
+        self._files, self._reads = [os.path.realpath(self.path)], 0
         if table is None:
             table = Dataset.from_file(str(self.path)).data.table  # memory-mapped, nothing read yet
+            mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered sequences
         dtype = stored_dtype(table.schema.field(column))
         self._values, self._offsets, starts = [], [], [0]
         for chunk in table.column(column).chunks:
@@ -74,6 +82,9 @@ class ArrowSequences(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:  # bound the resident pages of random reads (``mapped_pages``)
+            mapped_pages.release(self._files)
         chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
         row = index - int(self._starts[chunk])
         offsets = self._offsets[chunk]
@@ -91,6 +102,7 @@ class ArrowAligned(Sequence):
 
         self.path = Path(path)
         table = Dataset.from_file(str(self.path)).data.table
+        mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered records
         self.fields = {name: ArrowSequences(path, name, table) for name in table.column_names}
         self._record = AlignedSequence
         self.teacher_sequences = self.fields["teacher_ids"]  # the stream's ``sequences``

@@ -39,17 +39,30 @@ def mappings(files) -> list[tuple[int, int]]:
     return out
 
 
-def release(files) -> int:
-    """Drop this process's pages of its read-only mappings of ``files`` (see the module docstring); the bytes of
-    address space advised (0 off Linux, or when nothing of them is mapped)."""
+def _madvise(files, advice_name: str) -> int:
+    """``madvise(advice)`` on this process's read-only mappings of ``files``; the bytes advised (0 off Linux)."""
     global _libc
-    if not files or not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+    advice = getattr(mmap, advice_name, None)
+    if not files or not sys.platform.startswith("linux") or advice is None:
         return 0
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     advised = 0
     for start, end in mappings(files):
-        if _libc.madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
+        if _libc.madvise(start, end - start, advice) == 0:
             advised += end - start
     return advised
+
+
+def random_access(files) -> int:
+    """Advise the kernel that ``files``' mappings are read at random (``MADV_RANDOM``: no read-ahead), so a batch
+    of scattered sequences maps the pages it reads, not ~128 KB around each: the resident pages of training's
+    random reads stay bounded by the batches read, not by the file's size."""
+    return _madvise(files, "MADV_RANDOM")
+
+
+def release(files) -> int:
+    """Drop this process's pages of its read-only mappings of ``files`` (see the module docstring); the bytes of
+    address space advised (0 off Linux, or when nothing of them is mapped)."""
+    return _madvise(files, "MADV_DONTNEED")

@@ -89,3 +89,41 @@ def test_building_sequences_from_a_mapped_dataset_does_not_keep_its_pages(tmp_pa
     monkeypatch.setattr(mapped_pages, "release", lambda files: 0)
     kept_growth = build(texts, tmp_path / "kept")
     assert kept_growth > 0.8 * megabytes and released_growth < 2, (kept_growth, released_growth)
+
+
+def write_sequences(path: Path, count: int, length: int = 128):
+    """An Arrow file of ``count`` packed sequences (one ``ids`` list<int32> column, as ``build_sequences`` writes)."""
+    import numpy as np
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("ids", pa.list_(pa.int32()))])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for start in range(0, count, 5000):
+            rows = np.arange(start, min(start + 5000, count), dtype=np.int32)
+            values = np.repeat(rows, length)  # sequence i holds i, length times
+            offsets = np.arange(0, len(values) + 1, length, dtype=np.int32)
+            writer.write_batch(pa.record_batch([pa.ListArray.from_arrays(offsets, values)], schema=schema))
+
+
+def test_random_reads_keep_a_bounded_number_of_pages(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mergedistill import data_store
+
+    count = 50_000  # 128 x 4 bytes each: ~25 MB
+    write_sequences(tmp_path / "sequences.arrow", count)
+    order = np.random.default_rng(0).permutation(count)[:4000]
+
+    def growth_reading(release_every: int) -> float:
+        monkeypatch.setattr(data_store, "RELEASE_EVERY", release_every)
+        sequences = data_store.ArrowSequences(tmp_path / "sequences.arrow")
+        before = rss_file_mb()
+        for i in order:
+            seq = sequences[int(i)]
+            assert len(seq) == 128 and int(seq[0]) == int(i) and int(seq[-1]) == int(i)  # released pages read back
+        grown = rss_file_mb() - before
+        mapped_pages.release([str((tmp_path / "sequences.arrow").resolve())])
+        return grown
+
+    bounded, control = growth_reading(16), growth_reading(10**9)
+    assert control > 8 and bounded < 3, (control, bounded)  # 16 reads x at most 64 KB between releases: ~1 MB

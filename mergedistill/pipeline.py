@@ -207,6 +207,7 @@ def run_stages(
     the launcher's (``RANK``/``WORLD_SIZE``); ranks other than 0 log only their sharded stages."""
     output_dir = Path(output_dir)
     check_selection(stages, only=only, force=force)
+    own_ranks = ranks is None  # connected here: closed here, once every rank is done
     ranks = ranks or Ranks(*world_from_env()).connect(getattr(cfg, "device", "auto"))
     rank_log = (lambda message, say=log: say(f"[rank {ranks.rank}] {message}")) if ranks.world > 1 else log
     if not ranks.main:
@@ -281,4 +282,6 @@ def run_stages(
             seconds = _run_on_main(stage.name, ranks, output_dir, final, fp, attempt, seal, log)
         log(f"[{stage.name}] done in {seconds:.1f} s")
         results.append(StageResult(stage.name, "ran", seconds, final, fp))
+    if own_ranks:
+        ranks.close()
     return results

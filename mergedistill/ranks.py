@@ -107,6 +107,19 @@ class Ranks:
         self.settle(what, err)
         return result
 
+    def close(self) -> None:
+        """After a last barrier, destroy the wait group and the launcher's group, so that no rank exits while
+        another's gloo threads still talk to it (a rank could abort at exit: "terminate called without an active
+        exception"). A no-op for one process."""
+        if self._group is None:
+            return
+        import torch.distributed as dist
+
+        self.barrier("the end of the run")
+        dist.destroy_process_group(self._group)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
     def main_first(self, what: str, part: Callable[[], Any]) -> Any:
         """``part()`` on rank 0, then (once it succeeded) on the other ranks: what rank 0 builds on disk
         (the Arrow data of ``mergedistill.data_store``), the others open."""

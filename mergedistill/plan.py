@@ -139,15 +139,15 @@ def make_plan(
     from mergedistill.data_store import data_dir
     from mergedistill.teachers import load_teachers
     from mergedistill.vocab import load_vocab
-    from mergedistill.vocab.build import spaced_map
+    from mergedistill.vocab.build import add_missing_spaced_maps
     from mergedistill.vocab.store import unified_tokenizer
 
     strategy, assignment = read_selection(cfg, select_dir)
     merged = load_vocab(vocab_dir)
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
     unified = unified_tokenizer(vocab_dir) if cfg.data.tokenization == "unified" else None
-    for name in teachers if unified is not None else ():  # a vocabulary built before it stored spaced_maps
-        merged.spaced_maps.setdefault(name, spaced_map(name, teachers[name].vocab, merged))
+    if unified is not None:
+        add_missing_spaced_maps(merged, teachers)
     streams = [
         make_stream(
             spec.lang,

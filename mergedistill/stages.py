@@ -307,7 +307,7 @@ def stage_eval(ctx: StageContext):
     cfg = ctx.cfg
     assignment = read_json(ctx.inputs["select"] / "assignment.json")["assignment"]
     from mergedistill.vocab import load_vocab
-    from mergedistill.vocab.build import spaced_map
+    from mergedistill.vocab.build import add_missing_spaced_maps
 
     merged = load_vocab(ctx.inputs["vocab"])
     teachers = load_teachers(cfg, {n for names in assignment.values() for n in names})
@@ -317,8 +317,8 @@ def stage_eval(ctx: StageContext):
     if "baseline" in ctx.inputs and (ctx.inputs["baseline"] / "model").exists():
         baseline = AutoModelForMaskedLM.from_pretrained(ctx.inputs["baseline"] / "model").to(device).eval()
     unified = unified_tokenizer(ctx.inputs["vocab"]) if cfg.data.tokenization == "unified" else None
-    for name in teachers if unified is not None else ():  # a vocabulary built before it stored spaced_maps
-        merged.spaced_maps.setdefault(name, spaced_map(name, teachers[name].vocab, merged))
+    if unified is not None:
+        add_missing_spaced_maps(merged, teachers)
     rows = []
     served = read_json(ctx.inputs["cache"] / "plan.json").get("served_by_language", {})
     scores = read_scores(ctx.inputs["select"])
@@ -333,24 +333,10 @@ def stage_eval(ctx: StageContext):
         )
         ctx.log(f"[eval] {lang}: student vs {name}")
         texts = eval_texts(cfg, lang, cfg.eval.paragraphs, split="test")
-        row = {
-            "lang": lang,
-            "teacher": name,
-            **compare_student(
-                student,
-                teachers[name],
-                merged.id_maps[name],
-                texts,
-                cfg.cache.top_k,
-                pll_paragraphs=cfg.eval.pll_paragraphs,
-                student_tokenizer=unified,
-                glued_map=merged.glued_maps.get(name),
-                spaced_map=merged.spaced_maps.get(name),
-            ),
-        }
-        if baseline is not None:  # the same positions and paragraphs
-            scores = compare_student(
-                baseline,
+
+        def scored(model, name=name, texts=texts):  # the student or the baseline, same positions and paragraphs
+            return compare_student(
+                model,
                 teachers[name],
                 merged.id_maps[name],
                 texts,
@@ -360,6 +346,10 @@ def stage_eval(ctx: StageContext):
                 glued_map=merged.glued_maps.get(name),
                 spaced_map=merged.spaced_maps.get(name),
             )
+
+        row = {"lang": lang, "teacher": name, **scored(student)}
+        if baseline is not None:
+            scores = scored(baseline)
             row.update({f"baseline_{key}": scores[f"student_{key}"] for key in ("acc", "mlm_ce", "pll_per_char")})
         rows.append(row)
     all_cards = {c.name: c for c in load_cards(cfg)}

@@ -163,6 +163,12 @@ def glued_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
     return glued
 
 
+def add_missing_spaced_maps(merged: MergedVocab, teachers) -> None:
+    """A vocabulary built before it stored spaced maps: derive each teacher's (``spaced_map``) in place."""
+    for name, teacher in teachers.items():
+        merged.spaced_maps.setdefault(name, spaced_map(name, teacher.vocab, merged))
+
+
 def spaced_map(name: str, vocab, merged: MergedVocab) -> np.ndarray:
     """Teacher id -> student id at the ``X`` of a teacher's ``▁`` ``X`` that spans the student's ``▁X``
     (``align.spaced``): a piece with no word marker (key ``X``) there is the student's ``▁X``, or -1 when the

@@ -149,3 +149,21 @@ def pipeline_fill_mask_examples(fill, max_positions: int, texts: dict, per_langu
                 break
         examples[lang] = items
     return examples
+
+
+def exported_ids_check(export_dir: Path, trained_tokenizer, texts: dict) -> dict:
+    """Per language: how many held-out paragraphs the exported ``AutoTokenizer`` turns into exactly the ids the
+    student was trained on (``[CLS]`` + the training tokenizer's pieces + ``[SEP]``); the eval table's student
+    column is what ``AutoTokenizer`` users get only where these are all equal."""
+    from transformers import AutoTokenizer
+
+    from mergedistill.vocab.merge import SPECIAL_IDS
+
+    exported = AutoTokenizer.from_pretrained(export_dir)
+    out = {}
+    for lang, paragraphs in sorted(texts.items()):
+        trained = trained_tokenizer(list(paragraphs), add_special_tokens=False)["input_ids"]
+        loaded = exported(list(paragraphs))["input_ids"]
+        equal = sum(ids == [SPECIAL_IDS["cls"], *t, SPECIAL_IDS["sep"]] for ids, t in zip(loaded, trained))
+        out[lang] = {"paragraphs": len(trained), "ids_equal": int(equal)}
+    return out

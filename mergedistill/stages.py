@@ -378,6 +378,7 @@ def stage_export(ctx: StageContext):
     from mergedistill.device import resolve_device
     from mergedistill.export import (
         ROUTED_TOKENIZER_CONFIG,
+        exported_ids_check,
         model_card,
         pipeline_fill_mask_examples,
         route_through_evaluated_teachers,
@@ -415,6 +416,14 @@ def stage_export(ctx: StageContext):
                 "fill-mask", model=str(ctx.out), tokenizer=str(ctx.out), device=resolve_device(cfg.device)
             )  # it moves its inputs there
             examples = pipeline_fill_mask_examples(fill, model.config.max_position_embeddings, texts, per_language)
+    if cfg.data.tokenization == "unified":  # what users load gives the ids the student was trained and scored on
+        eval_sets = {lang: eval_texts(cfg, lang, cfg.eval.paragraphs, split="test") for lang in sorted(assignment)}
+        check = exported_ids_check(ctx.out, unified_tokenizer(ctx.inputs["vocab"]), eval_sets)
+        io.write_json_atomic(ctx.out / "tokenizer_check.json", check)
+        ctx.log(
+            "[export] AutoTokenizer ids equal to training: "
+            + ", ".join(f"{k} {v['ids_equal']}/{v['paragraphs']}" for k, v in check.items())
+        )
     io.write_json_atomic(ctx.out / "fill_mask_examples.json", examples)
     return {"files": sorted(p.name for p in ctx.out.iterdir())}
 
@@ -455,6 +464,13 @@ def stage_report(ctx: StageContext, commands: Sequence[str] = ()):
             "input shape (median of 5 runs).",
         ],
     )
+    check_file = ctx.inputs["export"] / "tokenizer_check.json"
+    if check_file.exists():
+        facts.notes.append(
+            "The exported AutoTokenizer gives the ids the student was trained and scored on for "
+            + ", ".join(f"{lang} {c['ids_equal']}/{c['paragraphs']}" for lang, c in read_json(check_file).items())
+            + " held-out test paragraphs."
+        )
     write_report(ctx.out, facts)
     return {}
 

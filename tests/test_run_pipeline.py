@@ -178,6 +178,12 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
     served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]
     assert sum(served.values()) == 6 * 4
     assert "unified tokenization" in (out / "export" / "README.md").read_text()
+    check = json.loads((out / "export" / "tokenizer_check.json").read_text())
+    assert set(check) == {"en", "de", "ja"}
+    assert all(c["paragraphs"] > 0 and c["ids_equal"] == c["paragraphs"] for c in check.values()), check
+    assert (
+        "The exported AutoTokenizer gives the ids the student was trained" in (out / "report" / "report.md").read_text()
+    )
     # the export loads with plain transformers, no mergedistill import, and fills masks
     code = (
         "import sys; from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline; d = sys.argv[1];"

@@ -110,10 +110,11 @@ class VocabConfig:
 class DataConfig:
     """Tokenization, masking and language sampling for distillation."""
 
-    # routed: each language by its teacher's tokenizer (MergeDistill); unified: the student reads the merged tokenizer's
-    # pieces, teacher targets only where a piece spans the same characters as one teacher piece, or as a teacher's bare
-    # word marker and one piece (mergedistill/align.py)
-    tokenization: str = "routed"
+    # unified (default): the student reads the merged tokenizer's pieces, the exported AutoTokenizer's segmentation;
+    # teacher targets only where a piece spans the same characters as one teacher piece, or as a teacher's bare word
+    # marker and one piece (mergedistill/align.py). routed: each language by its teacher's tokenizer (MergeDistill's;
+    # needs a language id at inference: mergedistill.vocab.load_routed_tokenizer)
+    tokenization: str = "unified"
     max_length: int = 128
     mlm_probability: float = 0.15
     whole_word: bool = False

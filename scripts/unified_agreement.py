@@ -1,6 +1,6 @@
 """The vocab report's agreement table for an experiment, from its teachers' tokenizers alone (no model trained).
 
-    python scripts/unified_agreement.py [experiments/demo-unified.yaml] [--work runs/unified-agreement]
+    python scripts/unified_agreement.py [experiments/demo.yaml] [--work runs/unified-agreement]
         [--assign de=demo-de ja=demo-ja] [--default demo-multi] [--held-out 100] [--masked 40]
 
 Trains each zoo card's tokenizer as `mergedistill teachers build` does (same recipe, same text; cached in
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", nargs="?", default="experiments/demo-unified.yaml")
+    parser.add_argument("experiment", nargs="?", default="experiments/demo.yaml")
     parser.add_argument("--work", default="runs/unified-agreement")
     parser.add_argument("--assign", nargs="*", default=["de=demo-de", "ja=demo-ja"])
     parser.add_argument("--default", default="demo-multi", help="the teacher of every other language")

@@ -126,10 +126,19 @@ def test_incompatible_teachers_are_refused_with_the_reason(teachers):
 CARDS = {"teachers": {"cards": ["a.yaml"]}}
 
 
+def test_unified_tokenization_is_the_default():  # the student trains on what its exported AutoTokenizer gives
+    cfg = from_dict(ExperimentConfig, CARDS)
+    assert cfg.data.tokenization == "unified" and cfg.vocab.unified_tokenizer
+
+
 def test_config_refuses_terms_without_online_teachers_and_unified_tokenization():
+    routed = {"data": {"tokenization": "routed"}}
     with pytest.raises(UserError, match="train.alpha_hidden.*cache.mode: online"):
-        from_dict(ExperimentConfig, {**CARDS, "train": {"alpha_hidden": 1.0}})
-    from_dict(ExperimentConfig, {**CARDS, "train": {"alpha_attn": 1.0}, "cache": {"mode": "online"}})  # accepted
+        from_dict(ExperimentConfig, {**CARDS, **routed, "train": {"alpha_hidden": 1.0}})
+    accepted = {**CARDS, **routed, "train": {"alpha_attn": 1.0}, "cache": {"mode": "online"}}
+    from_dict(ExperimentConfig, accepted)
+    with pytest.raises(UserError, match="train.alpha_hidden.*routed"):  # the default (unified) refuses them
+        from_dict(ExperimentConfig, {**CARDS, "train": {"alpha_attn": 1.0}, "cache": {"mode": "online"}})
     unified = {"tokenization": "unified"}
     from_dict(ExperimentConfig, {**CARDS, "data": unified, "vocab": {"unified_tokenizer": True}})  # accepted
     with pytest.raises(UserError, match="data.tokenization.*vocab.unified_tokenizer: true"):

@@ -94,7 +94,7 @@ def routed(tmp_path_factory):
             "teachers": {"cards": [str(root / "latin.yaml"), str(root / "cyrillic.yaml")]},
             "select": {"strategy": "min-ce"},
             "vocab": {"unified_tokenizer": False},
-            "data": {"max_length": 32},
+            "data": {"max_length": 32, "tokenization": "routed"},  # hand-made slow teacher tokenizers
             "cache": {"mode": "online", "top_k": 4},
             "student": {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "max_position": 40},
             "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1},

@@ -26,7 +26,8 @@ output_dir: {root}/out
 corpus: {{languages: [en, de, ja], max_train_paragraphs: 150, max_eval_paragraphs: 20}}
 teachers: {{cards: [{root}/multi.yaml, {root}/de.yaml, {root}/ja.yaml]}}
 select: {{strategy: score}}
-data: {{max_length: 48}}
+# routed (MergeDistill's): the first test checks the routed export; the others run unified, the default
+data: {{max_length: 48, tokenization: routed}}
 cache: {{top_k: 4}}
 student: {{layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 64}}
 train: {{steps: 6, batch_size: 4, warmup_steps: 1, checkpoint_every: 2, log_every: 2}}
@@ -82,7 +83,7 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
     assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
-    # routed training (the default): the model loads with plain transformers, but no top-level tokenizer is
+    # routed training (this experiment's): the model loads with plain transformers, but no top-level tokenizer is
     # shipped (it would not segment as in training); the card says how to load the routed one
     code = (
         "import sys; from transformers import AutoModelForMaskedLM; m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]);"
@@ -143,7 +144,8 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
 
 def test_weighted_selection_runs_through_the_pipeline(experiment):
     """Two cards over one checkpoint share a tokenization, so `weighted` mixes them per example (after the
-    test above built the zoo). The mixed stream is cached, trained on and evaluated like any other."""
+    test above built the zoo). The mixed stream is cached, trained on and evaluated like any other, under the
+    default unified tokenization."""
     root = experiment
     (root / "twin.yaml").write_text(f"name: twin\nsource: {root}/zoo/multi\nlanguages: [en]\nmax_length: 48\n")
     config = (
@@ -152,6 +154,7 @@ def test_weighted_selection_runs_through_the_pipeline(experiment):
         .replace("{root}/out".format(root=root), f"{root}/weighted")
         .replace(f"{root}/de.yaml, {root}/ja.yaml", f"{root}/twin.yaml")
         .replace("strategy: score", "strategy: weighted")
+        .replace("tokenization: routed", "tokenization: unified")
     )
     (root / "weighted.yaml").write_text(config)
     assert main(["run", str(root / "weighted.yaml")]) == 0
@@ -160,6 +163,7 @@ def test_weighted_selection_runs_through_the_pipeline(experiment):
     plan = json.loads((root / "weighted" / "cache" / "plan.json").read_text())
     assert list(plan["streams"]) == ["en@multi+twin"] and plan["served_examples"] == {"multi+twin": 6 * 4}
     assert read_manifest(root / "weighted" / "eval") is not None
+    assert (root / "weighted" / "export" / "tokenizer.json").is_file()  # unified: the tokenizer it trained on
 
 
 def test_unified_tokenization_runs_through_the_pipeline(experiment):

@@ -36,7 +36,7 @@ def matching_experiment(recipe_cfg):
 
 
 def test_there_are_recipes():
-    assert {p.name for p in RECIPES} >= {"demo.yaml", "demo-unified.yaml", "hub-mbert+language-berts.yaml"}
+    assert {p.name for p in RECIPES} >= {"demo.yaml", "demo-routed.yaml", "hub-mbert+language-berts.yaml"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])

@@ -40,7 +40,8 @@ CONFIG = {
     "teachers": {"cards": ["cards/wp.yaml", "cards/bl.yaml"]},
     "select": {"strategy": "static", "assignment": {"en": "wp", "de": "bl"}},
     "vocab": {"unified_tokenizer": False},
-    "data": {"max_length": 32},
+    # MergeDistill's routed path (unified, the default: tests/test_unified*.py)
+    "data": {"max_length": 32, "tokenization": "routed"},
     "cache": {"top_k": 4, "batch_size": 8},
     "student": {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "max_position": 40, "dropout": 0.1},
     "train": {"steps": 12, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 1},

@@ -30,6 +30,7 @@ def _offline() -> None:
     import datasets
 
     datasets.disable_progress_bars()  # many small loads; a bar each would drown the output
+    mapped_pages.release_datasets_opens()  # opening an Arrow file maps most of it otherwise (``mapped_pages``)
 
 
 def resolve_dir(corpus_dir: str | Path | None = None) -> Path:

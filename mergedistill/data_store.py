@@ -44,10 +44,13 @@ def auto_workers(paragraphs: int) -> int:
     return default_workers() if paragraphs >= PARALLEL_FROM else 1
 
 
-# random reads between two releases of the pages they mapped: each read maps at most the kernel's fault-around
-# window (64 KB) from the page cache, so a reader's resident file pages stay under ~RELEASE_EVERY x 64 KB
-# (64 MB), whatever the file's size; released pages fault back in from the page cache when read again
-RELEASE_EVERY = 1024
+# random reads between two releases of the pages they mapped: a read maps the kernel's fault-around window (64 KB)
+# or, where the kernel maps a whole large folio per fault (Linux 6.18), up to 2 MB of the page cache, for the
+# sequence and again for its offsets, so a reader's resident file pages stay under ~RELEASE_EVERY x 4 MB, whatever
+# the file's size (1,024 reads, the value until 2026-12, kept up to 2 GB: the whole of a 400 MB corpus's file). A
+# release is one madvise call over the file's mapping (its ranges looked up once); released pages fault back in
+# from the page cache when read again
+RELEASE_EVERY = 4
 
 
 class ArrowSequences(Sequence):
@@ -55,13 +58,12 @@ class ArrowSequences(Sequence):
     list column of a file of several (``ArrowAligned``), read as the numpy dtype it was stored from."""
 
     def __init__(self, path: str | os.PathLike, column: str = "ids", table=None):
-        from datasets import Dataset
-
         self.path = Path(path)
-        self._files, self._reads = [os.path.realpath(self.path)], 0
+        self._reads = 0
         if table is None:
-            table = Dataset.from_file(str(self.path)).data.table  # memory-mapped, nothing read yet
+            table = mapped_pages.open_table(self.path)  # memory-mapped, its pages released
             mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered sequences
+        self._ranges = mapped_pages.mappings([os.path.realpath(self.path)])  # where it is mapped, for ``release``
         dtype = stored_dtype(table.schema.field(column))
         self._values, self._offsets, starts = [], [], [0]
         for chunk in table.column(column).chunks:
@@ -70,6 +72,7 @@ class ArrowSequences(Sequence):
             starts.append(starts[-1] + len(chunk))
         self._starts = np.asarray(starts, dtype=np.int64)
         self.pieces = int(sum(int(o[-1]) - int(o[0]) for o in self._offsets))  # ids over all sequences
+        mapped_pages.advise(self._ranges, "MADV_DONTNEED")  # what reading the offsets' ends mapped
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -84,7 +87,7 @@ class ArrowSequences(Sequence):
             raise IndexError(index)
         self._reads += 1
         if self._reads % RELEASE_EVERY == 0:  # bound the resident pages of random reads (``mapped_pages``)
-            mapped_pages.release(self._files)
+            mapped_pages.advise(self._ranges, "MADV_DONTNEED")
         chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
         row = index - int(self._starts[chunk])
         offsets = self._offsets[chunk]
@@ -96,12 +99,10 @@ class ArrowAligned(Sequence):
     records whose fields are views into a memory-mapped Arrow file (one list column per numpy field)."""
 
     def __init__(self, path: str | os.PathLike):
-        from datasets import Dataset
-
         from mergedistill.align import AlignedSequence
 
         self.path = Path(path)
-        table = Dataset.from_file(str(self.path)).data.table
+        table = mapped_pages.open_table(self.path)
         mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered records
         self.fields = {name: ArrowSequences(path, name, table) for name in table.column_names}
         self._record = AlignedSequence
@@ -353,6 +354,7 @@ def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers:
     (``schema``) written to Arrow files under ``work``: those files, in order."""
     import datasets
 
+    mapped_pages.release_datasets_opens()  # the map's workers reopen the input, and its output is opened
     work.mkdir(parents=True, exist_ok=True)
     dataset = as_dataset(texts)
     bars = datasets.is_progress_bar_enabled()

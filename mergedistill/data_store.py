@@ -349,9 +349,41 @@ def _align(batch, student, teacher, dtypes, release_files=()):
     return pa.table({f"part{k}": encode_lists([p[k] for p in paragraphs], dtype) for k, dtype in enumerate(dtypes)})
 
 
+class ForkShared:
+    """A map argument handed to forked worker processes without pickling it: the workers inherit ``_FORK_SHARED``
+    (the parent's memory) and the pickle holds its key. A 250k-piece tokenizer otherwise costs its JSON in every
+    task's pickle and seconds of rebuilding in every worker. Where workers are not forked (spawn, forkserver) the
+    object itself is pickled. Registered from construction (before the map's pool forks) until ``close``."""
+
+    def __init__(self, value):
+        self.value, self.key = value, f"{os.getpid()}-{id(value)}"
+        _FORK_SHARED[self.key] = value
+
+    def __reduce__(self):
+        import multiprocess  # the multiprocessing that ``datasets`` maps use
+
+        method = multiprocess.get_start_method(allow_none=True) or multiprocess.get_all_start_methods()[0]
+        return (_fork_shared, (self.key,)) if method == "fork" else (_same, (self.value,))
+
+    def close(self) -> None:
+        _FORK_SHARED.pop(self.key, None)
+
+
+_FORK_SHARED: dict[str, object] = {}
+
+
+def _fork_shared(key: str):
+    return _FORK_SHARED[key]
+
+
+def _same(value):
+    return value
+
+
 def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers: int, desc: str) -> list[str]:
     """``function`` as a batched ``datasets`` map over ``texts`` (``workers`` processes, a progress bar), its output
-    (``schema``) written to Arrow files under ``work``: those files, in order."""
+    (``schema``) written to Arrow files under ``work``: those files, in order. ``fn_kwargs`` reach forked workers
+    without pickling (``ForkShared``)."""
     import datasets
 
     mapped_pages.release_datasets_opens()  # the map's workers reopen the input, and its output is opened
@@ -359,13 +391,14 @@ def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers:
     dataset = as_dataset(texts)
     bars = datasets.is_progress_bar_enabled()
     datasets.enable_progress_bars()
+    shared = {name: ForkShared(value) for name, value in fn_kwargs.items()} if workers > 1 else {}
     try:
         output = dataset.map(
             function,
             batched=True,
             batch_size=1000,
             num_proc=workers if workers > 1 else None,
-            fn_kwargs=fn_kwargs,
+            fn_kwargs=shared or fn_kwargs,
             remove_columns=dataset.column_names,
             cache_file_name=str(work / "map.arrow"),
             new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
@@ -373,6 +406,8 @@ def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers:
             desc=desc,
         )
     finally:
+        for value in shared.values():
+            value.close()
         if not bars:
             datasets.disable_progress_bars()
     return [f["filename"] for f in output.cache_files]
@@ -414,12 +449,16 @@ def _tokenize_kwargs(tokenizer) -> dict:
 
 
 def plain_backend(tokenizer):
-    """A copy of a fast tokenizer's ``tokenizers`` backend without truncation or padding (None: not fast)."""
+    """A fast tokenizer's ``tokenizers`` backend without truncation or padding: itself when it has neither (as a
+    ``transformers`` call without them leaves it), else a copy without them (None: not fast)."""
     if not getattr(tokenizer, "is_fast", False):
         return None
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is None and backend.padding is None:
+        return backend  # a copy of a 250k-piece vocabulary (through its JSON) takes seconds
+    backend = Tokenizer.from_str(backend.to_str())
     backend.no_truncation()
     backend.no_padding()
     return backend

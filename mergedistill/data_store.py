@@ -9,9 +9,9 @@ before it), and the file is written batch by batch. The one-pass reads (hashing 
 packing), opening a file and the random reads of batches keep the files they read out of the process's
 resident memory (``mapped_pages``, ``file_batches``): peak RSS does not grow with the corpus. The fingerprint
 covers the text (its content, not its file names), the tokenizer and the packing, so the cache, train and
-baseline stages, and every rank
-of a multi-process run, open the same file; the first to need it (rank 0) builds it. The sequences are
-the ones the in-memory ``masking.pack`` makes, in the same order (tests/test_data_store.py).
+baseline stages, and every rank of a multi-process run, open the same file; the first to need it (rank 0)
+builds it. The sequences are the ones the in-memory ``masking.pack`` makes, in the same order
+(tests/test_data_store.py).
 """
 
 from __future__ import annotations

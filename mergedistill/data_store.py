@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -357,7 +358,7 @@ class ForkShared:
     object itself is pickled. Registered from construction (before the map's pool forks) until ``close``."""
 
     def __init__(self, value):
-        self.value, self.key = value, f"{os.getpid()}-{id(value)}"
+        self.value, self.key = value, f"{os.getpid()}-{next(_FORK_SHARED_KEYS)}"
         _FORK_SHARED[self.key] = value
 
     def __reduce__(self):
@@ -371,6 +372,7 @@ class ForkShared:
 
 
 _FORK_SHARED: dict[str, object] = {}
+_FORK_SHARED_KEYS = itertools.count()
 
 
 def _fork_shared(key: str):

@@ -430,8 +430,6 @@ def _tokenize(batch, tokenizer, backend=None, release_files=()):
     ``tokenizer(...)`` calls once it has turned those off, without the per-text Python lists of masks and type ids
     a ``BatchEncoding`` builds. ``release_files``: the text's Arrow files, whose pages this batch mapped
     (``mapped_pages``)."""
-    import itertools
-
     import pyarrow as pa
 
     texts = batch["text"]

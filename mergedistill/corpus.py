@@ -30,6 +30,7 @@ def _offline() -> None:
     import datasets
 
     datasets.disable_progress_bars()  # many small loads; a bar each would drown the output
+    mapped_pages.release_datasets_opens()  # opening an Arrow file maps most of it otherwise (``mapped_pages``)
 
 
 def resolve_dir(corpus_dir: str | Path | None = None) -> Path:
@@ -229,8 +230,13 @@ def paragraphs_of(text: str, max_chars: int) -> list[str]:
     return out
 
 
+PARAGRAPHS_FORMAT = "paragraphs-v1"  # bump when ``to_records`` (below) or ``paragraphs_of`` changes what they make
+
+
 def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_chars: int = 0):
     from datasets import load_dataset
+
+    from mergedistill import io
 
     text_field = source.get("text_field", "text")
     if source.get("streaming"):
@@ -281,6 +287,11 @@ def _load_user(lang: str, split: str, source: Mapping[str, Any], max_paragraph_c
         num_proc=_workers(len(raw)),
         remove_columns=raw.column_names,
         desc=f"paragraphs of {lang} ({split})",
+        # ours, not datasets' hash of ``to_records`` (which fails on its closure: a random one, so every load of
+        # the corpus re-split it into a new cache file): the raw rows' fingerprint and everything the split reads
+        new_fingerprint=io.fingerprint(
+            PARAGRAPHS_FORMAT, raw._fingerprint, lang, split, text_field, max_paragraph_chars
+        )[:32],
     )
     mapped_pages.release(mapped + mapped_pages.files_of(paragraphs))  # what the map's bookkeeping read of them
     return paragraphs

@@ -6,17 +6,19 @@ packed (``masking.pack``). Here they are written to ``<data dir>/<fingerprint>/s
 tokenization is a batched ``datasets`` map over ``workers`` processes (with a progress bar), the packing
 a single pass over its output in Arrow batches (packing is sequential: each paragraph goes after the one
 before it), and the file is written batch by batch. The one-pass reads (hashing the text, tokenizing it,
-packing) keep the files they read out of the process's resident memory (``mapped_pages``, ``file_batches``):
-peak RSS does not grow with the corpus. The fingerprint covers the text (its content, not
-its file names), the tokenizer and the packing, so the cache, train and baseline stages, and every rank
-of a multi-process run, open the same file; the first to need it (rank 0) builds it. The sequences are
-the ones the in-memory ``masking.pack`` makes, in the same order (tests/test_data_store.py).
+packing), opening a file and the random reads of batches keep the files they read out of the process's
+resident memory (``mapped_pages``, ``file_batches``): peak RSS does not grow with the corpus. The fingerprint
+covers the text (its content, not its file names), the tokenizer and the packing, so the cache, train and
+baseline stages, and every rank of a multi-process run, open the same file; the first to need it (rank 0)
+builds it. The sequences are the ones the in-memory ``masking.pack`` makes, in the same order
+(tests/test_data_store.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -44,10 +46,13 @@ def auto_workers(paragraphs: int) -> int:
     return default_workers() if paragraphs >= PARALLEL_FROM else 1
 
 
-# random reads between two releases of the pages they mapped: each read maps at most the kernel's fault-around
-# window (64 KB) from the page cache, so a reader's resident file pages stay under ~RELEASE_EVERY x 64 KB
-# (64 MB), whatever the file's size; released pages fault back in from the page cache when read again
-RELEASE_EVERY = 1024
+# random reads between two releases of the pages they mapped: a read maps the kernel's fault-around window (64 KB)
+# or, where the kernel maps a whole large folio per fault (Linux 6.18), up to 2 MB of the page cache, for the
+# sequence and again for its offsets, so a reader's resident file pages stay under ~RELEASE_EVERY x 4 MB, whatever
+# the file's size (1,024 reads, the value until 2026-12, kept up to 2 GB: the whole of a 400 MB corpus's file). A
+# release is one madvise call over the file's mapping (its ranges looked up once); released pages fault back in
+# from the page cache when read again
+RELEASE_EVERY = 4
 
 
 class ArrowSequences(Sequence):
@@ -55,13 +60,12 @@ class ArrowSequences(Sequence):
     list column of a file of several (``ArrowAligned``), read as the numpy dtype it was stored from."""
 
     def __init__(self, path: str | os.PathLike, column: str = "ids", table=None):
-        from datasets import Dataset
-
         self.path = Path(path)
-        self._files, self._reads = [os.path.realpath(self.path)], 0
+        self._reads = 0
         if table is None:
-            table = Dataset.from_file(str(self.path)).data.table  # memory-mapped, nothing read yet
+            table = mapped_pages.open_table(self.path)  # memory-mapped, its pages released
             mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered sequences
+        self._ranges = mapped_pages.mappings([os.path.realpath(self.path)])  # where it is mapped, for ``release``
         dtype = stored_dtype(table.schema.field(column))
         self._values, self._offsets, starts = [], [], [0]
         for chunk in table.column(column).chunks:
@@ -70,6 +74,7 @@ class ArrowSequences(Sequence):
             starts.append(starts[-1] + len(chunk))
         self._starts = np.asarray(starts, dtype=np.int64)
         self.pieces = int(sum(int(o[-1]) - int(o[0]) for o in self._offsets))  # ids over all sequences
+        mapped_pages.advise(self._ranges, "MADV_DONTNEED")  # what reading the offsets' ends mapped
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -84,7 +89,7 @@ class ArrowSequences(Sequence):
             raise IndexError(index)
         self._reads += 1
         if self._reads % RELEASE_EVERY == 0:  # bound the resident pages of random reads (``mapped_pages``)
-            mapped_pages.release(self._files)
+            mapped_pages.advise(self._ranges, "MADV_DONTNEED")
         chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
         row = index - int(self._starts[chunk])
         offsets = self._offsets[chunk]
@@ -96,12 +101,10 @@ class ArrowAligned(Sequence):
     records whose fields are views into a memory-mapped Arrow file (one list column per numpy field)."""
 
     def __init__(self, path: str | os.PathLike):
-        from datasets import Dataset
-
         from mergedistill.align import AlignedSequence
 
         self.path = Path(path)
-        table = Dataset.from_file(str(self.path)).data.table
+        table = mapped_pages.open_table(self.path)
         mapped_pages.random_access([os.path.realpath(self.path)])  # batches read scattered records
         self.fields = {name: ArrowSequences(path, name, table) for name in table.column_names}
         self._record = AlignedSequence
@@ -348,22 +351,57 @@ def _align(batch, student, teacher, dtypes, release_files=()):
     return pa.table({f"part{k}": encode_lists([p[k] for p in paragraphs], dtype) for k, dtype in enumerate(dtypes)})
 
 
+class ForkShared:
+    """A map argument handed to forked worker processes without pickling it: the workers inherit ``_FORK_SHARED``
+    (the parent's memory) and the pickle holds its key. A 250k-piece tokenizer otherwise costs its JSON in every
+    task's pickle and seconds of rebuilding in every worker. Where workers are not forked (spawn, forkserver) the
+    object itself is pickled. Registered from construction (before the map's pool forks) until ``close``."""
+
+    def __init__(self, value):
+        self.value, self.key = value, f"{os.getpid()}-{next(_FORK_SHARED_KEYS)}"
+        _FORK_SHARED[self.key] = value
+
+    def __reduce__(self):
+        import multiprocess  # the multiprocessing that ``datasets`` maps use
+
+        method = multiprocess.get_start_method(allow_none=True) or multiprocess.get_all_start_methods()[0]
+        return (_fork_shared, (self.key,)) if method == "fork" else (_same, (self.value,))
+
+    def close(self) -> None:
+        _FORK_SHARED.pop(self.key, None)
+
+
+_FORK_SHARED: dict[str, object] = {}
+_FORK_SHARED_KEYS = itertools.count()
+
+
+def _fork_shared(key: str):
+    return _FORK_SHARED[key]
+
+
+def _same(value):
+    return value
+
+
 def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers: int, desc: str) -> list[str]:
     """``function`` as a batched ``datasets`` map over ``texts`` (``workers`` processes, a progress bar), its output
-    (``schema``) written to Arrow files under ``work``: those files, in order."""
+    (``schema``) written to Arrow files under ``work``: those files, in order. ``fn_kwargs`` reach forked workers
+    without pickling (``ForkShared``)."""
     import datasets
 
+    mapped_pages.release_datasets_opens()  # the map's workers reopen the input, and its output is opened
     work.mkdir(parents=True, exist_ok=True)
     dataset = as_dataset(texts)
     bars = datasets.is_progress_bar_enabled()
     datasets.enable_progress_bars()
+    shared = {name: ForkShared(value) for name, value in fn_kwargs.items()} if workers > 1 else {}
     try:
         output = dataset.map(
             function,
             batched=True,
             batch_size=1000,
             num_proc=workers if workers > 1 else None,
-            fn_kwargs=fn_kwargs,
+            fn_kwargs=shared or fn_kwargs,
             remove_columns=dataset.column_names,
             cache_file_name=str(work / "map.arrow"),
             new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
@@ -371,6 +409,8 @@ def _map_to_files(work: Path, texts, function, fn_kwargs: dict, schema, workers:
             desc=desc,
         )
     finally:
+        for value in shared.values():
+            value.close()
         if not bars:
             datasets.disable_progress_bars()
     return [f["filename"] for f in output.cache_files]
@@ -390,8 +430,6 @@ def _tokenize(batch, tokenizer, backend=None, release_files=()):
     ``tokenizer(...)`` calls once it has turned those off, without the per-text Python lists of masks and type ids
     a ``BatchEncoding`` builds. ``release_files``: the text's Arrow files, whose pages this batch mapped
     (``mapped_pages``)."""
-    import itertools
-
     import pyarrow as pa
 
     texts = batch["text"]
@@ -412,12 +450,16 @@ def _tokenize_kwargs(tokenizer) -> dict:
 
 
 def plain_backend(tokenizer):
-    """A copy of a fast tokenizer's ``tokenizers`` backend without truncation or padding (None: not fast)."""
+    """A fast tokenizer's ``tokenizers`` backend without truncation or padding: itself when it has neither (as a
+    ``transformers`` call without them leaves it), else a copy without them (None: not fast)."""
     if not getattr(tokenizer, "is_fast", False):
         return None
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is None and backend.padding is None:
+        return backend  # a copy of a 250k-piece vocabulary (through its JSON) takes seconds
+    backend = Tokenizer.from_str(backend.to_str())
     backend.no_truncation()
     backend.no_padding()
     return backend

@@ -248,3 +248,17 @@ def test_a_hub_source_streams_its_first_documents_into_arrow(monkeypatch, tmp_pa
     kept = [i for i in range(200) if split_of(f"a{i}") == "train"]
     assert rows["id"] == [f"a{i}#{n}" for i in kept for n in (0, 1)]
     assert rows["text"][:2] == [f"Heading {kept[0]}", f"Body of article {kept[0]}."]
+
+
+def test_a_user_corpus_is_split_into_paragraphs_once_per_setting(tmp_path):
+    """A stage that loads a corpus loaded before reuses its paragraphs (the map's fingerprint is ours: datasets'
+    hash of the split function failed and a random one made every load split the corpus again, into a new file)."""
+    text = tmp_path / "ko.txt"
+    text.write_text("\n".join(f"문장 번호 {i} " * (1 + i % 9) for i in range(300)) + "\n", encoding="utf-8")
+    sources = {"ko": {"path": str(text)}}
+    first = corpus.load_split("ko", "train", sources=sources, max_paragraph_chars=40)
+    again = corpus.load_split("ko", "train", sources=sources, max_paragraph_chars=40)
+    assert again.cache_files == first.cache_files and again["text"] == first["text"]
+    other = corpus.load_split("ko", "train", sources=sources, max_paragraph_chars=0)  # another setting: another split
+    assert other.cache_files != first.cache_files and len(other) < len(first)
+    assert corpus.load_split("ko", "valid", sources=sources).cache_files != first.cache_files

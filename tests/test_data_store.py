@@ -171,3 +171,48 @@ def test_arrow_sequences_index_like_a_list(tmp_path, corpus, teacher, monkeypatc
     assert stored.pieces == sum(len(s) for s in reference)
     with pytest.raises(IndexError):
         stored[len(reference)]
+
+
+def test_tokenizing_workers_inherit_the_tokenizer_instead_of_unpickling_it(tmp_path, corpus, teacher, monkeypatch):
+    """Forked map workers get the tokenizer from the parent's memory (``data_store.ForkShared``): pickled into the
+    tasks, a 250k-piece tokenizer is rebuilt from its JSON in every worker (seconds each, issue 23's small-corpus
+    throughput). The sequences are the ones one process makes, and nothing stays registered."""
+    from mergedistill import data_store
+
+    pickled = []
+
+    class CountingBackend:  # the plain backend, counting how often it is pickled
+        def __init__(self, backend):
+            self.backend = backend
+
+        def encode_batch(self, *args, **kwargs):
+            return self.backend.encode_batch(*args, **kwargs)
+
+        def __getstate__(self):
+            pickled.append(1)
+            return {"backend": self.backend}
+
+    real = data_store.plain_backend
+    monkeypatch.setattr(data_store, "plain_backend", lambda tokenizer: CountingBackend(real(tokenizer)))
+    texts = corpus["en"][:600]
+    args = (teacher.tokenizer, "words", MAX_LENGTH, 2, 3)
+    forked, _ = data_store.stream_sequences(tmp_path / "forked", texts, *args, workers=2)
+    assert pickled == [] and data_store._FORK_SHARED == {}
+    alone, _ = data_store.stream_sequences(tmp_path / "alone", texts, *args, workers=1)
+    assert sequences_digest(forked) == sequences_digest(alone) and len(alone) > 10
+
+
+def test_the_plain_backend_is_the_tokenizers_own_unless_it_truncates(teacher):
+    from mergedistill.data_store import plain_backend
+
+    tokenizer = teacher.tokenizer
+    text = "der die das " * 20
+    assert plain_backend(tokenizer) is tokenizer.backend_tokenizer  # no copy of the vocabulary
+    tokenizer.backend_tokenizer.enable_truncation(8)
+    try:
+        backend = plain_backend(tokenizer)
+        assert backend is not tokenizer.backend_tokenizer and backend.truncation is None
+        assert len(backend.encode(text, add_special_tokens=False).ids) == 60
+        assert tokenizer.backend_tokenizer.truncation is not None  # the tokenizer itself is left as it was
+    finally:
+        tokenizer.backend_tokenizer.no_truncation()

@@ -106,24 +106,79 @@ def write_sequences(path: Path, count: int, length: int = 128):
 
 
 def test_random_reads_keep_a_bounded_number_of_pages(tmp_path, monkeypatch):
+    """Opening the sequences and reading them at random (what batches do) keeps a few MB of the file resident at any
+    time, with the default ``RELEASE_EVERY``: a read maps a 64 KB window, or a whole large folio of up to 2 MB where
+    the kernel maps those per fault (Linux 6.18), so 1,024 reads between releases (the old default) kept the whole
+    file."""
     import numpy as np
 
     from mergedistill import data_store
 
     count = 50_000  # 128 x 4 bytes each: ~25 MB
     write_sequences(tmp_path / "sequences.arrow", count)
+    (tmp_path / "sequences.arrow").read_bytes()  # a file just written: its page cache is warm
     order = np.random.default_rng(0).permutation(count)[:4000]
 
-    def growth_reading(release_every: int) -> float:
-        monkeypatch.setattr(data_store, "RELEASE_EVERY", release_every)
-        sequences = data_store.ArrowSequences(tmp_path / "sequences.arrow")
+    def peak_growth_reading(release_every: int | None) -> float:
+        if release_every is not None:
+            monkeypatch.setattr(data_store, "RELEASE_EVERY", release_every)
         before = rss_file_mb()
-        for i in order:
+        sequences = data_store.ArrowSequences(tmp_path / "sequences.arrow")
+        peak = rss_file_mb() - before
+        for k, i in enumerate(order):
             seq = sequences[int(i)]
             assert len(seq) == 128 and int(seq[0]) == int(i) and int(seq[-1]) == int(i)  # released pages read back
-        grown = rss_file_mb() - before
+            if k % 8 == 7:
+                peak = max(peak, rss_file_mb() - before)
         mapped_pages.release([str((tmp_path / "sequences.arrow").resolve())])
+        return peak
+
+    bounded, control = peak_growth_reading(None), peak_growth_reading(10**9)
+    assert control > 8 and bounded < 12, (control, bounded)  # RELEASE_EVERY x 2 x at most 2 MB between releases
+
+
+def write_small_batches(path: Path, megabytes: int) -> int:
+    """~``megabytes`` MB of text in record batches of ~16 KB (a ``datasets`` map writes 1,000 rows a batch); rows."""
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("text", pa.string())])
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for block in range(megabytes * 64):
+            texts = [f"{block}:{i} " + "lorem ipsum dolor sit amet " * 9 for i in range(64)]  # ~16 KB
+            writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+            rows += len(texts)
+    return rows
+
+
+def test_opening_a_mapped_file_does_not_keep_its_pages(tmp_path, monkeypatch):
+    """``datasets`` opens an Arrow file by reading every record batch's header through the memory map (in
+    ``Dataset.from_file``, in a map's workers, which reopen the whole input file, and for a map's output): each
+    header maps the 64 KB (or a large folio) around it, so with a map's batches of 1,000 rows the whole file stays
+    resident. Opened through ``mapped_pages.open_table`` (``release_datasets_opens``), none of it does."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets import table as datasets_table
+
+    megabytes = 16
+    path = tmp_path / "small-batches.arrow"
+    rows = write_small_batches(path, megabytes)
+    path.read_bytes()  # a file just written: its page cache is warm
+
+    def read_all(filename):  # what datasets' own open does
+        return pa.ipc.open_stream(pa.memory_map(filename)).read_all()
+
+    def growth_opening() -> float:
+        before = rss_file_mb()
+        dataset = Dataset.from_file(str(path))
+        grown = rss_file_mb() - before
+        assert len(dataset) == rows and dataset[rows - 1]["text"].startswith(f"{megabytes * 64 - 1}:63 ")
         return grown
 
-    bounded, control = growth_reading(16), growth_reading(10**9)
-    assert control > 8 and bounded < 3, (control, bounded)  # 16 reads x at most 64 KB between releases: ~1 MB
+    monkeypatch.setattr(datasets_table, "_memory_mapped_arrow_table_from_file", read_all)
+    kept = growth_opening()
+    assert mapped_pages.release_datasets_opens()
+    released = growth_opening()
+    assert kept > 0.8 * megabytes and released < 3, (kept, released)
+    opened, expected = mapped_pages.open_table(path), read_all(str(path))
+    assert opened.equals(expected) and opened.schema.equals(expected.schema, check_metadata=True)  # the same table

@@ -14,7 +14,7 @@ sampler also records the peak of its and its workers' anonymous (non file-backed
 sequences, plans ``--plan-batches`` micro-batches of 32 and masks the first 500 of them (the teacher forward,
 whose memory depends on the teacher and not on the corpus, is left out). Raw ``tokenizers`` throughput is
 ``Tokenizer.encode_batch`` (its own thread pool, all cores) over the first ``--raw-mb`` of each corpus, measured
-just before that corpus's data path; the data path's figure (``tokenize_pack_s``) counts everything after the
+just before and just after that corpus's data path (their mean); the data path's figure (``tokenize_pack_s``) counts everything after the
 text is in Arrow: hashing it, the tokenizing workers' start-up, tokenization, packing and writing.
 
 Goals (issue 23), checked in the final JSON line (``goals``, ``meets_*``): peak RSS (the building process's and
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizing processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plan-batches", type=int, default=20_000, help="micro-batches the cache-stage check plans")
-    parser.add_argument("--raw-mb", type=float, default=5, help="text for the raw tokenizers measurement")
+    parser.add_argument("--raw-mb", type=float, default=10, help="text for the raw tokenizers measurement")
     parser.add_argument("--child", choices=("build", "plan"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
@@ -315,17 +315,22 @@ def main(argv=None) -> int:
         for size in sizes:
             corpus = root / f"corpus-{size:g}mb.txt"
             made = write_corpus(corpus, paragraphs, size, args.seed)
-            # raw tokenizers on this corpus's first lines, just before the data path runs (the load may vary)
-            raw, _ = raw_tokenizers_chars_per_s(tokenizer_dir, corpus, int(min(args.raw_mb, size) * 1e6))
+            # raw tokenizers on this corpus's first lines, just before and just after the data path runs: the mean
+            # of the two (a short timing alone swings with the machine's load)
+            raw_limit = int(min(args.raw_mb, size) * 1e6)
+            raw_before, _ = raw_tokenizers_chars_per_s(tokenizer_dir, corpus, raw_limit)
             data = root / f"data-{size:g}mb"
             common = ["--corpus", str(corpus), "--tokenizer-dir", tokenizer_dir, "--data", str(data)]
             build = run_child("build", env, *common, "--workers", str(args.workers))
+            raw_after, _ = raw_tokenizers_chars_per_s(tokenizer_dir, corpus, raw_limit)
+            raw = (raw_before + raw_after) / 2
             plan = run_child("plan", env, *common, "--plan-batches", str(args.plan_batches))
             rows.append(
                 {
                     "size_mb": size,
                     "text_bytes": made["bytes"],
                     "raw_chars_per_s": raw,
+                    "raw_chars_per_s_before_after": [round(raw_before, 1), round(raw_after, 1)],
                     "build": build,
                     "cache_stage": plan,
                 }

@@ -49,7 +49,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
-# the out-of-core data path alone at 50/200/800 MB of text (several minutes, ~5 GB of temp disk); prints a JSON line
+# the out-of-core data path alone at 25/100/400 MB of text (~6 min on 2 idle cores, ~3 GB of temp disk); prints a JSON line
 bench-data: $(BENCH_STAMP)
 	$(PY) benchmarks/data_scale.py
 

@@ -2,7 +2,7 @@
 relative to raw ``tokenizers`` batch encoding.
 
 Corpora of ``--sizes-mb`` megabytes of text (default 25, 100, 400: the issue's 16x range; its 50/200/800 take
-about twice as long) are made by seeded resampling of the embedded corpus's training paragraphs (all
+about 1.6x as long) are made by seeded resampling of the embedded corpus's training paragraphs (all
 languages), written as one-paragraph-per-line text files and read as a user source
 (``corpus.sources.<lang>.path``), as a run would read them: to Arrow line by line, split into paragraphs
 (``corpus.max_paragraph_chars``), then tokenized by the real XLM-R SentencePiece unigram (250,002 pieces, from
@@ -21,8 +21,8 @@ Goals (issue 23), checked in the final JSON line (``goals``, ``meets_*``): peak 
 its workers') grows at most 20 % from the smallest to the largest corpus; the data path's tokenization reaches
 at least 0.7 of raw ``tokenizers`` throughput; the cache stage's peak RSS is bounded the same way (+20 % at most).
 
-    python benchmarks/data_scale.py                          # 25, 100, 400 MB (~15-20 min on 2 idle cores)
-    python benchmarks/data_scale.py --sizes-mb 50 200 800    # the issue's sizes (~35 min)
+    python benchmarks/data_scale.py                          # 25, 100, 400 MB (~6 min on 2 idle cores)
+    python benchmarks/data_scale.py --sizes-mb 50 200 800    # the issue's sizes (~10 min)
     python benchmarks/data_scale.py --sizes-mb 0.5 1 2       # a smoke run
 """
 

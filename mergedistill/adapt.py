@@ -203,6 +203,8 @@ def encoder_drift(
     """Mean cosine (per token, per mean-pooled paragraph) between two encoders' last hidden states."""
     import torch
 
+    from mergedistill.device import device_of, to_device
+
     totals = {"token_sum": 0.0, "tokens": 0, "sentence_sum": 0.0, "sentences": 0}
     reference.eval()
     model.eval()
@@ -211,12 +213,13 @@ def encoder_drift(
         batch = tokenizer(
             flat[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
+        inputs = to_device(
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, device_of(model)
+        )
         with torch.inference_mode():
-            a = reference.base_model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            b = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        for key, value in cosine_drift(a, b, batch["attention_mask"]).items():
+            a = reference.base_model(**to_device(inputs, device_of(reference))).last_hidden_state
+            b = model.base_model(**inputs).last_hidden_state
+        for key, value in cosine_drift(a, b, inputs["attention_mask"]).items():
             totals[key] += value
     return {
         "token_cosine": round(totals["token_sum"] / max(totals["tokens"], 1), 4),
@@ -241,8 +244,12 @@ def build_adapted_teacher(
     progress: bool = True,
     stop_at_step: int | None = None,
     log: Callable[[str], None] = print,
+    device="cpu",
 ) -> Path:
-    """Build ``card`` (a ``build.base`` recipe) into ``card.source``; skip when current. ``stop_at_step`` simulates a kill."""
+    """Build ``card`` (a ``build.base`` recipe) into ``card.source`` on ``device``; skip when current.
+
+    ``stop_at_step`` simulates a kill. The device is not part of the fingerprint: a GPU build and a CPU build
+    of one card differ by floating-point noise only, and either one is reused."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -290,7 +297,9 @@ def build_adapted_teacher(
             )
         del model
     tokenizer = AutoTokenizer.from_pretrained(initial)
-    model = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32)
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: ~8x the plain fp32 rate on a GPU
+    model = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32).to(device)
 
     held_out = _texts(card, "valid", int(train["eval_paragraphs"]), corpus_dir)
     before_path = work / "before.json"
@@ -369,7 +378,7 @@ def build_adapted_teacher(
     model.eval()
 
     after = masked_accuracy(model, tokenizer, held_out, max_length, seed)
-    reference = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32)
+    reference = AutoModelForMaskedLM.from_pretrained(initial, dtype=torch.float32).to(device)
     drift = encoder_drift(reference, model, tokenizer, held_out, max_length)
     initial_info = io.read_manifest(initial) or {}
     report = {
@@ -386,6 +395,7 @@ def build_adapted_teacher(
         "masked_accuracy_after": after,
         "drift": drift,
         "seconds_this_run": round(time.perf_counter() - started, 1),
+        "device": str(device),
     }
     with io.atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

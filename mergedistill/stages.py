@@ -33,13 +33,17 @@ from mergedistill.vocab.store import unified_tokenizer
 # ------------------------------------------------------------------------------------------------ stages
 def stage_teachers(ctx: StageContext):
     """Build demo teachers that have a recipe (skipped when current); record every teacher."""
+    from mergedistill.device import resolve_device
     from mergedistill.zoo import build_teacher
 
     cfg = ctx.cfg
     info = {}
     for card in load_cards(cfg):
         if card.build:
-            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus.dir or None, log=ctx.log)
+            device = resolve_device(
+                cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"
+            )
+            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus.dir or None, log=ctx.log, device=device)
     for name, teacher in load_teachers(cfg).items():
         info[name] = {
             "source": teacher.card.source,

@@ -268,7 +268,13 @@ class Teacher:
         return self._fingerprint
 
     def tokenizer_fingerprint(self) -> str:
-        return hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        """sha256 of the tokenizer's segmentation. The backend's truncation and padding settings are left out:
+        ``transformers`` sets them on each call (``truncation=True, max_length=...``), so they depend on what
+        ran before, and a cache built after tokenizing would not match the same teacher freshly loaded."""
+        state = json.loads(self.tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------- an experiment's teachers

@@ -232,6 +232,7 @@ def save_train_state(path: Path, model, optimizer, scheduler, step: int) -> None
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "step": step,
     }
     tmp = path.with_suffix(".tmp")
@@ -250,6 +251,8 @@ def load_train_state(path: Path, model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]
 
 
@@ -260,13 +263,17 @@ def build_teacher(
     progress: bool = True,
     stop_at_step: int | None = None,
     log: Callable[[str], None] = print,
+    device="cpu",
 ) -> Path:
-    """Build ``card`` into ``card.source``; skip when current. ``stop_at_step`` simulates a kill (tests)."""
+    """Build ``card`` into ``card.source``; skip when current. ``stop_at_step`` simulates a kill (tests).
+
+    ``device`` is where an adapted pretrained encoder (``build.base``) trains; the demo zoo's tiny teachers
+    always build on the CPU (a GPU would not speed up 1.5 M-parameter models fed one batch at a time)."""
     from mergedistill.adapt import build_adapted_teacher, is_adapt_card
 
     if is_adapt_card(card):  # a pretrained encoder given a masked-LM head (build.base), not a model trained here
         return build_adapted_teacher(
-            card, seed=seed, corpus_dir=corpus_dir, progress=progress, stop_at_step=stop_at_step, log=log
+            card, seed=seed, corpus_dir=corpus_dir, progress=progress, stop_at_step=stop_at_step, log=log, device=device
         )
     import torch
     from tqdm import tqdm

@@ -8,6 +8,8 @@ targets and hidden states must have been moved to the student's device. A path t
 loss) a tensor that did not go through ``to_device`` with the right device fails here, on a CPU.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -20,6 +22,8 @@ from mergedistill.errors import UserError
 from mergedistill.internals import TeacherInternals
 from mergedistill.student import build_student
 from tests.conftest import ASSIGNMENT
+from tests.test_real_adapt import _card as adapt_card
+from tests.test_real_adapt import tiny_encoders  # noqa: F401 (a fixture)
 from tests.test_train import STUDENT, cfg
 
 
@@ -269,3 +273,24 @@ def test_device_rule_and_its_config_keys(monkeypatch):
 
     with pytest.raises(UserError, match="config key 'device' must be auto"):
         from_dict(BistilConfig, {"device": "tpu"})
+
+
+def test_adapted_teacher_build_moves_every_input_to_the_model(tmp_path, tiny_encoders, watch, monkeypatch):
+    """The adaptation recipe (``build.base``) trains on the run's device: held-out accuracy, the masked-LM
+    steps and the drift measurement all feed the models through ``to_device``."""
+    import transformers
+
+    from mergedistill.zoo import build_teacher
+
+    loaded = transformers.AutoModelForMaskedLM.from_pretrained
+
+    def guarded(*args, **kwargs):
+        model = loaded(*args, **kwargs)
+        watch.guard(f"adapted{len(watch.handles)}", model)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", guarded)
+    card = adapt_card(tmp_path, tiny_encoders["bert"], steps=4, head_steps=2)
+    out = build_teacher(card, seed=0, progress=False, log=lambda m: None, device=resolve_device("cpu"))
+    watch.called("adapted0", "adapted")
+    assert json.loads((out / "adapt_report.json").read_text())["device"] == "cpu"

@@ -95,3 +95,15 @@ def test_a_local_teacher_retrained_in_place_changes_the_teachers_stage_fingerpri
     data[-1] ^= 0xFF  # "retrained": same file, same size, other weights; the card is untouched
     weights.write_bytes(bytes(data))
     assert teacher_inputs(cfg) != before
+
+
+def test_tokenizer_fingerprint_ignores_the_truncation_a_call_leaves_behind(tiny_teachers, texts):
+    """Tokenizing with truncation sets the backend's truncation state; a cache built after that must still
+    match the same teacher freshly loaded in the train stage (a routed real-teacher run failed on this)."""
+    from mergedistill.teachers import Teacher, TeacherCard
+
+    card = TeacherCard(name="bert", source=str(tiny_teachers["bert"]), languages=["en"], max_length=64)
+    used, fresh = Teacher.load(card), Teacher.load(card)
+    used.tokenizer(texts["en"][:3], truncation=True, max_length=7, padding=True)
+    assert used.tokenizer.backend_tokenizer.truncation is not None  # the state the call left behind
+    assert used.tokenizer_fingerprint() == fresh.tokenizer_fingerprint()

@@ -80,7 +80,7 @@ def teacher_fingerprint(cfg, log=log) -> str:
         if card.build:
             from mergedistill.zoo import build_teacher
 
-            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus_dir or None, log=log)
+            build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus_dir or None, log=log, device=_device(cfg))
     return file_fingerprint(teacher_dir(cfg))
 
 

@@ -9,6 +9,11 @@ def add_arguments(parser):
     build.add_argument("cards", nargs="+", help="teacher card YAML files with a build: recipe")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    build.add_argument(
+        "--device",
+        default="auto",
+        help="where adapted pretrained encoders (build.base) train: auto | cpu | cuda | cuda:N",
+    )
     evaluate = sub.add_parser(
         "eval", help="masked-token accuracy and PLL/char per teacher and language on held-out text"
     )
@@ -50,12 +55,14 @@ def main(args):
     if args.action == "build":
         import torch
 
+        from mergedistill.device import resolve_device
         from mergedistill.zoo import build_teacher
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        device = resolve_device(args.device, "--device")
         for card in [load_card(path) for path in args.cards]:
-            build_teacher(card, seed=args.seed)
+            build_teacher(card, seed=args.seed, device=device)
         return 0
     from mergedistill.heldout_eval import evaluate_teachers, format_teacher_table
 

@@ -159,16 +159,17 @@ def main(argv=None) -> int:
     parser.add_argument("cards", nargs="+", help="adapt teacher cards (build.base: pkg:...)")
     parser.add_argument("--check", action="store_true", help="verify each stand-in against the installed package")
     args = parser.parse_args(argv)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     by_package: dict[str, list] = {}
     for path in args.cards:
         card = load_card(path)
         card.path = path
-        base = adapt_recipe(card)["base"]
-        if not base.startswith("pkg:"):
+        base = (card.build or {}).get("base")
+        if not isinstance(base, str) or not base.startswith("pkg:"):
             raise UserError(f"{path}: build.base {base} is not a packaged encoder (pkg:...); nothing to pack")
+        adapt_recipe(card)  # the rest of the recipe is valid (UserError naming the key)
         by_package.setdefault(canonical(base), []).append(card)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for package, cards in by_package.items():
         archive = pack(package, cards, out_dir)
         if args.check:

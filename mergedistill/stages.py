@@ -33,16 +33,14 @@ from mergedistill.vocab.store import unified_tokenizer
 # ------------------------------------------------------------------------------------------------ stages
 def stage_teachers(ctx: StageContext):
     """Build demo teachers that have a recipe (skipped when current); record every teacher."""
-    from mergedistill.device import resolve_device
+    from mergedistill.teachers import teachers_device
     from mergedistill.zoo import build_teacher
 
     cfg = ctx.cfg
     info = {}
+    device = teachers_device(cfg)
     for card in load_cards(cfg):
         if card.build:
-            device = resolve_device(
-                cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device"
-            )
             build_teacher(card, seed=cfg.seed, corpus_dir=cfg.corpus.dir or None, log=ctx.log, device=device)
     for name, teacher in load_teachers(cfg).items():
         info[name] = {

@@ -287,13 +287,16 @@ def load_cards(cfg) -> list[TeacherCard]:
     return cards
 
 
-def load_teachers(cfg, names=None) -> dict[str, Teacher]:
-    """Name -> loaded teacher for every card of the experiment (or only ``names``), on its device."""
+def teachers_device(cfg):
+    """Where an experiment's teachers run (and adapted teachers train): ``teachers.device``, else ``device``."""
     from mergedistill.device import resolve_device
 
-    device = str(
-        resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device")
-    )
+    return resolve_device(cfg.teachers.device or cfg.device, "teachers.device" if cfg.teachers.device else "device")
+
+
+def load_teachers(cfg, names=None) -> dict[str, Teacher]:
+    """Name -> loaded teacher for every card of the experiment (or only ``names``), on its device."""
+    device = str(teachers_device(cfg))
     return {c.name: Teacher.load(c, device=device) for c in load_cards(cfg) if names is None or c.name in names}
 
 

@@ -121,6 +121,8 @@ def check(package: str, cards: list, archive: Path) -> None:
     """Each card's trimmed initial model from the stand-in equals the one from the installed package."""
     import subprocess
 
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         site.mkdir()
@@ -144,7 +146,7 @@ def check(package: str, cards: list, archive: Path) -> None:
                     [sys.executable, "-c", code, first, str(ROOT), card.path, str(Path(tmp) / label), str(target)],
                     check=True,
                 )
-                states.append(__import__("torch").load(target))
+                states.append(torch.load(target))
             a, b = states
             assert a.keys() == b.keys()
             bad = [name for name in a if not bool((a[name] == b[name]).all())]

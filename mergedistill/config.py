@@ -189,7 +189,7 @@ class TrainConfig:
     batch_size: int = 32  # micro batch per process
     grad_accum: int = 1
     lr: float = 5e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear from 0 (DeepSpeed's WarmupDecayLR: 0-2 all mean its shortest, 2 steps)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     temperature: float = 1.0

@@ -94,7 +94,8 @@ def deepspeed_config(train_cfg, world_size: int) -> dict:
             "type": "WarmupDecayLR",
             "params": {
                 "total_num_steps": train_cfg.steps,
-                "warmup_num_steps": train_cfg.warmup_steps,
+                # DeepSpeed refuses 0 and warms up over at least 2 steps, so 0 (valid config) means its shortest
+                "warmup_num_steps": max(train_cfg.warmup_steps, 1),
                 "warmup_max_lr": train_cfg.lr,
                 "warmup_min_lr": 0.0,
                 "warmup_type": "linear",

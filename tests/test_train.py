@@ -56,6 +56,14 @@ def test_one_process_skips_deepspeeds_shared_memory_op_and_steps_adam_with_forea
     assert deepspeed_config(cfg(), 1)["optimizer"]["params"]["foreach"] is True
 
 
+def test_zero_warmup_steps_trains_with_deepspeeds_shortest_warmup(tmp_path, plan, merged, teachers):
+    """``warmup_steps: 0`` is valid config, but DeepSpeed's scheduler refuses 0: it runs with its shortest warm-up."""
+    run(tmp_path, plan, merged, teachers, cfg(steps=5, warmup_steps=0, checkpoint_every=5))
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rates) == 5 and max(rates) == pytest.approx(3e-3) and rates.index(max(rates)) == 2
+    assert rates[-1] < rates[-2] < max(rates)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, plan, merged, teachers):
     full, _ = run(tmp_path / "full", plan, merged, teachers, cfg())
     with pytest.raises(KeyboardInterrupt):

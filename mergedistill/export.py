@@ -52,8 +52,8 @@ def model_card(cfg, eval_data, assignment) -> str:
                 if cfg.data.tokenization == "unified"
                 else [
                     "The student was trained on routed tokenization (MergeDistill's): each language's text through its teacher's",
-                    "tokenizer, mapped to the student's ids. So it needs the language of its input, and this export ships no",
-                    "top-level tokenizer (`AutoTokenizer` would segment differently from training). `routed/` holds the teachers'",
+                    "tokenizer, mapped to the student's ids. So it needs the language of its input, and `AutoTokenizer` refuses",
+                    "this export (no one tokenizer segments as in training; its top-level tokenizer files are a guard). `routed/` holds the teachers'",
                     "tokenizers and id maps; load them with mergedistill:",
                     "",
                     "```python",
@@ -90,14 +90,32 @@ def route_through_evaluated_teachers(routed_dir: Path, routes: dict) -> None:
         io.write_text_atomic(routed_dir / ROUTED_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-# A routed export's top-level tokenizer_config.json: a tokenizer class transformers does not know, so that
-# AutoTokenizer / pipeline("fill-mask") refuse the directory instead of silently building an empty tokenizer
-# of the model's type (ids that mean nothing to the student); the note says what to load instead.
+ROUTED_GUIDE = (
+    "this is a routed mergedistill student: each language's text goes through its teacher's tokenizer; load them "
+    "with mergedistill.vocab.load_routed_tokenizer(PATH) and encode(text, lang=...)"
+)
+# A routed export's top-level tokenizer, a guard: AutoTokenizer / pipeline("fill-mask") must refuse the directory
+# (no single tokenizer segments as in training) with a line that names load_routed_tokenizer. transformers loads
+# a tokenizer.json, then checks `padding_side` in its base __init__ and raises "Padding side should be selected
+# between 'right' and 'left', current value: <ROUTED_GUIDE>": the one place its own error carries our text
+# (without a tokenizer.json it stops earlier, with a generic "Couldn't instantiate the backend tokenizer").
+# The class name is one transformers does not know, so no class of the model's type is built instead.
 ROUTED_TOKENIZER_CONFIG = {
     "tokenizer_class": "MergedistillRoutedTokenizer",
-    "note": "routed student: the text of each language goes through its teacher's tokenizer; load it with "
-    "mergedistill.vocab.load_routed_tokenizer(PATH) and encode(text, lang=...)",
+    "padding_side": f"none ({ROUTED_GUIDE})",
+    "truncation_side": f"none ({ROUTED_GUIDE})",
+    "note": ROUTED_GUIDE,
 }
+
+
+def write_routed_guard(export_dir: Path, unk_token: str = "[UNK]") -> None:
+    """The guard tokenizer.json + tokenizer_config.json of a routed export (see ``ROUTED_TOKENIZER_CONFIG``);
+    its tokenizer.json maps every text to ``unk_token`` should someone override both sides anyway."""
+    from tokenizers import Tokenizer, models
+
+    guard = Tokenizer(models.WordLevel({unk_token: 0}, unk_token=unk_token))
+    io.write_text_atomic(Path(export_dir) / "tokenizer.json", guard.to_str())
+    io.write_json_atomic(Path(export_dir) / "tokenizer_config.json", ROUTED_TOKENIZER_CONFIG)
 
 
 def routed_fill_mask_examples(model, export_dir: Path, vocab_dir: Path, texts: dict, per_language: int) -> dict:

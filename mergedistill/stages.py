@@ -379,12 +379,12 @@ def stage_export(ctx: StageContext):
 
     from mergedistill.device import resolve_device
     from mergedistill.export import (
-        ROUTED_TOKENIZER_CONFIG,
         exported_ids_check,
         model_card,
         pipeline_fill_mask_examples,
         route_through_evaluated_teachers,
         routed_fill_mask_examples,
+        write_routed_guard,
     )
     from mergedistill.vocab.tokenize import copy_tokenizer_files
 
@@ -395,10 +395,10 @@ def stage_export(ctx: StageContext):
     model.save_pretrained(ctx.out)
     if cfg.data.tokenization == "unified":  # the top-level tokenizer is the one the student was trained on
         copy_tokenizer_files(ctx.inputs["vocab"] / "unified", ctx.out)
-    else:  # AutoTokenizer would fall back to an empty tokenizer of the model type: make it refuse instead
-        io.write_json_atomic(ctx.out / "tokenizer_config.json", ROUTED_TOKENIZER_CONFIG)
+    else:  # no one tokenizer segments as in training: AutoTokenizer refuses, naming load_routed_tokenizer
+        write_routed_guard(ctx.out)
         ctx.log(
-            f"[export] routed student: no top-level tokenizer in {ctx.out} (AutoTokenizer would not segment as in training); "
+            f"[export] routed student: AutoTokenizer refuses {ctx.out} (no one tokenizer segments as in training); "
             "load its routed/ tokenizers with mergedistill.vocab.load_routed_tokenizer(PATH) and pass the language"
         )
     shutil.copytree(ctx.inputs["vocab"] / "routed", ctx.out / "routed")

@@ -121,8 +121,9 @@ def test_export_predicts_what_the_eval_path_predicts(arch, tokenization, tiny_ru
     assert student.config.model_type == arch
     unified = unified_tokenizer(out / "vocab") if tokenization == "unified" else None
     routed = load_routed_tokenizer(out / "export")
-    # a routed student ships no top-level tokenizer: AutoTokenizer would not segment as in training
-    assert (out / "export" / "tokenizer.json").is_file() == (tokenization == "unified")
+    # a routed student's top-level tokenizer is a guard that AutoTokenizer refuses (tests/test_run_pipeline.py)
+    top_level = read_json(out / "export" / "tokenizer_config.json")
+    assert (top_level.get("tokenizer_class") == "MergedistillRoutedTokenizer") == (tokenization == "routed")
 
     items, expected = [], []
     for lang in cfg.corpus.languages:

@@ -83,20 +83,21 @@ def test_run_end_to_end_then_skip_then_resume(experiment, capsys, monkeypatch):
     routes = json.loads((out / "export" / "routed" / "routed_tokenizer.json").read_text())["routes"]
     assert routes == {r["lang"]: r["teacher"] for r in eval_rows}  # exported through the teachers evaluated through
 
-    # routed training (this experiment's): the model loads with plain transformers, but no top-level tokenizer is
-    # shipped (it would not segment as in training); the card says how to load the routed one
+    # routed training (this experiment's): the model loads with plain transformers, but AutoTokenizer and the
+    # fill-mask pipeline refuse (no one tokenizer segments as in training) with a line naming the routed loader
     code = (
         "import sys; from transformers import AutoModelForMaskedLM; m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]);"
         "assert 'mergedistill' not in sys.modules; print(m.config.vocab_size)"
     )
     result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not (out / "export" / "tokenizer.json").exists() and (out / "export" / "routed").is_dir()
-    code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
-    result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
-    assert (
-        result.returncode != 0
-    )  # AutoTokenizer refuses a routed export instead of an empty tokenizer of the model type
+    assert (out / "export" / "routed").is_dir()
+    for load in ("AutoTokenizer.from_pretrained(sys.argv[1])", "pipeline('fill-mask', model=sys.argv[1])"):
+        code = f"import sys; from transformers import AutoTokenizer, pipeline; {load}"
+        result = subprocess.run([sys.executable, "-c", code, str(out / "export")], capture_output=True, text=True)
+        assert result.returncode != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("ValueError: ") and "mergedistill.vocab.load_routed_tokenizer(PATH)" in last, last
     card = (out / "export" / "README.md").read_text()
     assert "pipeline_tag: fill-mask" in card and "load_routed_tokenizer('PATH')" in card
     # the report's fill-mask examples read the text as the student was trained on it (routed) and show its top-1

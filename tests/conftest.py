@@ -1,6 +1,8 @@
 """Shared test set-up: offline, single-threaded, deterministic."""
 
+import logging
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,6 +25,18 @@ FAMILIES = {
     "deberta-v2": "unigram",
 }
 TEST_LANGUAGES = ("en", "de", "ja", "ru")
+
+
+@pytest.fixture(autouse=True)
+def deepspeed_logger_on_a_live_stream():
+    """DeepSpeed's logger takes sys.stdout when first imported: inside a test that captures output (capsys) that
+    is the test's buffer, closed afterwards, and a later test's DeepSpeed warning then fails on it ("I/O
+    operation on closed file" in that test's stderr). After each test, such a handler gets today's sys.stdout."""
+    yield
+    ds_logging = sys.modules.get("deepspeed.utils.logging")
+    for handler in getattr(getattr(ds_logging, "logger", None), "handlers", []):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stdout  # not setStream: it would flush the closed one
 
 
 @pytest.fixture(scope="session")

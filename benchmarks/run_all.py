@@ -29,7 +29,7 @@ SKIP = {"run_all.py", "common.py"}
 DEVICE_AWARE = {"inference_latency", "train_throughput"}  # accept --device/--dtype (benchmarks/common.py)
 # Every benchmark script in this folder runs (discovered by file name); this says what each one measures.
 DESCRIPTIONS = {
-    "inference_latency": "student vs teacher CPU inference latency (batch 1 and 32), throughput, parameter ratio",
+    "inference_latency": "student vs teacher inference latency (batch 1 and 32; CPU, or the GPU with --gpu), throughput, parameter ratio",
     "peer_distill": "same distillation run: mergedistill's loss path vs a peer (textbrewer if importable, else an HF DistilBERT-style loop)",
     "train_throughput": "student training-step throughput, MFU-style ratio, masked-only head, offline vs online targets",
     "vocab_merge": "merging 250k + 120k + 50k teacher vocabularies: time and peak memory",

@@ -120,6 +120,8 @@ def kill_and_resume(
     out.mkdir()
     for done in STAGES[: STAGES.index(stage)]:
         shutil.copytree(source / done, out / done)
+    if "cache" in STAGES[: STAGES.index(stage)]:  # with the Arrow data the cache stage built, as a killed run has it
+        shutil.copytree(source / "data", out / "data")
     spec = f"{point}@{n}" + (f"@{rank}" if ranks > 1 else "")
     killed = launch(world, ranks, run, MERGEDISTILL_KILL_AT=spec)
     if ranks == 1:

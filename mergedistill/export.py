@@ -108,12 +108,12 @@ ROUTED_TOKENIZER_CONFIG = {
 }
 
 
-def write_routed_guard(export_dir: Path, unk_token: str = "[UNK]") -> None:
+def write_routed_guard(export_dir: Path) -> None:
     """The guard tokenizer.json + tokenizer_config.json of a routed export (see ``ROUTED_TOKENIZER_CONFIG``);
-    its tokenizer.json maps every text to ``unk_token`` should someone override both sides anyway."""
+    its tokenizer.json maps every text to [UNK] should someone override both sides anyway."""
     from tokenizers import Tokenizer, models
 
-    guard = Tokenizer(models.WordLevel({unk_token: 0}, unk_token=unk_token))
+    guard = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     io.write_text_atomic(Path(export_dir) / "tokenizer.json", guard.to_str())
     io.write_json_atomic(Path(export_dir) / "tokenizer_config.json", ROUTED_TOKENIZER_CONFIG)
 

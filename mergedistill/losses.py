@@ -62,7 +62,65 @@ def mlm_ce(student_logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """Cross-entropy to the gold labels of the scored rows: masked tokens (MLM), or a task's examples/tokens."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits.float(), gold.long())
+    if student_logits.dim() != 2 or bool((gold < 0).any()):  # ignore_index rows: torch's own
+        return F.cross_entropy(student_logits.float(), gold.long())
+    none = torch.zeros(0, dtype=torch.long, device=student_logits.device)
+    return _MlmAndKd.apply(student_logits, gold.long(), none, none[:, None], none[:, None].float())[0]
+
+
+class _MlmAndKd(torch.autograd.Function):
+    """``mlm_ce`` and ``kd_soft_ce`` (T = 1) of the same logits from ONE log-softmax, with the gradient written
+    directly (softmax - targets): the vocabulary-wide passes are most of a small student's step on a CPU."""
+
+    @staticmethod
+    def forward(ctx, logits, gold, rows, topk_ids, probs):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        mlm = -log_probs.gather(1, gold[:, None]).mean()
+        kd = -(probs * log_probs[rows[:, None], topk_ids]).sum(-1).mean() if len(rows) else mlm.new_zeros(())
+        ctx.save_for_backward(log_probs, gold, rows, topk_ids, probs)
+        ctx.logits_dtype = logits.dtype
+        return mlm, kd
+
+    @staticmethod
+    def backward(ctx, grad_mlm, grad_kd):
+        log_probs, gold, rows, topk_ids, probs = ctx.saved_tensors
+        n, m = log_probs.shape[0], rows.shape[0]
+        # softmax = d(lse)/d(logits), in place: a fresh [n, V] buffer per step costs more in page faults than the exp
+        # (a second backward through a retained graph then fails on the saved tensor's version, never silently)
+        grad = log_probs.exp_()
+        per_row = torch.full((n,), 1.0, device=grad.device) * (grad_mlm / n)
+        if m:
+            per_row.index_add_(0, rows, probs.sum(-1) * (grad_kd / m))  # a KD row weighs its kept teacher mass
+        grad.mul_(per_row[:, None])
+        grad[torch.arange(n, device=grad.device), gold] -= grad_mlm / n
+        if m:
+            grad.index_put_((rows[:, None].expand_as(topk_ids), topk_ids), -probs * (grad_kd / m), accumulate=True)
+        return grad.to(ctx.logits_dtype), None, None, None, None
+
+
+def mlm_and_kd(
+    student_logits: torch.Tensor,
+    gold: torch.Tensor,
+    kd_rows: torch.Tensor | None,
+    topk_ids: torch.Tensor,
+    topk_logits: torch.Tensor,
+    temperature: float = 1.0,
+    t2_scaling: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mlm_ce(logits, gold), kd_soft_ce(logits[kd_rows], topk_ids, topk_logits, T))``: the same two terms and
+    gradients as calling both (``kd_rows``: bool per row, None = every row), from one log-softmax at T = 1."""
+    rows = (
+        torch.arange(student_logits.shape[0], device=student_logits.device)
+        if kd_rows is None
+        else kd_rows.nonzero().squeeze(1)
+    )
+    if temperature != 1.0 or len(rows) == 0 or len(gold) == 0 or bool((gold < 0).any()):
+        kd_input = student_logits if kd_rows is None else student_logits[kd_rows]
+        return mlm_ce(student_logits, gold), kd_soft_ce(kd_input, topk_ids, topk_logits, temperature, t2_scaling)
+    if not rows.shape[0] == topk_ids.shape[0] == topk_logits.shape[0]:  # kd_soft_ce's message
+        kd_soft_ce(student_logits[rows], topk_ids, topk_logits)
+    probs = _teacher_probs(topk_logits, 1.0)
+    return _MlmAndKd.apply(student_logits, gold.long(), rows, topk_ids.clamp(min=0).long(), probs)
 
 
 def _token_mask(attention_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from mergedistill.errors import UserError
 from mergedistill.heads import masked_lm_logits
 from mergedistill.internals import internal_terms
 from mergedistill.io import write_text_atomic
-from mergedistill.losses import combine, kd_soft_ce, mlm_ce
+from mergedistill.losses import combine, mlm_and_kd, mlm_ce
 
 LATEST = "latest"
 KILL_AT = "MERGEDISTILL_TEST_KILL_AT"  # test hook, see _kill_point
@@ -296,7 +296,25 @@ def train(
                     logits, student_inside = engine(
                         batch["input_ids"], batch["attention_mask"], masked, want_hidden, want_attn
                     )
-                terms = {"mlm": mlm_ce(logits, batch["labels"][masked])}
+                gold = batch["labels"][masked]
+                if targets_fn is None:
+                    terms = {"mlm": mlm_ce(logits, gold)}
+                else:
+                    topk_ids, topk_logits = to_device(targets_fn(index, host_batch), on)
+                    terms = dict(
+                        zip(
+                            ("mlm", "kd"),
+                            mlm_and_kd(  # one log-softmax for both terms
+                                logits,
+                                gold,
+                                kd_rows(batch),  # unified mode: only the masked groups align.py pairs have targets
+                                topk_ids,
+                                topk_logits,
+                                train_cfg.temperature,
+                                train_cfg.t2_scaling,
+                            ),
+                        )
+                    )
                 if teacher_inside is not None:
                     teacher_out, layer_stride = to_device(teacher_inside, on)
                     terms.update(
@@ -309,16 +327,6 @@ def train(
                             want_attn,
                             train_cfg.hidden_loss,
                         )
-                    )
-                if targets_fn is not None:
-                    topk_ids, topk_logits = to_device(targets_fn(index, host_batch), on)
-                    rows = kd_rows(batch)  # unified mode: only the masked groups align.py pairs have targets
-                    terms["kd"] = kd_soft_ce(
-                        logits if rows is None else logits[rows],
-                        topk_ids,
-                        topk_logits,
-                        train_cfg.temperature,
-                        train_cfg.t2_scaling,
                     )
                 loss, logged = combine(terms, weights)
                 if not torch.isfinite(loss):

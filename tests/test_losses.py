@@ -3,7 +3,17 @@ import math
 import pytest
 import torch
 
-from mergedistill.losses import attention_mse, combine, hidden_cosine, hidden_mse, kd_kl, kd_soft_ce, mlm_ce, soft_ce
+from mergedistill.losses import (
+    attention_mse,
+    combine,
+    hidden_cosine,
+    hidden_mse,
+    kd_kl,
+    kd_soft_ce,
+    mlm_and_kd,
+    mlm_ce,
+    soft_ce,
+)
 
 
 def test_soft_ce_matches_a_hand_computation_and_renormalizes_topk():
@@ -82,3 +92,63 @@ def test_full_vocabulary_soft_ce_is_kd_soft_ce_with_every_id_kept(temperature):
         float(loss) / temperature**2
     )
     assert soft_ce(torch.zeros(0, 11), torch.zeros(0, 11)) == 0  # no scored rows: no loss
+
+
+def _reference_terms(logits, gold, rows, ids, topk_logits):
+    kd_input = logits if rows is None else logits[rows]
+    return mlm_ce_reference(logits, gold), kd_soft_ce(kd_input, ids, topk_logits)
+
+
+def mlm_ce_reference(logits, gold):
+    return torch.nn.functional.cross_entropy(logits.float(), gold.long())
+
+
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_mlm_and_kd_gives_the_two_terms_and_their_gradient_from_one_softmax(with_rows):
+    """The fused path (train.py's) against torch's cross_entropy + kd_soft_ce: same values, same gradient, with
+    missing teacher ids (-1), a row with no valid target, a repeated id and unequal term weights."""
+    torch.manual_seed(0)
+    n, vocab, k = 12, 50, 4
+    rows = torch.rand(n) < 0.7 if with_rows else None
+    m = n if rows is None else int(rows.sum())
+    ids = torch.randint(0, vocab, (m, k))
+    ids[0, 1] = -1
+    ids[1, 2] = ids[1, 3]  # two teacher pieces that map to one student piece
+    topk_logits = torch.randn(m, k)
+    topk_logits[ids < 0] = float("-inf")
+    ids[2], topk_logits[2] = -1, float("-inf")  # no target left in this row
+    gold = torch.randint(0, vocab, (n,))
+    base = torch.randn(n, vocab) * 2
+    grads, values = [], []
+    for fn in (_reference_terms, lambda *a: mlm_and_kd(*a)):
+        logits = base.clone().requires_grad_()
+        mlm, kd = fn(logits, gold, rows, ids, topk_logits)
+        (0.3 * mlm + 1.7 * kd).backward()
+        values.append(torch.stack([mlm.detach(), kd.detach()]))
+        grads.append(logits.grad)
+    torch.testing.assert_close(values[1], values[0])
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[0].abs().max() > 1e-3  # the comparison is not between zeros
+
+
+def test_mlm_ce_matches_torch_and_keeps_ignore_index():
+    torch.manual_seed(1)
+    logits, gold = torch.randn(9, 30, requires_grad=True), torch.randint(0, 30, (9,))
+    ours = mlm_ce(logits, gold)
+    ours.backward()
+    reference = logits.detach().clone().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(reference, gold)
+    expected.backward()
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(logits.grad, reference.grad)
+    gold[3] = -100  # torch's ignore_index still means "not scored"
+    torch.testing.assert_close(mlm_ce(logits, gold), torch.nn.functional.cross_entropy(logits, gold))
+
+
+def test_mlm_and_kd_at_another_temperature_is_the_two_functions():
+    torch.manual_seed(2)
+    logits, gold = torch.randn(5, 20), torch.randint(0, 20, (5,))
+    ids, topk_logits = torch.randint(0, 20, (5, 3)), torch.randn(5, 3)
+    mlm, kd = mlm_and_kd(logits, gold, None, ids, topk_logits, temperature=2.0)
+    torch.testing.assert_close(kd, kd_soft_ce(logits, ids, topk_logits, 2.0))
+    torch.testing.assert_close(mlm, mlm_ce(logits, gold))

@@ -107,11 +107,28 @@ def iter_pack_aligned(
     yield from out
 
 
+def in_groups(groups: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """``np.isin(groups, selected)`` for small non-negative group ids (-1 = special: never selected), through a
+    lookup table: batches call this per sequence, where ``np.isin``'s sorting costs more than the table."""
+    size = max(int(groups.max(initial=-1)), int(selected.max(initial=-1))) + 2  # slot -1 stays False
+    table = np.zeros(size, bool)
+    table[selected] = True
+    return table[groups]
+
+
+def _group_counts(student_groups: np.ndarray, teacher_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pieces per group id on each side (same length: every id of either side)."""
+    size = max(int(student_groups.max(initial=-1)), int(teacher_groups.max(initial=-1))) + 1
+    return (
+        np.bincount(student_groups[student_groups >= 0], minlength=size),
+        np.bincount(teacher_groups[teacher_groups >= 0], minlength=size),
+    )
+
+
 def one_to_one(student_groups: np.ndarray, teacher_groups: np.ndarray) -> np.ndarray:
     """Sorted ids of the groups with exactly one piece on each side."""
-    s_ids, s_counts = np.unique(student_groups[student_groups >= 0], return_counts=True)
-    t_ids, t_counts = np.unique(teacher_groups[teacher_groups >= 0], return_counts=True)
-    return np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 1])
+    s_counts, t_counts = _group_counts(student_groups, teacher_groups)
+    return np.flatnonzero((s_counts == 1) & (t_counts == 1))
 
 
 def spaced(
@@ -120,23 +137,31 @@ def spaced(
     """Sorted ids of the spaced groups (module docstring): one student piece, a word start (``student_word_start``
     per student piece), against two teacher pieces, the first a bare word marker (``teacher_bare`` per teacher
     piece) and the second not."""
-    s_ids, s_counts = np.unique(student_groups[student_groups >= 0], return_counts=True)
-    t_ids, t_counts = np.unique(teacher_groups[teacher_groups >= 0], return_counts=True)
-    candidates = np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 2])
-    s_start = np.isin(student_groups, candidates) & student_word_start
-    first = np.isin(teacher_groups, candidates) & np.r_[True, teacher_groups[1:] != teacher_groups[:-1]]
-    second = np.isin(teacher_groups, candidates) & ~first
-    good = np.intersect1d(
-        np.intersect1d(student_groups[s_start], teacher_groups[first & teacher_bare]),
+    s_counts, t_counts = _group_counts(student_groups, teacher_groups)
+    candidates = np.flatnonzero((s_counts == 1) & (t_counts == 2))
+    if len(candidates) == 0:
+        return candidates
+    s_start = in_groups(student_groups, candidates) & student_word_start
+    in_candidate = in_groups(teacher_groups, candidates)
+    first = in_candidate & np.r_[True, teacher_groups[1:] != teacher_groups[:-1]]
+    second = in_candidate & ~first
+    size = len(s_counts) + 1
+    good = np.ones(size, bool)
+    for side_groups in (
+        student_groups[s_start],
+        teacher_groups[first & teacher_bare],
         teacher_groups[second & ~teacher_bare],
-    )
-    return good
+    ):
+        present = np.zeros(size, bool)
+        present[side_groups] = True
+        good &= present
+    return np.flatnonzero(good[:-1])
 
 
 def served(teacher_groups: np.ndarray, pairs: np.ndarray, spaced_groups: np.ndarray, teacher_bare: np.ndarray):
     """Bool per teacher piece: its prediction is a target (one per group, in group order): the piece of a
     one-piece group in ``pairs``, the ``X`` of a spaced group in ``spaced_groups``."""
-    return np.isin(teacher_groups, pairs) | (np.isin(teacher_groups, spaced_groups) & ~teacher_bare)
+    return in_groups(teacher_groups, pairs) | (in_groups(teacher_groups, spaced_groups) & ~teacher_bare)
 
 
 def mask_aligned(
@@ -160,13 +185,13 @@ def mask_aligned(
     count = min(len(candidates), max(1, int(round(len(candidates) * prob))))
     chosen = np.sort(rng.choice(candidates, size=count, replace=False))
     draw = rng.random(count)
-    s_masked, t_masked = np.isin(seq.student_groups, chosen), np.isin(seq.teacher_groups, chosen)
+    s_masked, t_masked = in_groups(seq.student_groups, chosen), in_groups(seq.teacher_groups, chosen)
     s_to_mask, t_to_mask = (
-        np.isin(seq.student_groups, chosen[draw < 0.8]),
-        np.isin(seq.teacher_groups, chosen[draw < 0.8]),
+        in_groups(seq.student_groups, chosen[draw < 0.8]),
+        in_groups(seq.teacher_groups, chosen[draw < 0.8]),
     )
     random_groups = chosen[(draw >= 0.8) & (draw < 0.9)]
-    s_random, t_random = np.isin(seq.student_groups, random_groups), np.isin(seq.teacher_groups, random_groups)
+    s_random, t_random = in_groups(seq.student_groups, random_groups), in_groups(seq.teacher_groups, random_groups)
     s_in[s_to_mask], t_in[t_to_mask] = student_mask, teacher_mask
     if s_random.any():
         s_in[s_random] = rng.choice(student_pool, size=int(s_random.sum()))

@@ -372,7 +372,7 @@ class DataPlan:
     def _unified_batch(self, stream: Stream, examples, epoch: int) -> dict:
         import torch
 
-        from mergedistill.align import mask_aligned, one_to_one, served, spaced
+        from mergedistill.align import in_groups, mask_aligned, one_to_one, served, spaced
 
         s_inputs, s_labels, t_inputs, t_labels, s_kd, t_kd, t_glued, t_spaced = [], [], [], [], [], [], [], []
         for example in examples:
@@ -387,21 +387,21 @@ class DataPlan:
                 stream.student_pool,
                 stream.random_pool,
             )
-            paired = np.intersect1d(chosen, one_to_one(seq.student_groups, seq.teacher_groups))
+            paired = chosen[in_groups(chosen, one_to_one(seq.student_groups, seq.teacher_groups))]  # chosen is sorted
             bare = (
                 stream.teacher_bare[seq.teacher_ids] if stream.teacher_bare is not None else np.zeros(len(t_in), bool)
             )
             word_start = stream.student_word_start[seq.student_ids]
-            spaced_groups = np.intersect1d(chosen, spaced(seq.student_groups, seq.teacher_groups, word_start, bare))
+            spaced_groups = chosen[in_groups(chosen, spaced(seq.student_groups, seq.teacher_groups, word_start, bare))]
             s_inputs.append(s_in)
             t_inputs.append(t_in)
             s_labels.append(np.where(s_masked, seq.student_ids, -100))
-            s_kd.append(np.isin(seq.student_groups, np.union1d(paired, spaced_groups)))
+            s_kd.append(in_groups(seq.student_groups, paired) | in_groups(seq.student_groups, spaced_groups))
             t_kd.append(served(seq.teacher_groups, paired, spaced_groups, bare))
             t_labels.append(np.where(t_kd[-1], seq.teacher_ids, -100))
             t_glued.append(np.zeros(len(t_in), bool))  # one piece per group, in group order on both sides:
             t_glued[-1][t_kd[-1]] = ~word_start[s_kd[-1]]  # no space before the student piece
-            t_spaced.append(t_kd[-1] & np.isin(seq.teacher_groups, spaced_groups))
+            t_spaced.append(t_kd[-1] & in_groups(seq.teacher_groups, spaced_groups))
         student_ids, attention = pad_batch(s_inputs, SPECIAL_IDS["pad"])
         teacher_ids, teacher_attention = pad_batch(t_inputs, stream.pad_id)
         labels, _ = pad_batch(s_labels, -100)

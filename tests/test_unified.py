@@ -202,3 +202,31 @@ def test_unified_eval_compares_the_same_spans(teachers, merged, unified, corpus_
     assert row["student_pll_per_char"] != pytest.approx(
         routed["student_pll_per_char"]
     )  # the student reads other pieces
+
+
+def test_group_set_helpers_equal_their_numpy_set_definitions():
+    """``in_groups``/``one_to_one``/``spaced`` use lookup tables for speed: same results as np.isin/np.unique."""
+    from mergedistill.align import in_groups, spaced
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n_groups = int(rng.integers(0, 12))
+        s_groups = np.sort(np.r_[-1, rng.integers(0, max(n_groups, 1), int(rng.integers(0, 20))), -1])
+        t_groups = np.sort(np.r_[-1, rng.integers(0, max(n_groups, 1), int(rng.integers(0, 20))), -1])
+        selected = np.unique(rng.integers(0, 15, int(rng.integers(0, 6))))
+        assert in_groups(s_groups, selected).tolist() == np.isin(s_groups, selected).tolist()
+        s_ids, s_counts = np.unique(s_groups[s_groups >= 0], return_counts=True)
+        t_ids, t_counts = np.unique(t_groups[t_groups >= 0], return_counts=True)
+        assert (
+            one_to_one(s_groups, t_groups).tolist()
+            == np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 1]).tolist()
+        )
+        word_start, bare = rng.random(len(s_groups)) < 0.6, rng.random(len(t_groups)) < 0.5
+        candidates = np.intersect1d(s_ids[s_counts == 1], t_ids[t_counts == 2])
+        first = np.isin(t_groups, candidates) & np.r_[True, t_groups[1:] != t_groups[:-1]]
+        second = np.isin(t_groups, candidates) & ~first
+        expected = np.intersect1d(
+            np.intersect1d(s_groups[np.isin(s_groups, candidates) & word_start], t_groups[first & bare]),
+            t_groups[second & ~bare],
+        )
+        assert spaced(s_groups, t_groups, word_start, bare).tolist() == expected.tolist()

@@ -97,10 +97,17 @@ class VocabConfig:
 
     max_size: Optional[int] = None  # cap on student pieces (specials included); None = no cap
     min_freq: float = 1e-6  # keep a piece iff its unigram probability in its teacher's languages >= this
+    # teacher name -> its own min_freq (e.g. 0: keep every piece of a monolingual teacher); unlisted: min_freq
+    min_freq_by_teacher: Dict[str, float] = field(default_factory=dict)
     unified_tokenizer: bool = True  # also build a single student tokenizer over the merged vocabulary
 
     def problems(self):
         out = _non_negative(self, "min_freq")
+        out += [
+            (f"min_freq_by_teacher.{name}", f"must be a finite number >= 0, got {value}")
+            for name, value in self.min_freq_by_teacher.items()
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0)
+        ]
         if self.max_size is not None and self.max_size < 8:
             out.append(("max_size", f"must be >= 8 (room for the special tokens) or null, got {self.max_size}"))
         return out

@@ -22,6 +22,7 @@ from typing import Sequence
 from mergedistill import io
 from mergedistill.config import to_yaml
 from mergedistill.corpus import eval_texts, train_texts
+from mergedistill.errors import UserError
 from mergedistill.io import read_json
 from mergedistill.pipeline import Stage, StageContext, run_stages
 from mergedistill.ranks import world_from_env
@@ -107,8 +108,21 @@ def stage_vocab(ctx: StageContext):
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
+    unknown = sorted(set(cfg.vocab.min_freq_by_teacher) - {card.name for card in load_cards(cfg)})
+    if unknown:
+        raise UserError(
+            f"vocab.min_freq_by_teacher: no teacher card named {', '.join(unknown)} in teachers.cards "
+            f"(names: {', '.join(card.name for card in load_cards(cfg))})"
+        )
     merged = build_vocab(
-        teachers, assignment, texts, cfg.vocab.min_freq, cfg.vocab.max_size, cfg.vocab.unified_tokenizer, log=ctx.log
+        teachers,
+        assignment,
+        texts,
+        cfg.vocab.min_freq,
+        cfg.vocab.max_size,
+        cfg.vocab.unified_tokenizer,
+        log=ctx.log,
+        min_freq_by_teacher=dict(cfg.vocab.min_freq_by_teacher),
     )
     write_vocab_dir(ctx.out, merged, teachers, assignment, cfg.vocab.unified_tokenizer, cfg.data.max_length)
     held_out = {lang: eval_texts(cfg, lang, 100) for lang in assignment}

@@ -76,6 +76,26 @@ def test_min_freq_drops_pieces_rarer_than_the_threshold():
     assert (merge_vocabs({"t": vocab}, counts, min_freq=0.0).id_maps["t"][1:] >= 0).all()  # 0 keeps even unseen ▁c
 
 
+def test_min_freq_by_teacher_sets_one_teachers_own_threshold():
+    german = NormalizedVocab("sentencepiece", (None, "▁a", "▁rare", "▁unseen"), {"unk": 0}, False)
+    other = NormalizedVocab("sentencepiece", (None, "▁b", "▁odd"), {"unk": 0}, False)
+    counts = {"de": np.array([0, 999, 1, 0]), "multi": np.array([0, 999, 1])}  # ▁rare / ▁odd: 0.001
+    plain = merge_vocabs({"de": german, "multi": other}, counts, min_freq=0.01)
+    assert "▁rare" not in plain.pieces and "▁odd" not in plain.pieces
+    kept = merge_vocabs({"de": german, "multi": other}, counts, min_freq=0.01, min_freq_by_teacher={"de": 0.0})
+    assert {"▁rare", "▁unseen"} <= set(kept.pieces) and "▁odd" not in kept.pieces
+    assert (kept.id_maps["de"][1:] >= 0).all()
+
+
+def test_min_freq_by_teacher_config_checks():
+    from mergedistill.config import ExperimentConfig, from_dict
+
+    with pytest.raises(UserError, match=r"'vocab.min_freq_by_teacher.demo-de' must be a finite number >= 0, got -1.0"):
+        from_dict(
+            ExperimentConfig, {"teachers": {"cards": ["x.yaml"]}, "vocab": {"min_freq_by_teacher": {"demo-de": -1}}}
+        )
+
+
 def test_map_topk_drops_unmapped_and_renormalizes():
     id_map = np.array([0, 7, -1, 9], dtype=np.int32)
     ids = torch.tensor([[1, 2, 3]])

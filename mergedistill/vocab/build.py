@@ -24,8 +24,10 @@ def build_vocab(
     max_size: int | None = None,
     unified: bool = True,
     log=None,
+    min_freq_by_teacher: Mapping[str, float] | None = None,
 ) -> MergedVocab:
-    """``teachers``: name -> Teacher; ``assignment``: language -> teacher names; ``texts``: language -> paragraphs.
+    """``teachers``: name -> Teacher; ``assignment``: language -> teacher names; ``texts``: language -> paragraphs;
+    ``min_freq_by_teacher``: teacher name -> its own ``min_freq`` (``vocab.min_freq_by_teacher``).
 
     Each teacher's pieces are counted on the text of the languages it serves; a teacher that serves no
     language still has an id map (all -1 but its specials), so its outputs can be mapped if needed.
@@ -46,6 +48,7 @@ def build_vocab(
         max_size=max_size,
         add_byte_pieces=unified,
         extra_counts=fitted["counts"] if fitted else None,
+        min_freq_by_teacher=min_freq_by_teacher,
     )
     unified_meta = {}
     if fitted:
@@ -66,6 +69,7 @@ def build_vocab(
     merged.metadata = {
         "size": len(merged),
         "min_freq": min_freq,
+        **({"min_freq_by_teacher": dict(sorted(min_freq_by_teacher.items()))} if min_freq_by_teacher else {}),
         "max_size": max_size,
         "assignment": {lang: list(names) for lang, names in sorted(assignment.items())},
         "teachers": {
@@ -76,7 +80,9 @@ def build_vocab(
                 "vocab_size": len(teacher.vocab),
                 "serves": served[name],
                 "kept": int((merged.id_maps[name] >= 5).sum()),
-                "selected": int(select_pieces(teacher.vocab, counts[name], min_freq).sum()),
+                "selected": int(
+                    select_pieces(teacher.vocab, counts[name], (min_freq_by_teacher or {}).get(name, min_freq)).sum()
+                ),
             }
             for name, teacher in sorted(teachers.items())
         },

@@ -80,16 +80,19 @@ def merge_vocabs(
     max_size: int | None = None,
     add_byte_pieces: bool = False,
     extra_counts: Mapping[str, int] | None = None,
+    min_freq_by_teacher: Mapping[str, float] | None = None,
 ) -> MergedVocab:
     """Build the student vocabulary and the id maps. ``counts`` = teacher name -> id counts on its text;
-    ``extra_counts``: further required pieces (the unified tokenizer's student-convention pieces) -> count."""
+    ``extra_counts``: further required pieces (the unified tokenizer's student-convention pieces) -> count;
+    ``min_freq_by_teacher``: teacher name -> its own threshold instead of ``min_freq``."""
     counts = counts or {}
+    by_teacher = min_freq_by_teacher or {}
     totals: dict[str, int] = {}
     required: set[str] = set()
     for name in sorted(vocabs):
         vocab = vocabs[name]
         teacher_counts = counts.get(name)
-        keep = select_pieces(vocab, teacher_counts, min_freq)
+        keep = select_pieces(vocab, teacher_counts, by_teacher.get(name, min_freq))
         for teacher_id in np.flatnonzero(keep):
             key = vocab.keys[teacher_id]
             totals[key] = totals.get(key, 0) + (int(teacher_counts[teacher_id]) if teacher_counts is not None else 0)

@@ -456,6 +456,16 @@ CATALOGUE: list[Case] = [
         setup=config({"vocab": {"max_size": 10}}),
         in_process=True,
     ),
+    Case(
+        "vocab-min-freq-unknown-teacher",
+        "`vocab.min_freq_by_teacher` names a teacher that has no card (a typo).",
+        2,
+        "mergedistill vocab: error: vocab.min_freq_by_teacher: no teacher card named nobody in teachers.cards "
+        "(names: wp, bl)",
+        ("vocab", "build", "exp.yaml"),
+        setup=config({"vocab": {"min_freq_by_teacher": {"nobody": 0.0}}}),
+        in_process=True,
+    ),
     # ---- cache and training (in-process: the train stage) --------------------------------------------------------
     Case(
         "nan-loss",

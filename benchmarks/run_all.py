@@ -32,6 +32,7 @@ DESCRIPTIONS = {
     "inference_latency": "student vs teacher inference latency (batch 1 and 32; CPU, or the GPU with --gpu), throughput, parameter ratio",
     "peer_distill": "same distillation run: mergedistill's loss path vs a peer (textbrewer if importable, else an HF DistilBERT-style loop)",
     "train_throughput": "student training-step throughput, MFU-style ratio, masked-only head, offline vs online targets",
+    "vocab_losses": "the step's vocabulary-wide loss work: MLM + top-k KD from one log-softmax vs the two separate terms; MLM alone vs torch",
     "vocab_merge": "merging 250k + 120k + 50k teacher vocabularies: time and peak memory",
     "data_scale": "the Arrow data path at 25/100/400 MB of text, 250k XLM-R unigram: peak RSS, paragraphs/s, vs raw tokenizers",
 }

@@ -131,18 +131,21 @@ def test_mlm_and_kd_gives_the_two_terms_and_their_gradient_from_one_softmax(with
     assert grads[0].abs().max() > 1e-3  # the comparison is not between zeros
 
 
-def test_mlm_ce_matches_torch_and_keeps_ignore_index():
+def test_the_fused_function_without_kd_rows_is_torch_cross_entropy():
+    """benchmarks/vocab_losses.py times MLM alone through the fused function (no KD row) against torch's."""
+    from mergedistill.losses import _MlmAndKd
+
     torch.manual_seed(1)
     logits, gold = torch.randn(9, 30, requires_grad=True), torch.randint(0, 30, (9,))
-    ours = mlm_ce(logits, gold)
-    ours.backward()
+    none = torch.zeros(0, dtype=torch.long)
+    ours, kd = _MlmAndKd.apply(logits, gold, none, none[:, None], none[:, None].float())
+    (ours + kd).backward()
     reference = logits.detach().clone().requires_grad_()
     expected = torch.nn.functional.cross_entropy(reference, gold)
     expected.backward()
+    assert float(kd) == 0.0
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(logits.grad, reference.grad)
-    gold[3] = -100  # torch's ignore_index still means "not scored"
-    torch.testing.assert_close(mlm_ce(logits, gold), torch.nn.functional.cross_entropy(logits, gold))
 
 
 def test_mlm_and_kd_at_another_temperature_is_the_two_functions():

@@ -244,6 +244,12 @@ def run_stages(
                 log(f"[{stage.name}] up to date, skipped")
             results.append(StageResult(stage.name, "skipped", 0.0, final, fp))
             continue
+        absent = ranks.share([n for n in stage.after if not (paths[n] / io.MANIFEST).is_file()] if ranks.main else None)
+        if absent:  # only with --only: every other run has just made its inputs
+            raise UserError(
+                f"--only {stage.name}: it reads {', '.join(absent)}, which {'has' if len(absent) == 1 else 'have'} not "
+                f"run in {output_dir}; run without --only, or add {' '.join(absent)} to --only"
+            )
         log(f"[{stage.name}] running{': ' + stage.doc if stage.doc else ''}")
         faults.point(f"stage:{stage.name}")
         start = time.perf_counter()

@@ -196,3 +196,20 @@ def test_bad_input_in_a_generated_stage_leaves_no_work_dir_or_temp_dir(tmp_path)
     calls.clear()
     run_stages(cfg, generated_stages(calls), tmp_path, log=lambda m: None)
     assert calls == ["phase2/topic/bistil", "phase2/topic-nocopy/teacher", "phase2/topic-nocopy/bistil"]
+
+
+def test_only_a_stage_whose_input_never_ran_is_one_line_naming_it(tmp_path):
+    cfg = from_dict(ExperimentConfig, CFG)
+    calls = []
+    with pytest.raises(
+        UserError, match=r"--only phase2/topic/bistil: it reads trim, phase2/topic/teacher, which have not run in "
+    ):
+        run_stages(cfg, generated_stages(calls), tmp_path, only={"phase2/topic/bistil"}, log=lambda m: None)
+    assert calls == []
+    run_stages(cfg, generated_stages(calls), tmp_path, only={"trim", "phase2/topic"}, log=lambda m: None)
+    assert calls == ["trim", "phase2/topic/teacher", "phase2/topic/bistil"]
+    calls.clear()
+    run_stages(
+        cfg, generated_stages(calls), tmp_path, only={"phase2/topic/bistil"}, force={"phase2"}, log=lambda m: None
+    )
+    assert calls == ["phase2/topic/bistil"]  # its inputs exist now

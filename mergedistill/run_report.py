@@ -47,7 +47,7 @@ def eval_table(rows: list[dict[str, Any]]) -> str:
         ratio = r["student_acc"] / r["teacher_acc"] if r.get("teacher_acc") else None
         line = (
             f"| {r['lang']} | {r['teacher']} | {_fmt(r.get('teacher_acc'))} | {_fmt(r.get('student_acc'))} | "
-            f"{_fmt(ratio, 2)} | {_fmt(r.get('teacher_pll_per_char'))} | {_fmt(r.get('student_pll_per_char'))} | "
+            f"{_fmt(ratio, 3)} | {_fmt(r.get('teacher_pll_per_char'))} | {_fmt(r.get('student_pll_per_char'))} | "
             f"{_fmt(r.get('agreement'))} | {_fmt(r.get('kl'))} |"
         )
         lines.append(line)

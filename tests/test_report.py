@@ -24,8 +24,8 @@ ROWS = [
 
 def test_eval_table_computes_the_ratio_from_the_rows():
     table = eval_table(ROWS)
-    assert "| de | de-roberta | 0.500 | 0.450 | 0.90 |" in table
-    assert "| en | mbert | 0.400 | 0.410 | 1.02 | – |" in table
+    assert "| de | de-roberta | 0.500 | 0.450 | 0.900 |" in table
+    assert "| en | mbert | 0.400 | 0.410 | 1.025 | – |" in table  # three decimals: 0.897 must not read 0.90
     assert "MLM-only" not in table
 
 

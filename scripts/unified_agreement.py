@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         cfg.vocab.max_size,
         True,
         log=lambda line: print(line, file=sys.stderr),
+        min_freq_by_teacher=dict(cfg.vocab.min_freq_by_teacher),
     )
     unified = build_unified_tokenizer(merged)
     held_out = {lang: load_texts(lang, "valid", cfg, limit=args.held_out) for lang in assignment}

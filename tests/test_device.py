@@ -97,12 +97,12 @@ def watch_loss_terms(monkeypatch, watch, student):
     """The teachers' side of each loss term must have been moved to the student's device."""
     import mergedistill.train as train_module
 
-    kd, terms = train_module.kd_soft_ce, train_module.internal_terms
+    kd, terms = train_module.mlm_and_kd, train_module.internal_terms
 
-    def kd_soft_ce(logits, topk_ids, topk_logits, *rest):
+    def mlm_and_kd(logits, gold, kd_rows, topk_ids, topk_logits, *rest):
         watch.calls["kd"] = watch.calls.get("kd", 0) + 1
         watch.check("kd targets", (topk_ids, topk_logits), device_of(student))
-        return kd(logits, topk_ids, topk_logits, *rest)
+        return kd(logits, gold, kd_rows, topk_ids, topk_logits, *rest)
 
     def internal_terms(student_out, teacher_out, attention_mask, *rest):
         watch.calls["internals"] = watch.calls.get("internals", 0) + 1
@@ -113,7 +113,7 @@ def watch_loss_terms(monkeypatch, watch, student):
         )
         return terms(student_out, teacher_out, attention_mask, *rest)
 
-    monkeypatch.setattr(train_module, "kd_soft_ce", kd_soft_ce)
+    monkeypatch.setattr(train_module, "mlm_and_kd", mlm_and_kd)
     monkeypatch.setattr(train_module, "internal_terms", internal_terms)
 
 

@@ -145,17 +145,11 @@ def spaced(
     in_candidate = in_groups(teacher_groups, candidates)
     first = in_candidate & np.r_[True, teacher_groups[1:] != teacher_groups[:-1]]
     second = in_candidate & ~first
-    size = len(s_counts) + 1
-    good = np.ones(size, bool)
-    for side_groups in (
-        student_groups[s_start],
-        teacher_groups[first & teacher_bare],
-        teacher_groups[second & ~teacher_bare],
-    ):
-        present = np.zeros(size, bool)
-        present[side_groups] = True
-        good &= present
-    return np.flatnonzero(good[:-1])
+    return candidates[
+        in_groups(candidates, student_groups[s_start])
+        & in_groups(candidates, teacher_groups[first & teacher_bare])
+        & in_groups(candidates, teacher_groups[second & ~teacher_bare])
+    ]
 
 
 def served(teacher_groups: np.ndarray, pairs: np.ndarray, spaced_groups: np.ndarray, teacher_bare: np.ndarray):

@@ -82,8 +82,8 @@ class _MlmAndKd(torch.autograd.Function):
     def backward(ctx, grad_mlm, grad_kd):
         log_probs, gold, rows, topk_ids, probs = ctx.saved_tensors
         n, m = log_probs.shape[0], rows.shape[0]
-        # softmax = d(lse)/d(logits), in place: a fresh [n, V] buffer per step costs more in page faults than the exp
-        # (a second backward through a retained graph then fails on the saved tensor's version, never silently)
+        # softmax = d(lse)/d(logits), in place over the saved buffer instead of a second [n, V] one (a second backward
+        # through a retained graph then fails on the saved tensor's version, never silently)
         grad = log_probs.exp_()
         per_row = torch.full((n,), 1.0, device=grad.device) * (grad_mlm / n)
         if m:
@@ -105,13 +105,14 @@ def mlm_and_kd(
     t2_scaling: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mlm_ce(logits, gold), kd_soft_ce(logits[kd_rows], topk_ids, topk_logits, T))``: the same two terms and
-    gradients as calling both (``kd_rows``: bool per row, None = every row), from one log-softmax at T = 1."""
+    gradients as calling both (``kd_rows``: bool per row, None = every row), from one log-softmax at T = 1.
+    ``gold``: a piece id per row (the masked rows' labels; no ignore index)."""
     rows = (
         torch.arange(student_logits.shape[0], device=student_logits.device)
         if kd_rows is None
         else kd_rows.nonzero().squeeze(1)
     )
-    if temperature != 1.0 or len(rows) == 0 or len(gold) == 0 or bool((gold < 0).any()):
+    if temperature != 1.0 or len(rows) == 0 or len(gold) == 0:
         kd_input = student_logits if kd_rows is None else student_logits[kd_rows]
         return mlm_ce(student_logits, gold), kd_soft_ce(kd_input, topk_ids, topk_logits, temperature, t2_scaling)
     if not rows.shape[0] == topk_ids.shape[0] == topk_logits.shape[0]:  # kd_soft_ce's message

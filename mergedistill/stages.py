@@ -108,11 +108,12 @@ def stage_vocab(ctx: StageContext):
     used = sorted({n for names in assignment.values() for n in names})
     teachers = load_teachers(cfg, used)
     texts = {lang: train_texts(cfg, lang) for lang in assignment}
-    unknown = sorted(set(cfg.vocab.min_freq_by_teacher) - {card.name for card in load_cards(cfg)})
+    card_names = [card.name for card in load_cards(cfg)]
+    unknown = sorted(set(cfg.vocab.min_freq_by_teacher) - set(card_names))
     if unknown:
         raise UserError(
             f"vocab.min_freq_by_teacher: no teacher card named {', '.join(unknown)} in teachers.cards "
-            f"(names: {', '.join(card.name for card in load_cards(cfg))})"
+            f"(names: {', '.join(card_names)})"
         )
     merged = build_vocab(
         teachers,

@@ -208,7 +208,7 @@ class TrainConfig:
     alpha_attn: float = 0.0
     hidden_loss: str = "mse"  # mse | cosine, for the alpha_hidden term (see mergedistill/internals.py)
     zero_stage: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 where the device has it natively, else fp32)
     checkpoint_every: int = 200
     log_every: int = 10
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra keys merged into the DeepSpeed config
@@ -226,7 +226,7 @@ class TrainConfig:
             out.append(("alpha_kd", "at least one loss weight must be > 0"))
         return (
             out
-            + _one_of(self.precision, ("fp32", "bf16", "fp16"), "precision")
+            + _one_of(self.precision, ("fp32", "bf16", "fp16", "auto"), "precision")
             + _one_of(self.hidden_loss, ("mse", "cosine"), "hidden_loss")
         )
 

@@ -7,8 +7,9 @@
   that model (``device_of(model)``), never a device assumed elsewhere. Dicts, lists and tuples are
   moved element by element; non-tensors pass unchanged. On the CPU it returns the same tensors.
 
-Precision on a GPU: DeepSpeed runs the student in ``train.precision`` (bf16/fp16), and teachers load in bf16
-there (their card's ``dtype: auto``, ``teachers.resolve_dtype``). On the CPU nothing changes: fp32 as before.
+Precision: DeepSpeed runs the student in ``train.precision``; ``auto`` (``resolve_precision``) is bf16 where the
+student's device computes bf16 natively (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32.
+Teachers load in bf16 on such a GPU (their card's ``dtype: auto``, ``teachers.resolve_dtype``), in fp32 on a CPU.
 
 ``TRACK_TRANSFERS`` (tests only) tags each tensor ``to_device`` returns with the device it was moved to,
 so a forward pre-hook can check that every model input came through here with the model's device.
@@ -52,6 +53,24 @@ def resolve_device(name: str = "auto", key: str = "device"):
     if index >= torch.cuda.device_count():
         raise UserError(f"{key}: {name} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     return torch.device(name)
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` (a ``torch.device``) computes bf16 matmuls in hardware; elsewhere they are emulated and
+    slower than fp32 (measured: a CPU without AVX512-BF16)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPUID checks
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``train.precision`` for a run on ``device``: ``auto`` is bf16 where ``native_bf16``, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def device_of(model):

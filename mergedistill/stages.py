@@ -301,6 +301,7 @@ def _train_stage(ctx: StageContext, with_teachers: bool):
         "final_loss": result.final_loss,
         "tokens_per_s": result.tokens_per_s,
         "train_seconds": result.seconds,
+        "precision": result.precision,  # what train.precision resolved to; the export holds fp32 weights
         "student_params": sum(p.numel() for p in student.parameters()),
         "resumed_from_step": result.resumed_from,
     }
@@ -477,6 +478,8 @@ def stage_report(ctx: StageContext, commands: Sequence[str] = ()):
         notes=[
             f"cache: {json.dumps({k: v for k, v in (io.read_manifest(ctx.inputs['cache']) or {}).items() if k in ('mode', 'bytes', 'chunks')})}",
             dropped_note(io.read_manifest(ctx.inputs["cache"]) or {}),
+            f"The student trained in {(io.read_manifest(ctx.inputs['train']) or {}).get('precision', cfg.train.precision)} "
+            f"(train.precision: {cfg.train.precision}); the export holds its fp32 weights.",
             f"Speed-ups compare the student with the teachers it replaces on the same {'GPU' if resolve_device(cfg.device).type == 'cuda' else 'CPU'} "
             "input shape (median of 5 runs).",
         ],

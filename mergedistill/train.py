@@ -12,6 +12,9 @@
 - Devices (``mergedistill.device``): the student lives on the DeepSpeed engine's device (the run's
   ``device``: ``cuda:$LOCAL_RANK`` on a GPU); each batch, the teachers' targets and hidden states are moved
   there by ``to_device``. Teachers read the CPU batch and move it to their own device themselves.
+- Precision: ``train.precision: auto`` resolves per device (``device.resolve_precision``). In bf16/fp16 the
+  module holds rounded weights and DeepSpeed's optimizer the fp32 master copy; ``TrainResult.full_state_dict``
+  hands back that copy, so the export ships fp32 weights whatever precision trained them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +40,7 @@ from mergedistill.io import write_text_atomic
 from mergedistill.losses import combine, mlm_and_kd, mlm_ce
 
 LATEST = "latest"
+PRECISION = "precision"  # in each checkpoint: what it trained in (train.precision: auto can resolve differently)
 KILL_AT = "MERGEDISTILL_TEST_KILL_AT"  # test hook, see _kill_point
 
 
@@ -135,9 +139,8 @@ class TrainResult:
     seconds: float
     tokens_per_s: float
     resumed_from: int
-    full_state_dict: dict | None = (
-        None  # ZeRO-3 only: the student's gathered weights (its own parameters are partitioned)
-    )
+    precision: str = "fp32"  # what train.precision resolved to
+    full_state_dict: dict | None = None  # ZeRO-3 or bf16/fp16: the student's full fp32 weights (full_state_dict())
 
 
 def read_latest(checkpoint_dir: Path) -> str | None:
@@ -148,11 +151,13 @@ def read_latest(checkpoint_dir: Path) -> str | None:
     return tag if (checkpoint_dir / tag).is_dir() else None
 
 
-def _save(engine, checkpoint_dir: Path, step: int, rank: int, keep: int = 2) -> None:
+def _save(engine, checkpoint_dir: Path, step: int, rank: int, precision: str, keep: int = 2) -> None:
     tag = f"step-{step}"
     engine.save_checkpoint(
         str(checkpoint_dir), tag=tag, client_state={"step": step, "torch_rng": torch.get_rng_state()}, save_latest=False
     )
+    if rank == 0:
+        write_text_atomic(checkpoint_dir / tag / PRECISION, precision + "\n")
     faults.point("checkpoint")  # written, not yet `latest`
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -211,10 +216,14 @@ def train(
     simulates a kill (tests)."""
     from tqdm import tqdm
 
-    from mergedistill.device import device_of, resolve_device, to_device
+    from mergedistill.device import device_of, resolve_device, resolve_precision, to_device
 
     rank, world = setup_distributed()
     placed = resolve_device(device, "device")
+    precision = resolve_precision(train_cfg.precision, placed)
+    if precision != train_cfg.precision:
+        log(f"[train] train.precision: {train_cfg.precision} -> {precision} on {placed.type}")
+        train_cfg = replace(train_cfg, precision=precision)
     if placed.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick a visible GPU by itself
     else:
@@ -246,6 +255,7 @@ def train(
     start = 0
     tag = read_latest(checkpoint_dir) if resume else None
     if tag is not None:
+        _refuse_other_precision(checkpoint_dir / tag, precision)
         _, client = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
         start = int(client["step"])
         torch.set_rng_state(client["torch_rng"])
@@ -356,7 +366,7 @@ def train(
                         if key != "step":
                             writer.add_scalar(key, value, done)
             if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
-                _save(engine, checkpoint_dir, done, rank)
+                _save(engine, checkpoint_dir, done, rank, precision)
             if stop_at_step is not None and done >= stop_at_step and done < train_cfg.steps:
                 raise KeyboardInterrupt(f"stopped at step {done} (test hook)")
     finally:
@@ -364,20 +374,46 @@ def train(
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - began
-    full = gathered_state_dict(engine) if train_cfg.zero_stage == 3 else None
-    return TrainResult(train_cfg.steps, last_loss, seconds, total_tokens * world / max(seconds, 1e-9), start, full)
+    full = full_state_dict(engine) if train_cfg.zero_stage == 3 or precision != "fp32" else None
+    speed = total_tokens * world / max(seconds, 1e-9)
+    return TrainResult(train_cfg.steps, last_loss, seconds, speed, start, precision, full)
 
 
-def gathered_state_dict(engine) -> dict:
-    """The student's full weights under ZeRO-3, which leaves each rank only a shard of every parameter."""
+def _refuse_other_precision(checkpoint: Path, precision: str) -> None:
+    """DeepSpeed's optimizers differ by precision and cannot read each other's state: say so in one line."""
+    marker = checkpoint / PRECISION
+    saved = marker.read_text(encoding="utf-8").strip() if marker.exists() else precision
+    if saved != precision:
+        raise UserError(
+            f"train.precision: {checkpoint} was trained in {saved}, this run trains in {precision}; "
+            f"set train.precision: {saved} to resume it, or delete {checkpoint.parent} to start over"
+        )
+
+
+def full_state_dict(engine) -> dict:
+    """The student's full weights in fp32: under ZeRO-3 gathered from every rank's shard; under bf16/fp16 taken
+    from DeepSpeed's fp32 master copy (the module holds them rounded). Collective: every rank calls it."""
     import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
 
+    optimizer = engine.optimizer
+    masters = {}  # ZeRO-0 in bf16/fp16 (FP16_UnfusedOptimizer): its master groups parallel the module's
+    for low, high in zip(getattr(optimizer, "fp16_groups", []), getattr(optimizer, "fp32_groups", [])):
+        masters.update({id(param): master for param, master in zip(low, high)})
+    student = engine.module.student
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        return {key: value.detach().clone() for key, value in engine.module.student.state_dict().items()}
+        state = {key: value.detach().clone() for key, value in student.state_dict().items()}
+    for name, param in student.named_parameters(remove_duplicate=False):  # tied weights: each of their names
+        master = masters.get(id(param))
+        if master is None:
+            master = safe_get_full_fp32_param(param)  # ZeRO 1-3: None when it keeps no master copy (fp32)
+        if master is not None:
+            state[name] = master.detach().reshape(state[name].shape).clone()
+    return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
 
 
 def unpartitioned_student(student, result: TrainResult):
-    """A plain copy of ``student`` holding the trained weights (ZeRO-3), or ``student`` itself (ZeRO 0-2)."""
+    """A plain fp32 copy of ``student`` holding the trained weights (ZeRO-3, bf16, fp16), or ``student`` itself."""
     if result.full_state_dict is None:
         return student
     fresh = type(student)(student.config)

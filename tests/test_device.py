@@ -275,6 +275,21 @@ def test_device_rule_and_its_config_keys(monkeypatch):
         from_dict(BistilConfig, {"device": "tpu"})
 
 
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    from mergedistill.device import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == expected
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # the others pass through
+    with pytest.raises(UserError, match="config key 'train.precision' must be one of fp32, bf16, fp16, auto"):
+        from_dict(ExperimentConfig, {"teachers": {"cards": ["a.yaml"]}}, overrides=["train.precision=bf8"])
+
+
 def test_adapted_teacher_build_moves_every_input_to_the_model(tmp_path, tiny_encoders, watch, monkeypatch):
     """The adaptation recipe (``build.base``) trains on the run's device: held-out accuracy, the masked-LM
     steps and the drift measurement all feed the models through ``to_device``."""

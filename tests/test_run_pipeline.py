@@ -175,9 +175,25 @@ def test_unified_tokenization_runs_through_the_pipeline(experiment):
     root = experiment
     out = root / "unified"
     assert (
-        main(["run", str(root / "exp.yaml"), f"output_dir={out}", "data.tokenization=unified", "eval.baseline=false"])
+        main(
+            [
+                "run",
+                str(root / "exp.yaml"),
+                f"output_dir={out}",
+                "data.tokenization=unified",
+                "eval.baseline=false",
+                "train.precision=bf16",
+            ]
+        )
         == 0
     )
+    assert read_manifest(out / "train")["precision"] == "bf16"
+    assert json.loads((out / "export" / "config.json").read_text())["dtype"] == "float32"
+    from safetensors import safe_open
+
+    with safe_open(out / "export" / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_slice(k).get_dtype()) for k in weights.keys()} == {"F32"}
+    assert "The student trained in bf16 (train.precision: bf16)" in (out / "report" / "report.md").read_text()
     rows = json.loads((out / "eval" / "eval.json").read_text())["rows"]
     assert {r["lang"] for r in rows} == {"en", "de", "ja"} and all(r["masked"] > 0 for r in rows)
     served = json.loads((out / "cache" / "plan.json").read_text())["served_examples"]

@@ -12,7 +12,8 @@ The tolerances, and why:
 - bf16 vs fp32: bf16 keeps 8 significant bits, so every activation and gradient is off by up to 0.4 %;
   DeepSpeed keeps fp32 master weights, so the runs stay close but not equal: the weights' distance to the
   fp32 run is under 15 % of how far fp32 training moved them (6 % measured, the final rounding of the
-  weights to bf16 included), and each logged loss is within 1 % (0.08 % measured).
+  weights to bf16 included), and each logged loss is within 1 % (0.08 % measured). The export takes
+  DeepSpeed's fp32 master weights, of which the module's bf16 weights are the exact rounding.
 """
 
 import json
@@ -24,7 +25,7 @@ from mergedistill.cache import OnlineTargets
 from mergedistill.config import StudentConfig
 from mergedistill.errors import UserError
 from mergedistill.student import build_student
-from mergedistill.train import deepspeed_config, train
+from mergedistill.train import deepspeed_config, train, unpartitioned_student
 from tests.test_train import STUDENT, cfg, plan  # noqa: F401  (plan: the module fixture of test_train)
 
 STEPS = 6
@@ -128,13 +129,20 @@ def test_grad_accum_2_gives_the_weights_of_one_batch_twice_as_big(tmp_path, plan
 @pytest.mark.parametrize("stage", [0, 1])  # two optimizers: DeepSpeed's FP16_UnfusedOptimizer, its ZeRO optimizer
 def test_bf16_stays_close_to_fp32(tmp_path, plan, merged, teachers, fp32_run, stage):
     expected, expected_losses = fp32_run
-    student, _ = train_run(tmp_path, plan, merged, teachers, cfg(steps=STEPS, precision="bf16", zero_stage=stage))
+    student, result = train_run(tmp_path, plan, merged, teachers, cfg(steps=STEPS, precision="bf16", zero_stage=stage))
     assert all(p.dtype == torch.bfloat16 for p in student.parameters())  # it did run in bf16
+    exported = unpartitioned_student(student, result)  # what the train stage saves
+    assert all(p.dtype == torch.float32 for p in exported.state_dict().values() if p.is_floating_point())
+    rounded = {k: v for k, v in student.state_dict().items() if v.is_floating_point()}
+    masters = exported.state_dict()
+    assert any(not torch.equal(masters[k], rounded[k].float()) for k in rounded)  # finer than the module's copy
+    for key in rounded:  # ... and the module's copy is exactly that master rounded to bf16
+        assert torch.equal(masters[key].to(torch.bfloat16), rounded[key]), key
     start = weights(build_student(STUDENT, len(merged), seed=0))
-    got = weights(student)
     moved = sum(float((expected[k] - start[k]).norm() ** 2) for k in expected) ** 0.5
-    off = sum(float((got[k] - expected[k]).norm() ** 2) for k in expected) ** 0.5
-    assert 0 < off < 0.15 * moved
+    for got in (weights(student), weights(exported)):
+        off = sum(float((got[k] - expected[k]).norm() ** 2) for k in expected) ** 0.5
+        assert 0 < off < 0.15 * moved
     assert logged_losses(tmp_path) == pytest.approx(expected_losses, rel=0.01)
 
 
@@ -179,6 +187,19 @@ def test_resume_is_exact_under_zero2_and_bf16(tmp_path, plan, merged, teachers, 
         if not (torch.equal(expected[k], got[k]) if isinstance(expected[k], torch.Tensor) else expected[k] == got[k])
     ]
     assert differ == []
+
+
+def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(tmp_path, plan, merged, teachers):
+    """``train.precision: auto`` may resolve differently on another machine; DeepSpeed's bf16 and fp32 optimizers
+    cannot read each other's state, so the resume stops in one line saying which precision to set."""
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path, plan, merged, teachers, cfg(steps=STEPS, precision="bf16"), stop_at_step=3)
+    with pytest.raises(
+        UserError, match=r"^train\.precision: .*step-2 was trained in bf16, this run trains in fp32; set"
+    ):
+        train_run(tmp_path, plan, merged, teachers, cfg(steps=STEPS, precision="fp32"))
+    _, result = train_run(tmp_path, plan, merged, teachers, cfg(steps=STEPS, precision="bf16"))
+    assert (result.resumed_from, result.precision) == (2, "bf16")
 
 
 def test_fp16_on_a_cpu_is_a_user_error_naming_the_key(tmp_path, plan, merged, teachers):

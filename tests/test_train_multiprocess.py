@@ -48,3 +48,11 @@ def test_two_ranks_read_distinct_batches_and_equal_one_process_with_the_same_glo
     expected = student.state_dict()
     different = [k for k in expected if not torch.equal(a["weights"][k], expected[k])]
     assert not different, different
+
+    # bf16 under ZeRO-2: every rank exports the same fp32 master weights, whose bf16 rounding is the module
+    a, b = torch.load(tmp_path / "bf16-rank0.pt"), torch.load(tmp_path / "bf16-rank1.pt")
+    assert all(torch.equal(a["exported"][k], b["exported"][k]) for k in a["exported"])
+    for key, low in a["weights"].items():
+        if low.is_floating_point():
+            assert low.dtype == torch.bfloat16 and a["exported"][key].dtype == torch.float32
+            assert torch.equal(a["exported"][key].to(torch.bfloat16), low), key

@@ -1,6 +1,7 @@
 """Run by tests/test_train_multiprocess.py under `torchrun --nproc_per_node 2`: trains a tiny student on
 synthetic batches and saves each rank's final weights and the micro-batch indices it read. The test trains
-the same student in one process (``train_config(grad_accum=2)``) to compare."""
+the same student in one process (``train_config(grad_accum=2)``) to compare. Then the same in bf16: the
+export's fp32 master weights come from a collective over the ranks' ZeRO-2 partitions."""
 
 import sys
 
@@ -8,7 +9,7 @@ import torch
 
 from mergedistill.config import StudentConfig, TrainConfig
 from mergedistill.student import build_student
-from mergedistill.train import train
+from mergedistill.train import train, unpartitioned_student
 
 
 def batch_fn(index):
@@ -57,3 +58,7 @@ if __name__ == "__main__":
     train(student, train_config(), recording(read), None, out, progress=False)
     rank = torch.distributed.get_rank()
     torch.save({"weights": student.state_dict(), "read": read}, f"{out}/rank{rank}.pt")
+    low = make_student()
+    result = train(low, train_config(precision="bf16"), batch_fn, None, f"{out}/bf16", progress=False)
+    exported = unpartitioned_student(low, result).state_dict()
+    torch.save({"weights": low.state_dict(), "exported": exported}, f"{out}/bf16-rank{rank}.pt")
